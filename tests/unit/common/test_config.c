@@ -1,0 +1,168 @@
+/* Configuration layering: defaults < file < flags < HUTCH_* environment. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "config.h"
+
+static struct cfg_opt *new_table(void)
+{
+	static const struct cfg_opt proto[] = {
+		{ "api-port", CFG_INT, "3000", "API port" },
+		{ "data-dir", CFG_STR, "/var/lib/hutch", "data folder" },
+		{ "verbose", CFG_BOOL, "false", "more logs" },
+		{ "domain", CFG_STR, NULL, "sandbox domain" },
+	};
+	struct cfg_opt *t = malloc(sizeof(proto));
+
+	memcpy(t, proto, sizeof(proto));
+	return t;
+}
+
+#define NOPTS 4
+
+static char *write_file(const char *text)
+{
+	char *path = strdup("/tmp/hutch-cfg-XXXXXX");
+	int fd = mkstemp(path);
+	FILE *f = fdopen(fd, "w");
+
+	fputs(text, f);
+	fclose(f);
+	return path;
+}
+
+static void clear_env(void)
+{
+	unsetenv("HUTCH_API_PORT");
+	unsetenv("HUTCH_DATA_DIR");
+	unsetenv("HUTCH_VERBOSE");
+	unsetenv("HUTCH_CONFIG");
+}
+
+static void defaults_apply(void **unused)
+{
+	struct cfg_opt *t = new_table();
+	char *argv[] = { "prog", NULL };
+	struct herr err;
+	int first;
+
+	clear_env();
+	assert_int_equal(cfg_load(t, NOPTS, "prog", "", NULL, 1, argv, &first, &err), 0);
+	assert_int_equal(cfg_int(t, NOPTS, "api-port"), 3000);
+	assert_string_equal(cfg_str(t, NOPTS, "data-dir"), "/var/lib/hutch");
+	assert_null(cfg_str(t, NOPTS, "domain"));
+	assert_int_equal(first, 1);
+	cfg_free(t, NOPTS);
+	free(t);
+}
+
+static void file_then_flags_then_env(void **unused)
+{
+	char *path = write_file("# comment\napi_port = 4000\ndata-dir=/srv/h # trailing\n");
+	struct cfg_opt *t = new_table();
+	char flag[256];
+	char *argv[] = { "prog", flag, "--api-port", "5000", "keys", "create", NULL };
+	struct herr err;
+	int first;
+
+	clear_env();
+	snprintf(flag, sizeof(flag), "--config=%s", path);
+	assert_int_equal(cfg_load(t, NOPTS, "prog", "", NULL, 6, argv, &first, &err), 0);
+	assert_int_equal(cfg_int(t, NOPTS, "api-port"), 5000);
+	assert_string_equal(cfg_str(t, NOPTS, "data-dir"), "/srv/h");
+	assert_string_equal(cfg_find(t, NOPTS, "data-dir")->from, "file");
+	assert_int_equal(first, 4);
+	assert_string_equal(argv[first], "keys");
+	cfg_free(t, NOPTS);
+
+	setenv("HUTCH_API_PORT", "6000", 1);
+	setenv("HUTCH_VERBOSE", "yes", 1);
+	assert_int_equal(cfg_load(t, NOPTS, "prog", "", NULL, 6, argv, &first, &err), 0);
+	assert_int_equal(cfg_int(t, NOPTS, "api-port"), 6000);
+	assert_int_equal(cfg_int(t, NOPTS, "verbose"), 1);
+	assert_string_equal(cfg_find(t, NOPTS, "api-port")->from, "env");
+	cfg_free(t, NOPTS);
+	free(t);
+	clear_env();
+	unlink(path);
+	free(path);
+}
+
+static void bad_values_name_the_setting(void **unused)
+{
+	struct cfg_opt *t = new_table();
+	char *argv[] = { "prog", "--api-port=12x", NULL };
+	char *argv2[] = { "prog", "--no-such-thing=1", NULL };
+	struct herr err;
+	int first;
+
+	clear_env();
+	assert_int_equal(cfg_load(t, NOPTS, "prog", "", NULL, 2, argv, &first, &err), -EINVAL);
+	assert_non_null(strstr(err.msg, "api-port"));
+	assert_non_null(strstr(err.msg, "12x"));
+	cfg_free(t, NOPTS);
+	assert_int_equal(cfg_load(t, NOPTS, "prog", "", NULL, 2, argv2, &first, &err), -EINVAL);
+	assert_non_null(strstr(err.msg, "no-such-thing"));
+	cfg_free(t, NOPTS);
+	setenv("HUTCH_VERBOSE", "maybe", 1);
+	assert_int_equal(cfg_load(t, NOPTS, "prog", "", NULL, 1, argv, &first, &err), -EINVAL);
+	assert_non_null(strstr(err.msg, "HUTCH_VERBOSE"));
+	cfg_free(t, NOPTS);
+	free(t);
+	clear_env();
+}
+
+static void bad_file_line_is_reported_with_its_number(void **unused)
+{
+	char *path = write_file("api-port = 1\nnonsense\n");
+	struct cfg_opt *t = new_table();
+	char flag[256];
+	char *argv[] = { "prog", flag, NULL };
+	struct herr err;
+	int first;
+
+	clear_env();
+	snprintf(flag, sizeof(flag), "--config=%s", path);
+	assert_int_equal(cfg_load(t, NOPTS, "prog", "", NULL, 2, argv, &first, &err), -EINVAL);
+	assert_non_null(strstr(err.msg, ":2:"));
+	cfg_free(t, NOPTS);
+	free(t);
+	unlink(path);
+	free(path);
+}
+
+static void help_lists_every_setting(void **unused)
+{
+	struct cfg_opt *t = new_table();
+	char *text = NULL;
+	size_t len = 0;
+	FILE *out = open_memstream(&text, &len);
+
+	cfg_print_help(out, t, NOPTS, "prog", "");
+	fclose(out);
+	assert_non_null(strstr(text, "--api-port"));
+	assert_non_null(strstr(text, "HUTCH_DATA_DIR"));
+	assert_non_null(strstr(text, "--verbose"));
+	assert_non_null(strstr(text, "--domain"));
+	free(text);
+	free(t);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(defaults_apply),
+		cmocka_unit_test(file_then_flags_then_env),
+		cmocka_unit_test(bad_values_name_the_setting),
+		cmocka_unit_test(bad_file_line_is_reported_with_its_number),
+		cmocka_unit_test(help_lists_every_setting),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
