@@ -36,9 +36,17 @@ enum MHD_Result http_send_json(struct MHD_Connection *c, unsigned status, const 
 
 struct agent_server;
 
+/*
+ * Adds the headers every agent response carries (CORS: any origin, and the
+ * exposed headers browsers may read). Handlers that build their own
+ * responses (RPC, /files) call it before queueing them.
+ */
+void http_add_common_headers(struct MHD_Response *r);
+
 struct agent_server_opts {
-	const char *listen_addr; /* "0.0.0.0" by default */
+	const char *listen_addr; /* numeric IPv4/IPv6, "0.0.0.0" by default */
 	int port;                /* 49983 by default */
+	int max_connections;     /* 0: the default (512) */
 };
 
 int agent_server_start(const struct agent_server_opts *opts, struct agent_server **out,

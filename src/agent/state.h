@@ -16,6 +16,12 @@
 int state_access_token(char *out, size_t cap);
 void state_set_access_token(const char *token); /* NULL or "" clears it */
 
+/*
+ * 1 when no token is set or given (may be NULL) equals it, compared in
+ * constant time under the lock (the token is never copied out for this).
+ */
+int state_token_matches(const char *given);
+
 /* Default user name ("user" unless set) and workdir ("" when unset). */
 void state_default_user(char *out, size_t cap);
 void state_default_workdir(char *out, size_t cap);

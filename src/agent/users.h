@@ -29,6 +29,9 @@ struct agent_user {
  */
 void users_set_root(const char *root);
 
+/* Sets the folder holding passwd and group directly ("/etc" by default). */
+void users_set_etc_dir(const char *dir);
+
 /* Looks a user up by name; -ENOENT with "invalid username: '<name>'" when unknown. */
 int users_lookup(const char *name, struct agent_user *out, struct herr *err);
 
