@@ -1,0 +1,266 @@
+/*
+ * GET /files: streams one file to the client, gzip-compressed on the fly
+ * when the client accepts it. The file is read to EOF in blocks and never
+ * held whole in memory; its size from stat() is not trusted (procfs and
+ * sysfs files report 0 or 4096), so non-empty bodies go out chunked.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include "cleanup.h"
+#include "files_req.h"
+#include "http.h"
+#include "log.h"
+#include "paths.h"
+
+#define BLOCK_SIZE (64 * 1024)
+
+/* Owned by the MHD response; freed by its free callback. */
+struct dl_stream {
+	int fd;
+	int gzip;
+	int eof;
+	int z_done;
+	z_stream z;
+	unsigned char *head; /* bytes read before answering (type sniffing) */
+	size_t head_len, head_off;
+	unsigned char *in;   /* gzip input block */
+	char path[PATH_MAX]; /* for log lines */
+};
+
+static void dl_free(void *cls)
+{
+	struct dl_stream *s = cls;
+
+	if (s->fd >= 0)
+		close(s->fd);
+	if (s->gzip)
+		deflateEnd(&s->z);
+	free(s->head);
+	free(s->in);
+	free(s);
+}
+
+static ssize_t read_some(int fd, void *buf, size_t max)
+{
+	ssize_t n;
+
+	do
+		n = read(fd, buf, max);
+	while (n < 0 && errno == EINTR);
+	return n;
+}
+
+/* Next plain bytes: the pre-read head first, then the file. */
+static ssize_t dl_next(struct dl_stream *s, char *buf, size_t max)
+{
+	if (s->head_off < s->head_len) {
+		size_t n = s->head_len - s->head_off;
+		if (n > max)
+			n = max;
+		memcpy(buf, s->head + s->head_off, n);
+		s->head_off += n;
+		return (ssize_t)n;
+	}
+	return read_some(s->fd, buf, max);
+}
+
+static ssize_t dl_identity(void *cls, uint64_t pos, char *buf, size_t max)
+{
+	struct dl_stream *s = cls;
+	ssize_t n = dl_next(s, buf, max);
+
+	if (n == 0)
+		return MHD_CONTENT_READER_END_OF_STREAM;
+	if (n < 0) {
+		log_warn("files", NULL, "reading '%s' for download: %s", s->path,
+			 strerror(errno));
+		return MHD_CONTENT_READER_END_WITH_ERROR;
+	}
+	return n;
+}
+
+/*
+ * Fills buf with compressed bytes. Deflate may swallow input without output
+ * for a while, so input is fed until some output appears or the stream ends;
+ * returning 0 would make libmicrohttpd poll us again for nothing.
+ */
+static ssize_t dl_gzip(void *cls, uint64_t pos, char *buf, size_t max)
+{
+	struct dl_stream *s = cls;
+
+	if (s->z_done)
+		return MHD_CONTENT_READER_END_OF_STREAM;
+	s->z.next_out = (unsigned char *)buf;
+	s->z.avail_out = (uInt)max;
+	while (s->z.avail_out == max) {
+		if (s->z.avail_in == 0 && !s->eof) {
+			ssize_t n = dl_next(s, (char *)s->in, BLOCK_SIZE);
+			if (n < 0) {
+				log_warn("files", NULL, "reading '%s' for download: %s", s->path,
+					 strerror(errno));
+				return MHD_CONTENT_READER_END_WITH_ERROR;
+			}
+			s->eof = n == 0;
+			s->z.next_in = s->in;
+			s->z.avail_in = (uInt)n;
+		}
+		int r = deflate(&s->z, s->eof ? Z_FINISH : Z_NO_FLUSH);
+		if (r == Z_STREAM_END) {
+			s->z_done = 1;
+			break;
+		}
+		if (r != Z_OK && r != Z_BUF_ERROR)
+			return MHD_CONTENT_READER_END_WITH_ERROR;
+	}
+	if (s->z.avail_out == max)
+		return MHD_CONTENT_READER_END_OF_STREAM;
+	return (ssize_t)(max - s->z.avail_out);
+}
+
+/*
+ * Opens the file with the user's credentials (creds.c explains why): the
+ * user can download exactly what they could read themselves. O_NONBLOCK
+ * keeps a FIFO from blocking the open; non-regular files are refused below.
+ */
+static int open_as_user(const struct files_request *req, const char *abs, int *fd,
+			struct herr *err)
+{
+	struct files_creds saved;
+	int r = files_creds_enter(&req->user, &saved, err);
+
+	if (r < 0)
+		return r;
+	*fd = open(abs, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+	r = *fd < 0 ? -errno : 0;
+	files_creds_leave(&saved);
+	return r;
+}
+
+static enum MHD_Result refuse_open(struct MHD_Connection *c, const char *abs, int r,
+				   const struct files_request *req)
+{
+	if (r == -ENOENT || r == -ENOTDIR)
+		return http_send_error(c, 404, "path '%s' does not exist", abs);
+	if (r == -EACCES || r == -EPERM)
+		return http_send_error(c, 403, "permission denied: user '%s' cannot read '%s'",
+				       req->user.name, abs);
+	return http_send_error(c, files_errno_status(-r), "error opening file '%s': %s", abs,
+			       strerror(-r));
+}
+
+static int add_headers(struct MHD_Response *resp, const char *abs, const struct stat *st,
+		       const char *type, int gzip)
+{
+	const char *slash = strrchr(abs, '/');
+	char disposition[PATH_MAX * 3 + 64];
+	char date[64];
+	int ok = 1;
+
+	files_http_date(st->st_mtime, date, sizeof(date));
+	ok &= MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, type) == MHD_YES;
+	ok &= MHD_add_response_header(resp, MHD_HTTP_HEADER_LAST_MODIFIED, date) == MHD_YES;
+	ok &= MHD_add_response_header(resp, MHD_HTTP_HEADER_VARY, "Accept-Encoding") == MHD_YES;
+	if (files_disposition(slash ? slash + 1 : abs, disposition, sizeof(disposition)) == 0)
+		ok &= MHD_add_response_header(resp, "Content-Disposition", disposition) ==
+		      MHD_YES;
+	if (gzip)
+		ok &= MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_ENCODING, "gzip") ==
+		      MHD_YES;
+	return ok ? 0 : -ENOMEM;
+}
+
+static enum MHD_Result send_stream(struct MHD_Connection *c, struct dl_stream *s,
+				   const char *abs, const struct stat *st, const char *type)
+{
+	int gzip = s->gzip;
+	struct MHD_Response *resp;
+	enum MHD_Result ret;
+
+	if (gzip && deflateInit2(&s->z, 1, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK) {
+		s->gzip = 0;
+		dl_free(s);
+		return http_send_error(c, 500, "cannot start gzip compression");
+	}
+	if (!gzip && s->head_len == 0) {
+		/* Empty: an explicit Content-Length 0 is what the SDK looks for. */
+		dl_free(s);
+		resp = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+	} else {
+		resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, BLOCK_SIZE,
+			gzip ? dl_gzip : dl_identity, s, dl_free);
+		if (!resp)
+			dl_free(s);
+	}
+	if (!resp || add_headers(resp, abs, st, type, gzip) < 0) {
+		if (resp)
+			MHD_destroy_response(resp);
+		return http_send_error(c, 500, "cannot build the response for '%s'", abs);
+	}
+	ret = MHD_queue_response(c, MHD_HTTP_OK, resp);
+	MHD_destroy_response(resp);
+	return ret;
+}
+
+enum MHD_Result files_download(struct MHD_Connection *c, struct files_request *req)
+{
+	const char *accept = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+							 MHD_HTTP_HEADER_ACCEPT_ENCODING);
+	char abs[PATH_MAX];
+	struct herr err = { 0 };
+	_cleanup_close_ int fd = -1;
+	struct stat st;
+	enum files_coding coding;
+	struct dl_stream *s;
+	ssize_t n;
+	int r;
+
+	if (paths_resolve(&req->user, req->query_path ? req->query_path : "", req->workdir,
+			  abs, sizeof(abs), &err) < 0)
+		return http_send_error(c, 400, "error resolving path: %s", err.msg);
+
+	r = open_as_user(req, abs, &fd, &err);
+	if (r < 0 && err.code)
+		return http_send_error(c, 500, "%s", err.msg);
+	if (r < 0)
+		return refuse_open(c, abs, r, req);
+	if (fstat(fd, &st) < 0)
+		return http_send_error(c, 500, "fstat '%s': %s", abs, strerror(errno));
+	if (S_ISDIR(st.st_mode))
+		return http_send_error(c, 400, "path '%s' is a directory", abs);
+	if (!S_ISREG(st.st_mode))
+		return http_send_error(c, 400, "path '%s' is not a regular file", abs);
+
+	coding = files_pick_coding(accept);
+	if (coding == FILES_CODING_NONE)
+		return http_send_error(c, 406, "no acceptable encoding found, supported: [gzip]");
+
+	s = calloc(1, sizeof(*s));
+	if (!s || !(s->head = malloc(BLOCK_SIZE))) {
+		free(s);
+		return http_send_error(c, 500, "out of memory");
+	}
+	s->fd = -1;
+	snprintf(s->path, sizeof(s->path), "%s", abs);
+	n = read_some(fd, s->head, BLOCK_SIZE);
+	if (n < 0) {
+		r = -errno;
+		dl_free(s);
+		return http_send_error(c, 500, "reading '%s': %s", abs, strerror(-r));
+	}
+	s->head_len = (size_t)n;
+	s->eof = 0;
+	/* An empty file goes out as Content-Length 0 whenever identity is allowed. */
+	s->gzip = coding == FILES_CODING_GZIP && !(n == 0 && files_identity_ok(accept));
+	if (s->gzip && !(s->in = malloc(BLOCK_SIZE))) {
+		dl_free(s);
+		return http_send_error(c, 500, "out of memory");
+	}
+	s->fd = steal_fd(&fd);
+	return send_stream(c, s, abs, &st, files_guess_type(abs, s->head, s->head_len));
+}
