@@ -1,0 +1,271 @@
+/*
+ * Sandbox lifecycle: see lifecycle.h.
+ *
+ * Ordering rule: the store learns of an operation before the runtime does it
+ * (a "creating" row, a "kill" intent), and learns of its outcome after. A
+ * crash between the two leaves a row that recovery at the next start can
+ * finish (kill) or roll back (create), because the runtime's operations are
+ * idempotent by id.
+ */
+#include "lifecycle.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "log.h"
+#include "sandbox_rt.h"
+
+#define REAP_BATCH 64
+#define PURGE_EVERY_MS 60000
+
+struct lifecycle {
+	struct store *store;
+	struct lc_config cfg;
+	struct lc_rt *rt;          /* NULL: no runtime on this node */
+	pthread_t reaper;
+	bool reaper_started;
+	pthread_mutex_t lock;
+	pthread_cond_t wake;
+	bool stopping;
+	int64_t last_purge;
+};
+
+static void event(struct lifecycle *lc, const char *id, const char *kind,
+		  const char *detail)
+{
+	struct herr err;
+
+	if (store_event_add(lc->store, id, kind, detail, &err) < 0)
+		log_warn("lifecycle", id, "recording event %s: %s", kind, err.msg);
+}
+
+static void end_row(struct lifecycle *lc, const char *id, const char *reason)
+{
+	struct herr err;
+
+	if (store_sandbox_end(lc->store, id, reason, store_now_ms(), &err) < 0)
+		log_error("lifecycle", id, "recording end (%s): %s", reason, err.msg);
+	else
+		event(lc, id, "ended", reason);
+}
+
+bool lc_can_create(struct lifecycle *lc)
+{
+	return lc->rt != NULL;
+}
+
+int lc_create_begin(struct lifecycle *lc, const struct store_sandbox *sb,
+		    struct herr *err)
+{
+	int rc = store_sandbox_insert(lc->store, sb, err);
+
+	if (rc == 0)
+		event(lc, sb->id, "creating", sb->template_id);
+	return rc;
+}
+
+int lc_create_finish(struct lifecycle *lc, struct store_sandbox *sb, struct herr *err)
+{
+	int64_t started, end;
+	char reason[HERR_MSG_MAX + 32];
+	int rc;
+
+	if (!lc->rt)
+		rc = herr_set(err, -ENOSYS, "no sandbox runtime on this node");
+	else
+		rc = lcrt_start(lc->rt, sb, err);
+	if (rc == 0) {
+		/* The deadline counts from when the sandbox is ready. */
+		started = store_now_ms();
+		end = started + sb->timeout_s * 1000;
+		rc = store_sandbox_set_running(lc->store, sb->id, started, end, err);
+		if (rc >= 0) {
+			sb->started_at = started;
+			sb->end_at = end;
+			snprintf(sb->state, sizeof(sb->state), "%s", SBX_RUNNING);
+			event(lc, sb->id, "running", "");
+			return 0;
+		}
+	}
+	/* Roll back: nothing of a failed create may stay behind. */
+	if (lc->rt)
+		lcrt_destroy(lc->rt, sb->id, NULL);
+	snprintf(reason, sizeof(reason), "create failed: %s", err->msg);
+	end_row(lc, sb->id, reason);
+	return rc;
+}
+
+int lc_kill(struct lifecycle *lc, const char *id, const char *reason, struct herr *err)
+{
+	int rc = store_sandbox_set_intent(lc->store, id, "kill", err);
+
+	if (rc <= 0)
+		return rc;
+	if (lc->rt) {
+		rc = lcrt_destroy(lc->rt, id, err);
+		if (rc < 0 && rc != -ENOENT) {
+			/* The intent stays: the reaper or the next start retries. */
+			log_error("lifecycle", id, "destroying: %s", err->msg);
+			return rc;
+		}
+	}
+	rc = store_sandbox_end(lc->store, id, reason, store_now_ms(), err);
+	if (rc < 0)
+		return rc;
+	if (rc > 0) {
+		event(lc, id, "ended", reason);
+		log_info("lifecycle", id, "ended: %s", reason);
+	}
+	return rc > 0 ? 1 : 0;
+}
+
+int lc_apply_network(struct lifecycle *lc, const char *id, json_t *network,
+		     struct herr *err)
+{
+	if (!lc->rt)
+		return herr_set(err, -ENOSYS, "no sandbox runtime on this node");
+	return lcrt_set_network(lc->rt, id, network, err);
+}
+
+int lc_stats(struct lifecycle *lc, const char *id, struct lc_stats *out,
+	     struct herr *err)
+{
+	if (!lc->rt)
+		return herr_set(err, -ENOSYS, "no sandbox runtime on this node");
+	return lcrt_stats(lc->rt, id, out, err);
+}
+
+/* ---- reaper ---- */
+
+static void purge_old(struct lifecycle *lc, int64_t now)
+{
+	int64_t deleted = 0;
+	struct herr err;
+
+	if (now - lc->last_purge < PURGE_EVERY_MS)
+		return;
+	lc->last_purge = now;
+	if (store_sandbox_purge_ended(lc->store, now - lc->cfg.end_retention_ms, &deleted,
+				      &err) < 0)
+		log_warn("lifecycle", NULL, "purging ended sandboxes: %s", err.msg);
+	else if (deleted)
+		log_debug("lifecycle", NULL, "purged %lld ended sandboxes",
+			  (long long)deleted);
+}
+
+int lc_reap_once(struct lifecycle *lc, int64_t now)
+{
+	char ids[REAP_BATCH][SBX_ID_LEN + 1];
+	struct herr err;
+	int n = 0, kills = 0;
+
+	if (store_sandbox_expired(lc->store, now, ids, REAP_BATCH, &n, &err) < 0) {
+		log_error("lifecycle", NULL, "finding expired sandboxes: %s", err.msg);
+		return 0;
+	}
+	for (int i = 0; i < n; i++)
+		if (lc_kill(lc, ids[i], "timeout", &err) > 0)
+			kills++;
+	purge_old(lc, now);
+	return kills;
+}
+
+static void *reaper_main(void *arg)
+{
+	struct lifecycle *lc = arg;
+	struct timespec ts;
+
+	pthread_mutex_lock(&lc->lock);
+	while (!lc->stopping) {
+		pthread_mutex_unlock(&lc->lock);
+		lc_reap_once(lc, store_now_ms());
+		pthread_mutex_lock(&lc->lock);
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_nsec += (long)(lc->cfg.reaper_interval_ms % 1000) * 1000000;
+		ts.tv_sec += lc->cfg.reaper_interval_ms / 1000 + ts.tv_nsec / 1000000000;
+		ts.tv_nsec %= 1000000000;
+		if (!lc->stopping)
+			pthread_cond_timedwait(&lc->wake, &lc->lock, &ts);
+	}
+	pthread_mutex_unlock(&lc->lock);
+	return NULL;
+}
+
+/* ---- recovery ---- */
+
+static int recover_one(const struct store_sandbox *sb, void *arg)
+{
+	struct lifecycle *lc = arg;
+	struct herr err;
+
+	if (strcmp(sb->state, SBX_CREATING) == 0) {
+		/* A create a crash interrupted: roll it back. */
+		if (lc->rt)
+			lcrt_destroy(lc->rt, sb->id, NULL);
+		end_row(lc, sb->id, "create interrupted by a hutchd restart");
+		log_info("lifecycle", sb->id, "rolled back an interrupted create");
+	} else if (strcmp(sb->intent, "kill") == 0) {
+		if (lc_kill(lc, sb->id, "killed", &err) < 0)
+			log_error("lifecycle", sb->id, "finishing kill: %s", err.msg);
+	} else if (strcmp(sb->state, SBX_RUNNING) == 0) {
+		if (lc->rt && lcrt_alive(lc->rt, sb->id) > 0) {
+			log_info("lifecycle", sb->id, "re-adopted");
+			event(lc, sb->id, "re-adopted", "");
+		} else {
+			end_row(lc, sb->id, lc->rt ? "lost: not running after hutchd restart" :
+				"lost: no sandbox runtime on this node");
+		}
+	}
+	return 0;
+}
+
+int lc_start(struct store *st, const struct lc_config *cfg, struct lifecycle **out,
+	     struct herr *err)
+{
+	struct lifecycle *lc = calloc(1, sizeof(*lc));
+	int rc = 0;
+
+	if (!lc)
+		return herr_set(err, -ENOMEM, "lifecycle: out of memory");
+	lc->store = st;
+	lc->cfg = *cfg;
+	pthread_mutex_init(&lc->lock, NULL);
+	pthread_cond_init(&lc->wake, NULL);
+	if (!cfg->no_runtime) {
+		rc = lcrt_open(cfg, &lc->rt, err);
+		if (rc < 0) {
+			log_error("lifecycle", NULL, "sandbox runtime unavailable, creates "
+				  "will be refused: %s", err->msg);
+			lc->rt = NULL;
+		}
+	}
+	store_sandbox_each(st, NULL, recover_one, lc, err);
+	rc = pthread_create(&lc->reaper, NULL, reaper_main, lc);
+	if (rc != 0) {
+		lc_stop(lc);
+		return herr_set(err, -rc, "lifecycle: starting the reaper thread failed");
+	}
+	lc->reaper_started = true;
+	*out = lc;
+	return 0;
+}
+
+void lc_stop(struct lifecycle *lc)
+{
+	if (!lc)
+		return;
+	pthread_mutex_lock(&lc->lock);
+	lc->stopping = true;
+	pthread_cond_signal(&lc->wake);
+	pthread_mutex_unlock(&lc->lock);
+	if (lc->reaper_started)
+		pthread_join(lc->reaper, NULL);
+	if (lc->rt)
+		lcrt_close(lc->rt);
+	pthread_cond_destroy(&lc->wake);
+	pthread_mutex_destroy(&lc->lock);
+	free(lc);
+}

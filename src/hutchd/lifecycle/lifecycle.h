@@ -1,0 +1,75 @@
+/*
+ * Sandbox lifecycle: create (intent recorded, runtime asked, agent
+ * initialised), kill, deadlines enforced by a reaper thread, end reasons
+ * kept for a while, and recovery when hutchd starts (re-adopt what still
+ * runs, finish or roll back what a crash left half done).
+ */
+#ifndef HUTCH_LIFECYCLE_H
+#define HUTCH_LIFECYCLE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "err.h"
+#include "store.h"
+
+struct lc_config {
+	const char *data_dir;
+	const char *run_dir;
+	const char *template_dir;  /* <template_dir>/<name>/rootfs is a layer */
+	const char *agent_dir;     /* host dir holding the hutch-agent binary */
+	const char *net_cidr;
+	unsigned max_sandboxes;
+	unsigned pool_size;
+	unsigned agent_ready_ms;   /* how long the agent may take to answer */
+	int64_t reaper_interval_ms;
+	int64_t end_retention_ms;  /* ended rows (and reasons) kept this long */
+	bool no_runtime;           /* run the control plane without sandboxes */
+};
+
+/* What the runtime reports about a live sandbox, for the metrics endpoint. */
+struct lc_stats {
+	uint64_t cpu_usec;
+	uint64_t memory_bytes;
+	uint64_t disk_bytes;
+};
+
+struct lifecycle;
+
+/* Opens the runtime (unless no_runtime), recovers, starts the reaper. */
+int lc_start(struct store *st, const struct lc_config *cfg, struct lifecycle **out,
+	     struct herr *err);
+void lc_stop(struct lifecycle *lc);
+
+/* True when sandboxes can be created on this node. */
+bool lc_can_create(struct lifecycle *lc);
+
+/*
+ * Creating is two steps so that the API can check a team's concurrency cap
+ * and record the new row under one lock: lc_create_begin commits the row in
+ * state "creating" (intent "create") before anything else happens;
+ * lc_create_finish asks the runtime, initialises the agent and marks the
+ * row "running" (updating sb->started_at/end_at). On failure the row is
+ * ended with the reason and the runtime's leftovers are removed.
+ * -ENOENT: unknown template; -ENOSYS: no runtime on this node.
+ */
+int lc_create_begin(struct lifecycle *lc, const struct store_sandbox *sb,
+		    struct herr *err);
+int lc_create_finish(struct lifecycle *lc, struct store_sandbox *sb, struct herr *err);
+
+/* Kills a live sandbox and records reason; 1 killed, 0 nothing live by that id. */
+int lc_kill(struct lifecycle *lc, const char *id, const char *reason, struct herr *err);
+
+/* Applies a stored network object to a running sandbox. */
+int lc_apply_network(struct lifecycle *lc, const char *id, json_t *network,
+		     struct herr *err);
+
+int lc_stats(struct lifecycle *lc, const char *id, struct lc_stats *out,
+	     struct herr *err);
+
+/* One pass of the reaper at time now (exposed for tests): returns kills made. */
+int lc_reap_once(struct lifecycle *lc, int64_t now);
+
+#endif

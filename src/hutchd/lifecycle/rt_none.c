@@ -1,0 +1,40 @@
+/* Built when the runtime is not: every sandbox operation says so. */
+#include "sandbox_rt.h"
+
+#include <errno.h>
+
+int lcrt_open(const struct lc_config *cfg, struct lc_rt **out, struct herr *err)
+{
+	*out = NULL;
+	return herr_set(err, -ENOSYS, "this hutchd was built without the sandbox runtime");
+}
+
+void lcrt_close(struct lc_rt *rt)
+{
+}
+
+int lcrt_start(struct lc_rt *rt, const struct store_sandbox *sb, struct herr *err)
+{
+	return herr_set(err, -ENOSYS, "no sandbox runtime on this node");
+}
+
+int lcrt_destroy(struct lc_rt *rt, const char *id, struct herr *err)
+{
+	return herr_set(err, -ENOENT, "no sandbox runtime on this node");
+}
+
+int lcrt_alive(struct lc_rt *rt, const char *id)
+{
+	return 0;
+}
+
+int lcrt_set_network(struct lc_rt *rt, const char *id, json_t *network,
+		     struct herr *err)
+{
+	return herr_set(err, -ENOSYS, "no sandbox runtime on this node");
+}
+
+int lcrt_stats(struct lc_rt *rt, const char *id, struct lc_stats *out, struct herr *err)
+{
+	return herr_set(err, -ENOSYS, "no sandbox runtime on this node");
+}

@@ -1,0 +1,358 @@
+/*
+ * hutchd: the Hutch host daemon. Runs the control plane (store, REST API,
+ * lifecycle) and manages API keys:
+ *
+ *   hutchd [settings]                      run the daemon
+ *   hutchd [settings] keys create [--team NAME]   print a new key on stdout
+ *   hutchd [settings] keys list
+ *   hutchd [settings] keys revoke ID
+ *
+ * When the API listens, stdout gets exactly the lines a shell needs to point
+ * the E2B SDKs here; everything else goes to stderr.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "api.h"
+#include "cleanup.h"
+#include "config.h"
+#include "ids.h"
+#include "lifecycle.h"
+#include "log.h"
+#include "store.h"
+
+static struct cfg_opt opts[] = {
+	{ "data-dir", CFG_STR, "/var/lib/hutch", "state: database, secret, sandboxes" },
+	{ "run-dir", CFG_STR, "/run/hutch", "runtime state, re-read after a restart" },
+	{ "api-listen", CFG_STR, "127.0.0.1", "IPv4 address of the REST API" },
+	{ "api-port", CFG_INT, "3000", "port of the REST API (E2B_API_URL)" },
+	{ "proxy-port", CFG_INT, "3001", "port of the sandbox proxy (E2B_SANDBOX_URL)" },
+	{ "domain", CFG_STR, "", "sandbox domain returned to clients ('' = none)" },
+	{ "node-id", CFG_STR, NULL, "this node's name in the store (default: hostname)" },
+	{ "log", CFG_STR, "info", "log levels, e.g. 'info,api=debug'" },
+	{ "envd-version", CFG_STR, "0.6.13", "agent protocol version told to the SDKs" },
+	{ "default-timeout", CFG_INT, "15", "sandbox timeout (s) when a create gives none" },
+	{ "secure-default", CFG_BOOL, "true",
+	  "sandboxes get an agent access token unless the create says secure=false" },
+	{ "max-timeout", CFG_INT, "3600", "plan: longest sandbox run (s); more is a 400" },
+	{ "max-concurrent", CFG_INT, "20", "plan: sandboxes alive per team (0 = no cap)" },
+	{ "create-rate", CFG_INT, "10", "plan: creates per second per team (0 = no limit)" },
+	{ "create-burst", CFG_INT, "20", "plan: creates allowed at once" },
+	{ "request-rate", CFG_INT, "200", "plan: API requests per second per team (0 = no limit)" },
+	{ "request-burst", CFG_INT, "400", "plan: API requests allowed at once" },
+	{ "cpu-count", CFG_INT, "2", "CPUs of a sandbox" },
+	{ "memory-mb", CFG_INT, "512", "memory of a sandbox (MiB)" },
+	{ "disk-mb", CFG_INT, "2048", "writable disk of a sandbox (MiB)" },
+	{ "max-sandboxes", CFG_INT, "1000", "sandboxes on this node at most" },
+	{ "end-retention", CFG_INT, "3600", "seconds an ended sandbox's reason is kept" },
+	{ "reaper-interval-ms", CFG_INT, "50", "how often deadlines are checked" },
+	{ "agent-ready-ms", CFG_INT, "5000", "how long a new sandbox's agent may take" },
+	{ "template-dir", CFG_STR, NULL, "templates (default: <data-dir>/templates)" },
+	{ "agent-dir", CFG_STR, NULL, "dir with hutch-agent (default: next to hutchd)" },
+	{ "net-cidr", CFG_STR, "10.213.0.0/16", "sandbox addresses" },
+	{ "pool-size", CFG_INT, "4", "network namespaces prepared ahead" },
+	{ "no-runtime", CFG_BOOL, "false", "run the control plane without sandboxes" },
+	{ "max-connections", CFG_INT, "1000", "API connections at once" },
+};
+#define NOPTS ((int)(sizeof(opts) / sizeof(opts[0])))
+
+static const char summary[] =
+	"The Hutch host daemon: E2B-compatible REST API, store and sandbox lifecycle.\n"
+	"Commands: (none) run the daemon; keys create [--team NAME]; keys list;\n"
+	"keys revoke ID.";
+
+static const char *S(const char *name)
+{
+	return cfg_str(opts, NOPTS, name);
+}
+
+static long long I(const char *name)
+{
+	return cfg_int(opts, NOPTS, name);
+}
+
+static int make_dir(const char *path, mode_t mode)
+{
+	if (mkdir(path, mode) < 0 && errno != EEXIST) {
+		fprintf(stderr, "hutchd: creating %s: %s\n", path, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+static int open_store(struct store **st)
+{
+	char path[4096], node[256] = "";
+	const char *node_id = S("node-id");
+	struct herr err;
+
+	if (make_dir(S("data-dir"), 0700) < 0)
+		return -1;
+	if (!node_id || !*node_id) {
+		gethostname(node, sizeof(node) - 1);
+		node_id = node;
+	}
+	snprintf(path, sizeof(path), "%s/hutch.db", S("data-dir"));
+	if (store_open(path, node_id, st, &err) < 0) {
+		fprintf(stderr, "hutchd: %s\n", err.msg);
+		return -1;
+	}
+	return 0;
+}
+
+/* ---- keys ---- */
+
+static int create_key(struct store *st, const char *team, char key[APIKEY_LEN + 1],
+		      struct herr *err)
+{
+	char hash[APIKEY_HASH_HEX], hint[APIKEY_HINT_MAX];
+	int64_t team_id;
+	int rc = store_team_ensure(st, team, &team_id, err);
+
+	if (rc == 0)
+		rc = apikey_generate(key, err);
+	if (rc < 0)
+		return rc;
+	apikey_hash(key, hash);
+	apikey_hint(key, hint);
+	return store_key_add(st, team_id, hash, hint, NULL, err);
+}
+
+static int print_key(const struct store_key *k, void *ctx)
+{
+	printf("%lld\t%s\t%s\t%s\n", (long long)k->id, k->team, k->hint,
+	       k->revoked_at ? "revoked" : "valid");
+	return 0;
+}
+
+static const char *team_option(int argc, char **argv, int i)
+{
+	for (; i < argc; i++) {
+		if (strncmp(argv[i], "--team=", 7) == 0)
+			return argv[i] + 7;
+		if (strcmp(argv[i], "--team") == 0 && i + 1 < argc)
+			return argv[i + 1];
+	}
+	return "default";
+}
+
+static int cmd_keys(int argc, char **argv, int i)
+{
+	struct store *st = NULL;
+	char key[APIKEY_LEN + 1];
+	struct herr err;
+	int rc = -1;
+
+	if (i >= argc) {
+		fprintf(stderr, "hutchd keys: expected create, list or revoke\n");
+		return 2;
+	}
+	if (open_store(&st) < 0)
+		return 1;
+	if (strcmp(argv[i], "create") == 0) {
+		rc = create_key(st, team_option(argc, argv, i + 1), key, &err);
+		if (rc == 0)
+			printf("%s\n", key);
+	} else if (strcmp(argv[i], "list") == 0) {
+		printf("ID\tTEAM\tKEY\tSTATE\n");
+		rc = store_key_list(st, print_key, NULL, &err);
+	} else if (strcmp(argv[i], "revoke") == 0 && i + 1 < argc) {
+		char *end;
+		long long id = strtoll(argv[i + 1], &end, 10);
+
+		rc = *end || end == argv[i + 1] ?
+			herr_set(&err, -EINVAL, "key id '%s' is not a number", argv[i + 1]) :
+			store_key_revoke(st, id, &err);
+	} else {
+		rc = herr_set(&err, -EINVAL, "unknown keys command '%s' (create, list, "
+			      "revoke ID)", argv[i]);
+	}
+	if (rc < 0)
+		fprintf(stderr, "hutchd keys: %s\n", err.msg);
+	store_close(st);
+	return rc < 0 ? 1 : 0;
+}
+
+/* ---- daemon ---- */
+
+static void default_dirs(char *tpl, char *agent, size_t cap, const char *argv0)
+{
+	char self[2048];
+	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	char *slash;
+
+	snprintf(tpl, cap, "%s/templates", S("data-dir"));
+	self[n > 0 ? n : 0] = '\0';
+	slash = strrchr(self, '/');
+	if (slash)
+		*slash = '\0';
+	/* In a build tree the agent is ../agent from hutchd. */
+	snprintf(agent, cap, "%s/../agent", *self ? self : ".");
+}
+
+static int first_key_line(struct store *st, char *line, size_t cap)
+{
+	char key[APIKEY_LEN + 1];
+	int64_t count = 0;
+	struct herr err;
+
+	if (store_key_count_valid(st, &count, &err) < 0 ||
+	    (count == 0 && create_key(st, "default", key, &err) < 0)) {
+		fprintf(stderr, "hutchd: %s\n", err.msg);
+		return -1;
+	}
+	if (count == 0)
+		snprintf(line, cap, "export E2B_API_KEY=%s", key);
+	else
+		snprintf(line, cap, "# E2B_API_KEY was printed when it was made; "
+			 "make another with: hutchd keys create");
+	return 0;
+}
+
+static volatile sig_atomic_t stop_signal;
+
+static void on_signal(int sig)
+{
+	stop_signal = sig;
+}
+
+static void fill_api_config(struct api_config *c)
+{
+	*c = (struct api_config){
+		.listen = S("api-listen"), .port = (unsigned)I("api-port"),
+		.domain = S("domain"), .envd_version = S("envd-version"),
+		.default_timeout_s = I("default-timeout"),
+		.secure_default = I("secure-default") != 0,
+		.cpu_count = I("cpu-count"), .memory_mb = I("memory-mb"),
+		.disk_mb = I("disk-mb"), .max_body = 1 << 20,
+		.max_connections = (unsigned)I("max-connections"),
+		.plan = {
+			.create_rate = (double)I("create-rate"),
+			.create_burst = I("create-burst"),
+			.request_rate = (double)I("request-rate"),
+			.request_burst = I("request-burst"),
+			.max_concurrent = I("max-concurrent"),
+			.max_timeout_s = I("max-timeout"),
+		},
+	};
+}
+
+static void fill_lc_config(struct lc_config *c, const char *tpl, const char *agent)
+{
+	*c = (struct lc_config){
+		.data_dir = S("data-dir"), .run_dir = S("run-dir"), .template_dir = tpl,
+		.agent_dir = agent, .net_cidr = S("net-cidr"),
+		.max_sandboxes = (unsigned)I("max-sandboxes"),
+		.pool_size = (unsigned)I("pool-size"),
+		.agent_ready_ms = (unsigned)I("agent-ready-ms"),
+		.reaper_interval_ms = I("reaper-interval-ms") > 0 ?
+			I("reaper-interval-ms") : 50,
+		.end_retention_ms = I("end-retention") * 1000,
+		.no_runtime = I("no-runtime") != 0,
+	};
+}
+
+static int check_settings(void)
+{
+	if (I("default-timeout") <= 0 || I("max-timeout") <= 0 ||
+	    I("default-timeout") > I("max-timeout")) {
+		fprintf(stderr, "hutchd: default-timeout must be from 1 to max-timeout\n");
+		return -1;
+	}
+	if (I("api-port") < 0 || I("api-port") > 65535 || I("proxy-port") < 0 ||
+	    I("proxy-port") > 65535) {
+		fprintf(stderr, "hutchd: api-port and proxy-port must be 0..65535\n");
+		return -1;
+	}
+	return 0;
+}
+
+static void print_exports(unsigned api_port, const char *key_line)
+{
+	const char *host = strcmp(S("api-listen"), "0.0.0.0") == 0 ?
+		"127.0.0.1" : S("api-listen");
+
+	printf("export E2B_API_URL=http://%s:%u\n", host, api_port);
+	printf("export E2B_SANDBOX_URL=http://%s:%lld\n", host, I("proxy-port"));
+	printf("%s\n", key_line);
+	fflush(stdout);
+}
+
+static int serve(void)
+{
+	unsigned char secret[SERVER_SECRET_LEN];
+	char secret_path[4096], tpl[4096], agent[4096], key_line[256];
+	struct store *st = NULL;
+	struct lifecycle *lc = NULL;
+	struct api *api = NULL;
+	struct api_config ac;
+	struct lc_config lcc;
+	struct herr err;
+	int rc = 1;
+
+	if (check_settings() < 0 || open_store(&st) < 0)
+		return 1;
+	snprintf(secret_path, sizeof(secret_path), "%s/server-secret", S("data-dir"));
+	default_dirs(tpl, agent, sizeof(tpl), NULL);
+	fill_lc_config(&lcc, S("template-dir") ? S("template-dir") : tpl,
+		       S("agent-dir") ? S("agent-dir") : agent);
+	fill_api_config(&ac);
+	if (server_secret_load(secret_path, secret, &err) < 0 ||
+	    lc_start(st, &lcc, &lc, &err) < 0 ||
+	    api_start(&ac, st, lc, secret, &api, &err) < 0) {
+		log_error("hutchd", NULL, "%s", err.msg);
+		goto out;
+	}
+	if (first_key_line(st, key_line, sizeof(key_line)) < 0)
+		goto out;
+	log_info("hutchd", NULL, "API listening on %s:%u (store schema v%d)",
+		 S("api-listen"), api_port(api), store_schema_version(st));
+	print_exports(api_port(api), key_line);
+	while (!stop_signal)
+		pause();
+	log_info("hutchd", NULL, "stopping on signal %d; sandboxes keep running",
+		 (int)stop_signal);
+	rc = 0;
+out:
+	api_stop(api);
+	lc_stop(lc);
+	store_close(st);
+	return rc;
+}
+
+int main(int argc, char **argv)
+{
+	struct sigaction sa = { .sa_handler = on_signal };
+	struct herr err;
+	int first = 1, rc;
+
+	rc = cfg_load(opts, NOPTS, "hutchd", summary, "/etc/hutch/hutchd.conf", argc, argv,
+		      &first, &err);
+	if (rc == 1)
+		return 0;
+	if (rc < 0) {
+		fprintf(stderr, "hutchd: %s\n", err.msg);
+		return 2;
+	}
+	if (log_configure(S("log")) < 0) {
+		fprintf(stderr, "hutchd: bad log spec '%s'\n", S("log"));
+		return 2;
+	}
+	signal(SIGPIPE, SIG_IGN);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	if (first < argc && strcmp(argv[first], "keys") == 0)
+		rc = cmd_keys(argc, argv, first + 1);
+	else if (first < argc)
+		rc = (fprintf(stderr, "hutchd: unknown command '%s' (see --help)\n",
+			      argv[first]), 2);
+	else
+		rc = serve();
+	cfg_free(opts, NOPTS);
+	return rc;
+}
