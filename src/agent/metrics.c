@@ -147,11 +147,14 @@ static struct cpu_sample sample_proc_cpu(const char *proc)
 		       &v[2], &v[3], &v[4], &v[5], &v[6], &v[7]);
 	if (n < 4)
 		return s;
-	double total = 0;
+	double total = 0, tick = (double)sysconf(_SC_CLK_TCK);
 	for (int i = 0; i < n; i++)
 		total += (double)v[i];
-	s.total = total;
-	s.busy = total - (double)v[3] - (double)v[4]; /* minus idle and iowait */
+	if (tick <= 0)
+		tick = 100;
+	/* in seconds, like the cgroup sample; idle and iowait are not busy */
+	s.total = total / tick;
+	s.busy = (total - (double)v[3] - (double)v[4]) / tick;
 	s.valid = 1;
 	return s;
 }

@@ -179,7 +179,7 @@ static void load_groups(struct agent_user *u)
 
 /*
  * Calls match(entry, arg) on each valid passwd line until it returns 1,
- * filling out from that entry. Returns 0 when found, -ENOENT otherwise, or a
+ * filling out from that entry. Returns 0 when found, 1 when not, or a
  * negative errno when the file cannot be opened.
  */
 static int find_passwd(int (*match)(const struct passwd_entry *, const void *),
@@ -204,7 +204,7 @@ static int find_passwd(int (*match)(const struct passwd_entry *, const void *),
 		snprintf(out->shell, sizeof(out->shell), "%s", e.shell);
 		return 0;
 	}
-	return -ENOENT;
+	return 1;
 }
 
 static int match_name(const struct passwd_entry *e, const void *arg)
@@ -225,10 +225,19 @@ int users_lookup(const char *name, struct agent_user *out, struct herr *err)
 		return herr_set(err, -ENOENT, "invalid username: '%.*s'", USERS_NAME_MAX,
 				name ? name : "");
 	r = find_passwd(match_name, name, out);
-	if (r == -ENOENT)
-		return herr_set(err, r, "invalid username: '%s'", name);
-	if (r < 0)
-		return herr_sys(err, r, "invalid username: '%s': reading passwd", name);
+	if (r == 1)
+		return herr_set(err, -ENOENT, "invalid username: '%s'", name);
+	if (r < 0) {
+		char etc[PATH_MAX];
+
+		pthread_mutex_lock(&etc_lock);
+		snprintf(etc, sizeof(etc), "%s", etc_dir);
+		pthread_mutex_unlock(&etc_lock);
+		herr_sys(err, r, "invalid username: '%s': reading %s/passwd", name, etc);
+		if (err)
+			err->code = -ENOENT; /* to callers, the user does not exist */
+		return -ENOENT;
+	}
 	load_groups(out);
 	return 0;
 }
