@@ -1343,3 +1343,65 @@ int pbbin_encode(const ProtobufCMessage *msg, char **out, size_t *len, struct he
 	*out = buf;
 	return 0;
 }
+
+/* ---- Connect framing ---------------------------------------------------- */
+
+int pbjson_envelope_parse(const void *body, size_t len, const void **msg, size_t *msg_len,
+			  struct herr *err)
+{
+	const unsigned char *b = body;
+	uint32_t n;
+
+	if (len < PBJSON_ENVELOPE_HEADER)
+		return herr_set(err, -EINVAL, "truncated envelope: %zu of 5 header bytes", len);
+	if (b[0] & 0x01)
+		return herr_set(err, -EINVAL, "compressed messages are not supported");
+	if (b[0] != 0)
+		return herr_set(err, -EINVAL, "unexpected envelope flags 0x%02x in a request",
+				b[0]);
+	n = (uint32_t)b[1] << 24 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 8 | b[4];
+	if (n > len - PBJSON_ENVELOPE_HEADER)
+		return herr_set(err, -EINVAL, "truncated envelope: declares %" PRIu32
+				" bytes, %zu present", n, len - PBJSON_ENVELOPE_HEADER);
+	if (n < len - PBJSON_ENVELOPE_HEADER)
+		return herr_set(err, -EINVAL, "a server-streaming request carries exactly one "
+				"message; %zu extra bytes follow it",
+				len - PBJSON_ENVELOPE_HEADER - n);
+	*msg = b + PBJSON_ENVELOPE_HEADER;
+	*msg_len = n;
+	return 0;
+}
+
+void pbjson_envelope_header(unsigned char hdr[PBJSON_ENVELOPE_HEADER], unsigned flags,
+			    uint32_t len)
+{
+	hdr[0] = (unsigned char)flags;
+	hdr[1] = (unsigned char)(len >> 24);
+	hdr[2] = (unsigned char)(len >> 16);
+	hdr[3] = (unsigned char)(len >> 8);
+	hdr[4] = (unsigned char)len;
+}
+
+char *pbjson_connect_error(const char *code, const char *message, int end_stream,
+			   size_t *len)
+{
+	json_t *j = json_object(), *e = NULL;
+	char *s = NULL;
+
+	if (!j)
+		return NULL;
+	if (code) {
+		e = end_stream ? json_object() : json_incref(j);
+		if (!e || json_object_set_new(e, "code", json_string(code)) ||
+		    json_object_set_new(e, "message", json_text(message)) ||
+		    (end_stream && json_object_set(j, "error", e)))
+			goto out;
+	}
+	s = json_dumps(j, JSON_COMPACT);
+	if (s)
+		*len = strlen(s);
+out:
+	json_decref(e);
+	json_decref(j);
+	return s;
+}

@@ -17,6 +17,7 @@
 #define HUTCH_AGENT_PBJSON_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <protobuf-c/protobuf-c.h>
 
 #include "arena.h"
@@ -44,6 +45,26 @@ int pbjson_encode(const ProtobufCMessage *msg, char **out, size_t *len, struct h
 int pbbin_decode(const ProtobufCMessageDescriptor *desc, const void *data, size_t len,
 		 struct arena *a, ProtobufCMessage **out, struct herr *err);
 int pbbin_encode(const ProtobufCMessage *msg, char **out, size_t *len, struct herr *err);
+
+/*
+ * Connect envelopes: 1 flags byte, a 4-byte big-endian length, the message.
+ * A server-streaming request body must be exactly one uncompressed envelope
+ * (flags 0); anything else fails with -EINVAL and a message saying why.
+ */
+#define PBJSON_ENVELOPE_HEADER 5
+#define PBJSON_ENVELOPE_END_STREAM 0x02
+int pbjson_envelope_parse(const void *body, size_t len, const void **msg, size_t *msg_len,
+			  struct herr *err);
+void pbjson_envelope_header(unsigned char hdr[PBJSON_ENVELOPE_HEADER], unsigned flags,
+			    uint32_t len);
+
+/*
+ * The JSON of a Connect error: {"code":..,"message":..}, or wrapped as the
+ * end-of-stream message {"error":{...}} when end_stream is set. code NULL
+ * with end_stream gives the success end message "{}". malloc'd; NULL on OOM.
+ */
+char *pbjson_connect_error(const char *code, const char *message, int end_stream,
+			   size_t *len);
 
 /*
  * Base64 helpers shared with tests: encoding is standard with padding;

@@ -11,6 +11,7 @@
 #ifndef HUTCH_AGENT_RPC_H
 #define HUTCH_AGENT_RPC_H
 
+#include <microhttpd.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <protobuf-c/protobuf-c.h>
@@ -62,7 +63,12 @@ struct rpc_ctx {
 	int keepalive_ms;         /* idle interval between keepalive messages */
 };
 
-/* Call-scoped allocation: never fails for the caller (aborts on OOM). */
+/*
+ * Call-scoped allocation: never fails for the caller (aborts on OOM or past
+ * the call's 256 MiB cap). Thread-safe, so a stream's producer may use it too.
+ * Memory lives until the call ends: for a stream, until its last reference
+ * is dropped, so ctx and req stay valid for a producer holding a reference.
+ */
 void *rpc_alloc(struct rpc_ctx *ctx, size_t n);
 char *rpc_strdup(struct rpc_ctx *ctx, const char *s);
 
@@ -129,6 +135,28 @@ struct rpc_method {
 	/* streams: the message sent when idle for keepalive_ms */
 	const ProtobufCMessage *keepalive;
 };
+
+/*
+ * The HTTP side, for the agent's server (http.c), which checks the access
+ * token first. rpc_is_rpc_path says whether a URL has the shape of a Connect
+ * method path ("/pkg.Service/Method"); rpc_handler follows libmicrohttpd's
+ * access-handler contract for such a request, *state starting NULL; rpc_done
+ * is called once when the request ends, however it ends.
+ */
+int rpc_is_rpc_path(const char *url);
+enum MHD_Result rpc_handler(struct MHD_Connection *c, const char *url, const char *method,
+			    const char *upload_data, size_t *upload_data_size, void **state);
+void rpc_done(void *state);
+
+/*
+ * Adds a method table (ending with a zeroed entry) searched after the
+ * services' own; for tests and optional services. Call before serving.
+ */
+void rpc_register_methods(const struct rpc_method *table);
+
+/* Limits: request body, bytes queued on a stream before senders block. */
+#define RPC_BODY_MAX (16u << 20)
+#define RPC_STREAM_QUEUE_MAX (4u << 20)
 
 /* Method tables of the services, each ending with a zeroed entry. */
 extern const struct rpc_method process_methods[];
