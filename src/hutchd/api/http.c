@@ -108,8 +108,8 @@ bool api_rate_check(struct api_req *r, enum rl_kind kind)
 	api_header(r, "RateLimit-Limit", "%lld", (long long)v.limit);
 	api_header(r, "RateLimit-Remaining", "%lld", (long long)v.remaining);
 	api_header(r, "RateLimit-Reset", "%lld", (long long)v.reset_s);
-	api_error(r, 429, "Rate limit exceeded: at most %g %s per second (burst %lld) "
-		  "for your team; retry in %lld s", rate,
+	api_error(r, 429, "Rate limit exceeded: at most %g %s per minute (burst %lld) "
+		  "for your team; retry in %lld s", rate * 60.0,
 		  kind == RL_CREATE ? "sandbox creates" : "requests", (long long)burst,
 		  (long long)v.retry_after_s);
 	return false;
