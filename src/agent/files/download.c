@@ -202,6 +202,7 @@ static enum MHD_Result send_stream(struct MHD_Connection *c, struct dl_stream *s
 			MHD_destroy_response(resp);
 		return http_send_error(c, 500, "cannot build the response for '%s'", abs);
 	}
+	http_add_common_headers(resp);
 	ret = MHD_queue_response(c, MHD_HTTP_OK, resp);
 	MHD_destroy_response(resp);
 	return ret;

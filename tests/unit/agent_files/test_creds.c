@@ -79,9 +79,17 @@ static int can_open(const char *path, int flags)
 	return 1;
 }
 
+/*
+ * A thread inherits the credentials of the thread creating it, so the other
+ * thread is started before the switch and told when to try.
+ */
+static pthread_barrier_t barrier;
+
 static void *open_secret_thread(void *arg)
 {
+	pthread_barrier_wait(&barrier); /* the main thread has switched */
 	*(int *)arg = can_open(secret, O_RDONLY);
+	pthread_barrier_wait(&barrier);
 	return NULL;
 }
 
@@ -119,11 +127,15 @@ static void test_other_threads_keep_root(void **state)
 
 	if (geteuid() != 0)
 		skip();
-	assert_int_equal(files_creds_enter(&u, &saved, &err), 0);
+	pthread_barrier_init(&barrier, NULL, 2);
 	assert_int_equal(pthread_create(&t, NULL, open_secret_thread, &other), 0);
-	pthread_join(t, NULL);
+	assert_int_equal(files_creds_enter(&u, &saved, &err), 0);
+	pthread_barrier_wait(&barrier);
+	pthread_barrier_wait(&barrier); /* the other thread has tried */
 	assert_false(can_open(secret, O_RDONLY));
 	files_creds_leave(&saved);
+	pthread_join(t, NULL);
+	pthread_barrier_destroy(&barrier);
 	assert_int_equal(other, 1);
 }
 

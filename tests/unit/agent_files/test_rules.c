@@ -3,10 +3,12 @@
  * with the real auth.c, X-Metadata-* validation, Accept-Encoding and
  * Content-Encoding handling, multipart targets, response headers.
  */
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
 
@@ -256,7 +258,7 @@ static void test_pick_coding(void **state)
 	assert_int_equal(files_pick_coding("identity;q=0, *"), FILES_CODING_GZIP);
 	assert_int_equal(files_pick_coding("identity;q=0, br"), FILES_CODING_NONE);
 	/* Whitespace and parameter spelling. */
-	assert_int_equal(files_pick_coding("  gzip ; Q = 0 "), FILES_CODING_IDENTITY);
+	assert_int_equal(files_pick_coding("  gzip ; Q=0 "), FILES_CODING_IDENTITY);
 	assert_int_equal(files_pick_coding("gzip;level=1;q=0"), FILES_CODING_IDENTITY);
 	/* A malformed q counts as 1, as envd reads it. */
 	assert_int_equal(files_pick_coding("gzip;q=abc"), FILES_CODING_GZIP);
