@@ -496,43 +496,6 @@ static int declared_too_big(struct MHD_Connection *c, size_t max)
 
 /* Dispatch ----------------------------------------------------------------- */
 
-/*
- * Interim: the Connect layer (rpc.c) declares these three in rpc.h. Until it
- * lands, weak stand-ins answer 501 so the server links and serves the rest;
- * rpc.c's definitions replace them. Removed once rpc.c is in the tree.
- */
-int rpc_is_rpc_path(const char *url);
-enum MHD_Result rpc_handler(struct MHD_Connection *c, const char *url, const char *method,
-			    const char *upload_data, size_t *upload_data_size, void **state);
-void rpc_done(void *state);
-
-__attribute__((weak)) int rpc_is_rpc_path(const char *url)
-{
-	return strncmp(url, "/process.Process/", 17) == 0 ||
-	       strncmp(url, "/filesystem.Filesystem/", 23) == 0;
-}
-
-__attribute__((weak)) enum MHD_Result rpc_handler(struct MHD_Connection *c, const char *url,
-						  const char *method,
-						  const char *upload_data,
-						  size_t *upload_data_size, void **state)
-{
-	if (*state == NULL) {
-		*state = &simple_marker;
-		return MHD_YES;
-	}
-	if (*upload_data_size != 0 || *state == &answered_marker) {
-		*upload_data_size = 0;
-		return MHD_YES;
-	}
-	*state = &answered_marker;
-	return http_send_error(c, MHD_HTTP_NOT_IMPLEMENTED, "RPC is not implemented yet");
-}
-
-__attribute__((weak)) void rpc_done(void *state)
-{
-}
-
 static struct route *new_route(enum route_kind kind)
 {
 	struct route *rt = calloc(1, sizeof(*rt));
