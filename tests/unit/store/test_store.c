@@ -1,0 +1,266 @@
+/* The SQLite store on a real database file in a temporary directory. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "ids.h"
+#include "store.h"
+
+struct fx {
+	char dir[64];
+	char path[128];
+	struct store *st;
+	int64_t team;
+};
+
+static int setup(void **state)
+{
+	struct fx *f = calloc(1, sizeof(*f));
+	struct herr err;
+
+	snprintf(f->dir, sizeof(f->dir), "/tmp/hutch-store-XXXXXX");
+	assert_non_null(mkdtemp(f->dir));
+	snprintf(f->path, sizeof(f->path), "%s/db", f->dir);
+	assert_int_equal(store_open(f->path, "node-a", &f->st, &err), 0);
+	assert_int_equal(store_team_ensure(f->st, "t1", &f->team, &err), 0);
+	*state = f;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct fx *f = *state;
+	char p[160];
+
+	store_close(f->st);
+	for (const char *sfx = ""; ; sfx = sfx[0] ? NULL : "-wal") {
+		if (!sfx)
+			break;
+		snprintf(p, sizeof(p), "%s%s", f->path, sfx);
+		unlink(p);
+	}
+	snprintf(p, sizeof(p), "%s-shm", f->path);
+	unlink(p);
+	rmdir(f->dir);
+	free(f);
+	return 0;
+}
+
+static void add_sandbox(struct fx *f, const char *id, int64_t started, const char *meta)
+{
+	struct store_sandbox s = { 0 };
+	struct herr err;
+
+	snprintf(s.id, sizeof(s.id), "%s", id);
+	s.team_id = f->team;
+	s.template_id = "base";
+	s.created_at = s.started_at = started;
+	s.end_at = started + 15000;
+	s.timeout_s = 15;
+	s.metadata = (char *)meta;
+	s.envd_version = "0.6.13";
+	s.cpu_count = 2;
+	assert_int_equal(store_sandbox_insert(f->st, &s, &err), 0);
+	assert_int_equal(store_sandbox_set_running(f->st, id, started, started + 15000,
+						   &err), 1);
+}
+
+static void test_reopen_keeps_schema(void **state)
+{
+	struct fx *f = *state;
+	struct store *again;
+	struct herr err;
+
+	assert_int_equal(store_schema_version(f->st), 1);
+	assert_int_equal(store_open(f->path, "node-a", &again, &err), 0);
+	assert_int_equal(store_schema_version(again), 1);
+	store_close(again);
+}
+
+static void test_keys_hash_lookup_revoke(void **state)
+{
+	struct fx *f = *state;
+	char key[APIKEY_LEN + 1], other[APIKEY_LEN + 1], hash[APIKEY_HASH_HEX];
+	struct store_key k;
+	struct herr err;
+	int64_t id, n;
+
+	assert_int_equal(apikey_generate(key, &err), 0);
+	assert_int_equal(apikey_generate(other, &err), 0);
+	assert_string_not_equal(key, other);
+	apikey_hash(key, hash);
+	assert_int_equal(store_key_add(f->st, f->team, hash, "hint", &id, &err), 0);
+	assert_int_equal(store_key_lookup(f->st, hash, &k, &err), 1);
+	assert_int_equal(k.team_id, f->team);
+	assert_string_equal(k.team, "t1");
+	apikey_hash(other, hash);
+	assert_int_equal(store_key_lookup(f->st, hash, &k, &err), 0);
+	assert_int_equal(store_key_count_valid(f->st, &n, &err), 0);
+	assert_int_equal(n, 1);
+	assert_int_equal(store_key_revoke(f->st, id, &err), 0);
+	apikey_hash(key, hash);
+	assert_int_equal(store_key_lookup(f->st, hash, &k, &err), 0);
+	assert_int_equal(store_key_revoke(f->st, id, &err), -ENOENT);
+}
+
+static void test_insert_is_creating_with_intent(void **state)
+{
+	struct fx *f = *state;
+	struct store_sandbox s = { 0 }, got = { 0 };
+	struct herr err;
+
+	snprintf(s.id, sizeof(s.id), "iaaaa");
+	s.team_id = f->team;
+	s.template_id = "base";
+	s.envd_version = "0.6.13";
+	assert_int_equal(store_sandbox_insert(f->st, &s, &err), 0);
+	assert_int_equal(store_sandbox_insert(f->st, &s, &err), -EEXIST);
+	assert_int_equal(store_sandbox_get(f->st, "iaaaa", f->team, &got, &err), 1);
+	assert_string_equal(got.state, SBX_CREATING);
+	assert_string_equal(got.intent, "create");
+	assert_string_equal(got.metadata, "{}");
+	assert_string_equal(got.node, "node-a");
+	store_sandbox_clear(&got);
+	/* another team does not see it */
+	assert_int_equal(store_sandbox_get(f->st, "iaaaa", f->team + 1, &got, &err), 0);
+}
+
+static void test_end_keeps_reason_once(void **state)
+{
+	struct fx *f = *state;
+	struct store_sandbox got = { 0 };
+	struct herr err;
+	int64_t n;
+
+	add_sandbox(f, "ib", 1000, NULL);
+	assert_int_equal(store_sandbox_count_active(f->st, f->team, &n, &err), 0);
+	assert_int_equal(n, 1);
+	assert_int_equal(store_sandbox_end(f->st, "ib", "timeout", 5000, &err), 1);
+	assert_int_equal(store_sandbox_end(f->st, "ib", "killed", 6000, &err), 0);
+	assert_int_equal(store_sandbox_get(f->st, "ib", -1, &got, &err), 1);
+	assert_string_equal(got.state, SBX_ENDED);
+	assert_string_equal(got.end_reason, "timeout");
+	assert_int_equal(got.ended_at, 5000);
+	store_sandbox_clear(&got);
+	assert_int_equal(store_sandbox_count_active(f->st, f->team, &n, &err), 0);
+	assert_int_equal(n, 0);
+	assert_int_equal(store_sandbox_purge_ended(f->st, 5001, &n, &err), 0);
+	assert_int_equal(n, 1);
+	assert_int_equal(store_sandbox_get(f->st, "ib", -1, &got, &err), 0);
+}
+
+static void test_deadlines(void **state)
+{
+	struct fx *f = *state;
+	char ids[8][SBX_ID_LEN + 1];
+	struct herr err;
+	int n;
+
+	add_sandbox(f, "ic", 0, NULL);   /* ends at 15000 */
+	add_sandbox(f, "id", 10000, NULL); /* ends at 25000 */
+	assert_int_equal(store_sandbox_expired(f->st, 20000, ids, 8, &n, &err), 0);
+	assert_int_equal(n, 1);
+	assert_string_equal(ids[0], "ic");
+	/* only_extend never shortens */
+	assert_int_equal(store_sandbox_set_end_at(f->st, "id", 12000, true, &err), 1);
+	assert_int_equal(store_sandbox_expired(f->st, 20000, ids, 8, &n, &err), 0);
+	assert_int_equal(n, 1);
+	/* a plain set does */
+	assert_int_equal(store_sandbox_set_end_at(f->st, "id", 12000, false, &err), 1);
+	assert_int_equal(store_sandbox_expired(f->st, 20000, ids, 8, &n, &err), 0);
+	assert_int_equal(n, 2);
+	/* a sandbox with an operation in flight is left to that operation */
+	assert_int_equal(store_sandbox_set_intent(f->st, "ic", "kill", &err), 1);
+	assert_int_equal(store_sandbox_expired(f->st, 20000, ids, 8, &n, &err), 0);
+	assert_int_equal(n, 1);
+	assert_string_equal(ids[0], "id");
+}
+
+struct collect {
+	char ids[16][SBX_ID_LEN + 1];
+	int n;
+};
+
+static int collect_cb(const struct store_sandbox *s, void *ctx)
+{
+	struct collect *c = ctx;
+
+	snprintf(c->ids[c->n++], SBX_ID_LEN + 1, "%s", s->id);
+	return 0;
+}
+
+static void test_list_pages_and_filters(void **state)
+{
+	struct fx *f = *state;
+	struct store_list_query q = { .team_id = f->team, .want_running = true,
+				      .limit = 2 };
+	struct collect c = { 0 };
+	struct herr err;
+	bool more;
+
+	add_sandbox(f, "i1", 100, "{\"user\":\"a b\"}");
+	add_sandbox(f, "i2", 200, "{\"user\":\"x\"}");
+	add_sandbox(f, "i3", 300, "{\"user\":\"a b\",\"k\":\"v\"}");
+	add_sandbox(f, "i4", 300, NULL);
+	/* newest first, ties by id ascending */
+	assert_int_equal(store_sandbox_list(f->st, &q, collect_cb, &c, &more, &err), 0);
+	assert_int_equal(c.n, 2);
+	assert_true(more);
+	assert_string_equal(c.ids[0], "i3");
+	assert_string_equal(c.ids[1], "i4");
+	q.has_cursor = true;
+	q.cursor_started_at = 300;
+	snprintf(q.cursor_id, sizeof(q.cursor_id), "i4");
+	assert_int_equal(store_sandbox_list(f->st, &q, collect_cb, &c, &more, &err), 0);
+	assert_int_equal(c.n, 4);
+	assert_false(more);
+	assert_string_equal(c.ids[2], "i2");
+	assert_string_equal(c.ids[3], "i1");
+	/* metadata AND filter */
+	memset(&c, 0, sizeof(c));
+	q = (struct store_list_query){ .team_id = f->team, .want_running = true,
+				       .limit = 10, .n_meta = 1 };
+	q.meta_keys[0] = "user";
+	q.meta_values[0] = "a b";
+	assert_int_equal(store_sandbox_list(f->st, &q, collect_cb, &c, &more, &err), 0);
+	assert_int_equal(c.n, 2);
+	q.n_meta = 2;
+	q.meta_keys[1] = "k";
+	q.meta_values[1] = "v";
+	memset(&c, 0, sizeof(c));
+	assert_int_equal(store_sandbox_list(f->st, &q, collect_cb, &c, &more, &err), 0);
+	assert_int_equal(c.n, 1);
+	assert_string_equal(c.ids[0], "i3");
+	/* ascending order and startedAfter */
+	memset(&c, 0, sizeof(c));
+	q = (struct store_list_query){ .team_id = f->team, .want_running = true,
+				       .limit = 10, .ascending = true,
+				       .started_after = 200 };
+	assert_int_equal(store_sandbox_list(f->st, &q, collect_cb, &c, &more, &err), 0);
+	assert_int_equal(c.n, 3);
+	assert_string_equal(c.ids[0], "i2");
+	assert_string_equal(c.ids[1], "i4");
+	assert_string_equal(c.ids[2], "i3");
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_reopen_keeps_schema, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_keys_hash_lookup_revoke, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_insert_is_creating_with_intent, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_end_keeps_reason_once, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_deadlines, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_list_pages_and_filters, setup, teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
