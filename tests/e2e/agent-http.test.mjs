@@ -5,8 +5,18 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
+import { spawn, spawnSync } from 'node:child_process';
+import {
+  chmodSync, chownSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync,
+  readFileSync, rmSync, symlinkSync, writeFileSync,
+} from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { Sandbox, AuthenticationError } from 'e2b';
-import { startAgent, useSdkEnv } from './lib/agent.mjs';
+import { agentBin, freePort, startAgent, useSdkEnv } from './lib/agent.mjs';
+
+const here = fileURLToPath(new URL('.', import.meta.url));
 
 const UNAUTHORIZED = {
   code: 401,
@@ -296,4 +306,96 @@ test('SIGTERM stops the agent cleanly', async () => {
   assert.match(agent.log(), /msg="ready /);
   assert.match(agent.log(), /stopping on signal 15/);
   await agent.stop();
+});
+
+// Zombies listed as children of the agent until reaped.
+function childrenOf(pid) {
+  let all = [];
+  for (const task of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const text = readFileSync(`/proc/${pid}/task/${task}/children`, 'utf8').trim();
+      if (text) all = all.concat(text.split(/\s+/).map(Number));
+    } catch { /* task ended */ }
+  }
+  return all;
+}
+
+test('orphaned grandchildren of commands are reaped by the agent', async () => {
+  const agent = await startAgent();
+  try {
+    useSdkEnv(agent);
+    const sbx = await Sandbox.connect('debug_sandbox_id');
+    // The shell exits at once; its background children are re-parented to
+    // the agent (a child subreaper) and must not stay zombies.
+    const r = await sbx.commands.run('for i in 1 2 3; do sleep 0.2 & done; echo started');
+    assert.equal(r.stdout.trim(), 'started');
+    const until = Date.now() + 5000;
+    let kids = childrenOf(agent.child.pid);
+    while (kids.length && Date.now() < until) {
+      await new Promise((ok) => setTimeout(ok, 50));
+      kids = childrenOf(agent.child.pid);
+    }
+    assert.deepEqual(kids, []);
+  } finally {
+    await agent.stop();
+  }
+});
+
+// The bundle (scripts/agent-bundle) runs in a root filesystem holding nothing
+// but itself, passwd/group and a static busybox: no libc of its own.
+test('the agent bundle runs in an empty chroot with only busybox', async (t) => {
+  if (process.getuid() !== 0) return t.skip('chroot needs root');
+  const busybox = '/bin/busybox';
+  if (!existsSync(busybox) || spawnSync('ldd', [busybox]).status === 0)
+    return t.skip('needs the static busybox of busybox-static');
+  const buildDir = resolve(dirname(agentBin), '../..');
+  const root = mkdtempSync(join(tmpdir(), 'hutch-bundle-root-'));
+  let child;
+  try {
+    chmodSync(root, 0o755);
+    const made = spawnSync(resolve(here, '../../scripts/agent-bundle'),
+      [buildDir, join(root, 'agent')], { encoding: 'utf8' });
+    assert.equal(made.status, 0, made.stderr);
+    for (const d of ['bin', 'etc', 'dev', 'tmp', 'home/user', 'root']) mkdirSync(join(root, d), { recursive: true });
+    chmodSync(join(root, 'tmp'), 0o1777);
+    chownSync(join(root, 'home/user'), 1000, 1000);
+    copyFileSync(busybox, join(root, 'bin/busybox'));
+    chmodSync(join(root, 'bin/busybox'), 0o755);
+    for (const applet of ['sh', 'uname', 'cat', 'ls', 'id', 'sleep']) symlinkSync('busybox', join(root, 'bin', applet));
+    // The SDK runs commands with /bin/bash -l -c; busybox has no bash applet.
+    writeFileSync(join(root, 'bin/bash'), '#!/bin/sh\nexec /bin/sh "$@"\n', { mode: 0o755 });
+    writeFileSync(join(root, 'etc/passwd'),
+      'root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\n');
+    writeFileSync(join(root, 'etc/group'), 'root:x:0:\nuser:x:1000:\n');
+    assert.equal(spawnSync('mknod', ['-m', '666', join(root, 'dev/null'), 'c', '1', '3']).status, 0);
+
+    const port = await freePort();
+    const url = `http://127.0.0.1:${port}`;
+    child = spawn('/usr/sbin/chroot', [root, '/agent/ld.so', '--library-path', '/agent/lib',
+      '/agent/hutch-agent', '--listen=127.0.0.1', `--port=${port}`],
+    { stdio: ['ignore', 'inherit', 'pipe'], env: {} });
+    let log = '';
+    child.stderr.on('data', (d) => { log += d; });
+    const until = Date.now() + 10000;
+    for (;;) {
+      assert.equal(child.exitCode, null, `agent exited: ${log}`);
+      try { if ((await fetch(`${url}/health`)).status === 204) break; } catch { /* starting */ }
+      assert.ok(Date.now() < until, `not healthy: ${log}`);
+      await new Promise((ok) => setTimeout(ok, 50));
+    }
+    Object.assign(process.env, { E2B_DEBUG: 'true', E2B_SANDBOX_URL: url });
+    const sbx = await Sandbox.connect('debug_sandbox_id');
+    const r = await sbx.commands.run('echo "hi $(uname -s) $(id -u)"; ls /');
+    assert.equal(r.exitCode, 0);
+    const lines = r.stdout.trim().split('\n');
+    assert.equal(lines[0], 'hi Linux 1000');
+    assert.deepEqual(lines.slice(1).sort(), ['agent', 'bin', 'dev', 'etc', 'home', 'root', 'tmp']);
+  } finally {
+    if (child && child.exitCode === null) {
+      const exited = new Promise((r) => child.once('exit', r));
+      child.kill('SIGTERM');
+      await exited;
+    }
+    rmSync(root, { recursive: true, force: true });
+  }
 });
