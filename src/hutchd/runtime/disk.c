@@ -1,0 +1,157 @@
+/*
+ * Sandbox disks: the writable layer lives on its own ext4 image under
+ * <data_dir>/sandboxes/<id>/disk.img, attached through a loop device. A full
+ * disk inside a sandbox is ENOSPC inside that sandbox and nothing more: the
+ * image is sparse but can never grow past its size, so the host disk cannot
+ * be filled by one sandbox. The image survives reboots (pause/resume needs
+ * that), unlike a tmpfs upper, and unlike a tmpfs it is not charged to the
+ * sandbox's memory limit. Project quotas would be cheaper but need a
+ * filesystem mounted with prjquota, which we must not impose on the host.
+ *
+ * Files are stored with in-sandbox ids (0..65535): the mount is idmapped to
+ * the sandbox's range when it is handed to the sandbox.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/loop.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "cleanup.h"
+#include "rt_internal.h"
+
+extern char **environ;
+
+static void disk_path(struct rt *rt, const char *id, char *buf, size_t len)
+{
+	snprintf(buf, len, "%s/sandboxes/%s/disk.img", rt->data_dir, id);
+}
+
+static int run_mkfs(const char *image, struct herr *err)
+{
+	char *const argv[] = {
+		"mkfs.ext4", "-q", "-F", "-m", "0", "-E",
+		"lazy_itable_init=1,lazy_journal_init=1,nodiscard,root_owner=0:0",
+		(char *)image, NULL,
+	};
+	pid_t pid;
+	int status, r;
+
+	r = posix_spawnp(&pid, "mkfs.ext4", NULL, NULL, argv, environ);
+	if (r != 0)
+		return herr_sys(err, -r, "running mkfs.ext4");
+	while (waitpid(pid, &status, 0) < 0)
+		if (errno != EINTR)
+			return herr_sys(err, -errno, "waiting for mkfs.ext4");
+	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+		return herr_set(err, -EIO, "mkfs.ext4 %s failed (status %d)", image, status);
+	return 0;
+}
+
+int rt_disk_create(struct rt *rt, const char *id, uint64_t mb, bool reuse, struct herr *err)
+{
+	char path[4096];
+	struct stat st;
+
+	disk_path(rt, id, path, sizeof(path));
+	if (stat(path, &st) == 0) {
+		if (reuse)
+			return 0;
+		return herr_set(err, -EEXIST, "disk %s already exists", path);
+	}
+	_cleanup_close_ int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return herr_sys(err, -errno, "creating %s", path);
+	if (ftruncate(fd, (off_t)((mb ? mb : RT_DEFAULT_DISK_MB) << 20)) < 0) {
+		int r = herr_sys(err, -errno, "sizing %s", path);
+		unlink(path);
+		return r;
+	}
+	int r = run_mkfs(path, err);
+	if (r < 0)
+		unlink(path);
+	return r;
+}
+
+/* Attaches the image to a free loop device that frees itself on last close. */
+static int loop_attach(const char *image, char *dev, size_t len, struct herr *err)
+{
+	_cleanup_close_ int ctl = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
+	_cleanup_close_ int img = open(image, O_RDWR | O_CLOEXEC);
+
+	if (ctl < 0)
+		return herr_sys(err, -errno, "open /dev/loop-control");
+	if (img < 0)
+		return herr_sys(err, -errno, "open %s", image);
+
+	/* Another thread or process may grab the same free device: retry. */
+	for (int attempt = 0; attempt < 64; attempt++) {
+		int n = ioctl(ctl, LOOP_CTL_GET_FREE);
+		if (n < 0)
+			return herr_sys(err, -errno, "LOOP_CTL_GET_FREE");
+		snprintf(dev, len, "/dev/loop%d", n);
+		_cleanup_close_ int lfd = open(dev, O_RDWR | O_CLOEXEC);
+		if (lfd < 0)
+			return herr_sys(err, -errno, "open %s", dev);
+		struct loop_config cfg = { .fd = (uint32_t)img };
+		cfg.info.lo_flags = LO_FLAGS_AUTOCLEAR;
+		if (ioctl(lfd, LOOP_CONFIGURE, &cfg) == 0)
+			return steal_fd(&lfd);
+		if (errno != EBUSY)
+			return herr_sys(err, -errno, "LOOP_CONFIGURE %s", dev);
+	}
+	return herr_set(err, -EBUSY, "no loop device could be claimed");
+}
+
+int rt_disk_mount_fd(struct rt *rt, const char *id, struct herr *err)
+{
+	char path[4096], dev[64];
+
+	disk_path(rt, id, path, sizeof(path));
+	_cleanup_close_ int lfd = loop_attach(path, dev, sizeof(dev), err);
+	if (lfd < 0)
+		return lfd;
+
+	_cleanup_close_ int fs = fsopen("ext4", FSOPEN_CLOEXEC);
+	if (fs < 0)
+		return herr_sys(err, -errno, "fsopen ext4");
+	if (fsconfig(fs, FSCONFIG_SET_STRING, "source", dev, 0) < 0 ||
+	    fsconfig(fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0)
+		return herr_sys(err, -errno, "mounting %s (%s)", path, dev);
+	int m = fsmount(fs, FSMOUNT_CLOEXEC, MOUNT_ATTR_NODEV);
+	if (m < 0)
+		return herr_sys(err, -errno, "fsmount %s", path);
+	/* The superblock now holds the loop device; closing lfd arms autoclear. */
+	return m;
+}
+
+int rt_disk_remove(struct rt *rt, const char *id, struct herr *err)
+{
+	char path[4096];
+
+	disk_path(rt, id, path, sizeof(path));
+	if (unlink(path) < 0 && errno != ENOENT)
+		return herr_sys(err, -errno, "removing %s", path);
+	return 0;
+}
+
+uint64_t rt_disk_used(struct rt *rt, const char *id, pid_t init_pid)
+{
+	char path[64];
+	struct statfs st;
+
+	(void)rt;
+	(void)id;
+	/* The init's root is the overlay, whose statfs reports the upper disk. */
+	snprintf(path, sizeof(path), "/proc/%d/root/", init_pid);
+	if (init_pid <= 0 || statfs(path, &st) < 0)
+		return 0;
+	return (uint64_t)(st.f_blocks - st.f_bfree) * (uint64_t)st.f_bsize;
+}

@@ -1,0 +1,157 @@
+/*
+ * Runtime internals shared by the files of src/hutchd/runtime/. Nothing here
+ * is used outside the runtime.
+ */
+#ifndef HUTCH_RT_INTERNAL_H
+#define HUTCH_RT_INTERNAL_H
+
+#include <linux/filter.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "err.h"
+#include "rt.h"
+
+#define RT_IDS_PER_SANDBOX 65536u
+#define RT_MAX_LAYERS 32
+#define RT_DEFAULT_DISK_MB 2048
+#define RT_NET_PREFIX 30        /* each sandbox gets a /30: host .1, sandbox .2 */
+#define RT_HOST_VETH_PREFIX "hsb" /* every host-side veth name starts with this */
+#define RT_MAX_CIDRS 256        /* per allow/deny list */
+
+enum rt_cg_mode { RT_CG_UNIFIED, RT_CG_HYBRID, RT_CG_LEGACY };
+
+/* A prepared network namespace: veth pair, addresses and route in place. */
+struct rt_netns {
+	int fd;                 /* the namespace */
+	unsigned slot;          /* address slot */
+	uint32_t host_ip;       /* host side of the /30, host order */
+	uint32_t sbx_ip;
+	char host_if[16];       /* host-side veth name, unique per generation */
+};
+
+struct rt_sandbox {
+	char id[RT_ID_MAX + 1];
+	unsigned slot;          /* id range and cgroup/nft names */
+	uint32_t uid_base;      /* first host id of its range */
+	struct rt_netns net;
+	pid_t keeper_pid;
+	int keeper_pidfd;       /* -1 when the keeper is gone */
+	pid_t init_pid;
+	int init_pidfd;
+	unsigned long long init_start; /* /proc/<pid>/stat starttime, guards pid reuse */
+	enum rt_state state;
+	struct rt_info last;    /* exit details once stopped */
+	bool stop_requested;
+	bool destroying;
+	uint64_t oom_base;      /* oom_kill count at start */
+	uint64_t mem_peak;
+	pthread_mutex_t lock;
+};
+
+struct rt {
+	char *data_dir;
+	char *run_dir;
+	char *cg_name;
+	uint32_t net_base;      /* host order; a /16 */
+	unsigned pool_size;
+	unsigned max_sandboxes;
+	uint32_t uid_base;
+	unsigned egress_conn_max;
+	char nameservers[256];
+
+	enum rt_cg_mode cg_mode;
+	struct sock_fprog seccomp;      /* compiled once */
+
+	pthread_mutex_t lock;           /* guards the tables below */
+	struct rt_sandbox **by_slot;    /* max_sandboxes entries */
+	unsigned *net_gen;              /* per address slot, for veth names */
+
+	/* network pool */
+	pthread_t pool_thread;
+	bool pool_running;
+	pthread_cond_t pool_cond;
+	struct rt_netns *pool;
+	unsigned pool_len;
+	bool *net_slot_used;            /* address slots in use (pool or sandbox) */
+
+	/* exit monitor */
+	pthread_t mon_thread;
+	int mon_epfd;
+	int mon_wake[2];
+	rt_exit_fn exit_fn;
+	void *exit_arg;
+
+	int nft_ok;
+};
+
+/* seccomp.c */
+int rt_seccomp_compile(struct sock_fprog *out, struct herr *err);
+/* The capability set kept inside sandboxes (Docker's default), as a bit mask. */
+uint64_t rt_caps_keep(void);
+
+/* cgroup.c */
+int rt_cg_detect(enum rt_cg_mode *mode, struct herr *err);
+int rt_cg_init(struct rt *rt, struct herr *err);
+int rt_cg_create(struct rt *rt, const char *id, const struct rt_limits *lim,
+		 struct herr *err);
+/* Opens the v2 leaf for CLONE_INTO_CGROUP (unified only), else -1. */
+int rt_cg_open_leaf(struct rt *rt, const char *id);
+int rt_cg_attach(struct rt *rt, const char *id, pid_t pid, struct herr *err);
+int rt_cg_kill(struct rt *rt, const char *id, pid_t init_pid);
+int rt_cg_freeze(struct rt *rt, const char *id, bool frozen, struct herr *err);
+int rt_cg_destroy(struct rt *rt, const char *id, struct herr *err);
+void rt_cg_stats(struct rt *rt, const char *id, struct rt_info *info);
+uint64_t rt_cg_oom_kills(struct rt *rt, const char *id);
+bool rt_cg_pids_hit(struct rt *rt, const char *id);
+bool rt_cg_exists(struct rt *rt, const char *id);
+
+/* net.c */
+int rt_net_init(struct rt *rt, struct herr *err);
+void rt_net_shutdown(struct rt *rt);
+/* Takes a prepared netns from the pool (or makes one now). */
+int rt_net_take(struct rt *rt, struct rt_netns *out, struct herr *err);
+/* Releases a namespace: the kernel removes its veth asynchronously. */
+void rt_net_release(struct rt *rt, struct rt_netns *ns);
+void rt_net_slot_mark(struct rt *rt, unsigned slot, bool used);
+int rt_net_sysfs_fd(int netns_fd, struct herr *err);
+
+/* nft.c */
+int rt_nft_init(struct rt *rt, struct herr *err);
+int rt_nft_sandbox_add(struct rt *rt, const struct rt_netns *ns,
+		       const struct rt_net_policy *pol, struct herr *err);
+int rt_nft_sandbox_policy(struct rt *rt, const struct rt_netns *ns,
+			  const struct rt_net_policy *pol, struct herr *err);
+int rt_nft_sandbox_del(struct rt *rt, const struct rt_netns *ns, struct herr *err);
+
+/* disk.c */
+int rt_disk_create(struct rt *rt, const char *id, uint64_t mb, bool reuse, struct herr *err);
+/* Returns an fsmount fd of the sandbox's disk (attached to a loop device). */
+int rt_disk_mount_fd(struct rt *rt, const char *id, struct herr *err);
+int rt_disk_remove(struct rt *rt, const char *id, struct herr *err);
+uint64_t rt_disk_used(struct rt *rt, const char *id, pid_t init_pid);
+
+/* state.c: per-sandbox state files for re-adoption */
+int rt_state_write(struct rt *rt, const struct rt_sandbox *s, struct herr *err);
+int rt_state_read(struct rt *rt, const char *id, struct rt_sandbox *s, struct herr *err);
+int rt_state_exit_read(struct rt *rt, const char *id, int *wstatus);
+int rt_state_remove(struct rt *rt, const char *id);
+
+/* spawn.c */
+struct rt_spawn_result {
+	pid_t keeper_pid;
+	pid_t init_pid;
+};
+int rt_spawn(struct rt *rt, struct rt_sandbox *s, const struct rt_spec *spec,
+	     struct rt_spawn_result *res, struct herr *err);
+
+/* util */
+int rt_write_file(const char *path, const char *data, struct herr *err);
+int rt_read_u64(const char *path, uint64_t *out);
+int rt_mkdir_p(const char *path, mode_t mode, struct herr *err);
+unsigned long long rt_proc_starttime(pid_t pid);
+bool rt_id_valid(const char *id);
+
+#endif

@@ -1,0 +1,684 @@
+/*
+ * Starting a sandbox: the keeper process and the sandbox init.
+ *
+ * hutchd forks a keeper for each sandbox. The keeper leaves hutchd's session,
+ * closes every descriptor it does not need (so it never holds hutchd's
+ * listening sockets or files), joins the sandbox's pooled network namespace,
+ * and clones the init into new user, pid, mount, uts, ipc and cgroup
+ * namespaces. It then writes the id maps, builds idmapped mounts of the
+ * template layers, the agent bundle and the sandbox disk against the child's
+ * user namespace, and hands them over on a socket. The child builds its root
+ * and execs the init. Afterwards the keeper only waits: it reaps the init and
+ * records its wait status in the run dir, so a sandbox neither depends on
+ * hutchd staying alive nor loses how it ended.
+ *
+ * Why this order is safe:
+ *  - the child is in its user namespace before it touches any mount, so every
+ *    privilege it uses is over namespaces it owns; the host ids behind its
+ *    root are an unprivileged range of 65536 ids used by no one else;
+ *  - the host netns is never entered by the child: the keeper joins the pooled
+ *    namespace before clone, so the child starts inside it;
+ *  - the layers are attached read-only before the child sees them, and the
+ *    child never sees a host path it could write to: after pivot_root the old
+ *    root is detached;
+ *  - the seccomp filter is loaded before capabilities drop, and all
+ *    descriptors but the error pipe are closed before execve.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/capability.h>
+#include <linux/sched.h>
+#include <linux/seccomp.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <grp.h>
+#include <unistd.h>
+
+#include "cleanup.h"
+#include "rt_internal.h"
+
+#define N_FIXED_FDS 3 /* disk, agent bundle, sysfs; layers follow */
+
+/* What the keeper reports to hutchd once the init has exec'd (or failed). */
+struct spawn_report {
+	int code; /* 0 or negative errno */
+	pid_t init_pid;
+	char msg[HERR_MSG_MAX];
+};
+
+/* ---------- the child: inside the new namespaces ---------- */
+
+/* Sends a failure to the keeper through the exec pipe and exits. */
+static __attribute__((noreturn, format(printf, 3, 4)))
+void child_fail(int errfd, int code, const char *fmt, ...)
+{
+	struct spawn_report rep = { .code = code < 0 ? code : -EIO };
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(rep.msg, sizeof(rep.msg), fmt, ap);
+	va_end(ap);
+	if (code < 0 && n >= 0 && (size_t)n < sizeof(rep.msg))
+		snprintf(rep.msg + n, sizeof(rep.msg) - n, ": %s", strerror(-code));
+	if (write(errfd, &rep, sizeof(rep)) < 0) {
+		/* nothing more to tell anyone */
+	}
+	_exit(127);
+}
+
+static int recv_fds(int sock, int *fds, size_t n)
+{
+	char byte;
+	struct iovec iov = { .iov_base = &byte, .iov_len = 1 };
+	char ctl[CMSG_SPACE(sizeof(int) * (N_FIXED_FDS + RT_MAX_LAYERS))];
+	struct msghdr msg = {
+		.msg_iov = &iov, .msg_iovlen = 1,
+		.msg_control = ctl, .msg_controllen = CMSG_SPACE(sizeof(int) * n),
+	};
+
+	if (recvmsg(sock, &msg, MSG_CMSG_CLOEXEC) != 1)
+		return -EIO;
+	struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+	if (!c || c->cmsg_type != SCM_RIGHTS || c->cmsg_len != CMSG_LEN(sizeof(int) * n))
+		return -EPROTO;
+	memcpy(fds, CMSG_DATA(c), sizeof(int) * n);
+	return 0;
+}
+
+static int write_small_file(const char *path, const char *text)
+{
+	_cleanup_close_ int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC |
+				      O_NOFOLLOW, 0644);
+	size_t len = strlen(text);
+
+	if (fd < 0)
+		return -errno;
+	if (write(fd, text, len) != (ssize_t)len)
+		return -EIO;
+	return 0;
+}
+
+static void ensure_dir(int errfd, const char *path, mode_t mode)
+{
+	if (mkdir(path, mode) < 0 && errno != EEXIST)
+		child_fail(errfd, -errno, "mkdir %s", path);
+}
+
+static void child_bind_dev(int errfd, const char *name)
+{
+	char src[32], dst[32];
+
+	snprintf(src, sizeof(src), "/dev/%s", name);
+	snprintf(dst, sizeof(dst), "dev/%s", name);
+	if (write_small_file(dst, "") < 0)
+		child_fail(errfd, -errno, "creating %s", dst);
+	/* A bind of the host node: mknod is not allowed in a user namespace,
+	 * and these nodes are harmless (no storage, no host state). */
+	if (mount(src, dst, NULL, MS_BIND, NULL) < 0)
+		child_fail(errfd, -errno, "bind %s", src);
+	if (mount(NULL, dst, NULL, MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NOEXEC, NULL) < 0)
+		child_fail(errfd, -errno, "remount %s", dst);
+}
+
+/* Builds /dev inside the new root (cwd is the new root). */
+static void child_build_dev(int errfd)
+{
+	static const char *const nodes[] = { "null", "zero", "full", "random",
+					     "urandom", "tty" };
+
+	if (mount("tmpfs", "dev", "tmpfs", MS_NOSUID | MS_NOEXEC,
+		  "mode=755,size=64k,nr_inodes=64") < 0)
+		child_fail(errfd, -errno, "mount tmpfs on /dev");
+	for (size_t i = 0; i < sizeof(nodes) / sizeof(nodes[0]); i++)
+		child_bind_dev(errfd, nodes[i]);
+
+	ensure_dir(errfd, "dev/pts", 0755);
+	/* A private devpts: the sandbox never sees host terminals. */
+	if (mount("devpts", "dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
+		  "newinstance,ptmxmode=0666,mode=0620,gid=5") < 0)
+		child_fail(errfd, -errno, "mount devpts");
+	if (symlink("pts/ptmx", "dev/ptmx") < 0)
+		child_fail(errfd, -errno, "symlink /dev/ptmx");
+
+	ensure_dir(errfd, "dev/shm", 01777);
+	if (mount("shm", "dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777") < 0)
+		child_fail(errfd, -errno, "mount /dev/shm");
+	if (symlink("/proc/self/fd", "dev/fd") < 0 ||
+	    symlink("/proc/self/fd/0", "dev/stdin") < 0 ||
+	    symlink("/proc/self/fd/1", "dev/stdout") < 0 ||
+	    symlink("/proc/self/fd/2", "dev/stderr") < 0)
+		child_fail(errfd, -errno, "symlinks in /dev");
+}
+
+static void child_attach(int errfd, int fd, const char *path)
+{
+	if (move_mount(fd, "", AT_FDCWD, path, MOVE_MOUNT_F_EMPTY_PATH) < 0)
+		child_fail(errfd, -errno, "move_mount onto %s", path);
+	close(fd);
+}
+
+/* Mounts the overlay root at <scratch>/root from the layers and the disk. */
+static void child_build_overlay(int errfd, const char *scratch, const int *fds,
+				size_t n_layers)
+{
+	char path[4096], opts[4096];
+	size_t off;
+
+	if (mount("hutch-scratch", scratch, "tmpfs", MS_NOSUID | MS_NODEV,
+		  "mode=700,size=64k") < 0)
+		child_fail(errfd, -errno, "mount scratch tmpfs on %s", scratch);
+	if (chdir(scratch) < 0)
+		child_fail(errfd, -errno, "chdir %s", scratch);
+
+	ensure_dir(errfd, "disk", 0700);
+	child_attach(errfd, fds[0], "disk");
+	ensure_dir(errfd, "disk/upper", 0755);
+	ensure_dir(errfd, "disk/work", 0700);
+
+	off = (size_t)snprintf(opts, sizeof(opts), "lowerdir=");
+	for (size_t i = n_layers; i-- > 0;) {
+		snprintf(path, sizeof(path), "l%zu", i);
+		ensure_dir(errfd, path, 0700);
+		child_attach(errfd, fds[N_FIXED_FDS + i], path);
+		off += (size_t)snprintf(opts + off, sizeof(opts) - off, "%s%s/l%zu",
+					i + 1 == n_layers ? "" : ":", scratch, i);
+		if (off >= sizeof(opts))
+			child_fail(errfd, -E2BIG, "overlay options");
+	}
+	off += (size_t)snprintf(opts + off, sizeof(opts) - off,
+				",upperdir=%s/disk/upper,workdir=%s/disk/work,userxattr",
+				scratch, scratch);
+	if (off >= sizeof(opts))
+		child_fail(errfd, -E2BIG, "overlay options");
+
+	ensure_dir(errfd, "root", 0755);
+	if (mount("overlay", "root", "overlay", 0, opts) < 0)
+		child_fail(errfd, -errno, "mount overlay root");
+	if (chdir("root") < 0)
+		child_fail(errfd, -errno, "chdir into new root");
+}
+
+static void child_write_etc(int errfd, const struct rt *rt, const struct rt_spec *spec,
+			    const char *hostname)
+{
+	char text[1024];
+	size_t off = 0;
+	char ns[sizeof(rt->nameservers)];
+	char *save = NULL;
+
+	ensure_dir(errfd, "etc", 0755);
+	snprintf(ns, sizeof(ns), "%s", rt->nameservers);
+	for (char *tok = strtok_r(ns, " ", &save); tok; tok = strtok_r(NULL, " ", &save))
+		off += (size_t)snprintf(text + off, sizeof(text) - off, "nameserver %s\n", tok);
+	if (write_small_file("etc/resolv.conf", text) < 0)
+		child_fail(errfd, -errno, "writing /etc/resolv.conf");
+
+	snprintf(text, sizeof(text),
+		 "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+		 "127.0.1.1\t%s\n", hostname);
+	if (write_small_file("etc/hosts", text) < 0)
+		child_fail(errfd, -errno, "writing /etc/hosts");
+	snprintf(text, sizeof(text), "%s\n", hostname);
+	if (write_small_file("etc/hostname", text) < 0)
+		child_fail(errfd, -errno, "writing /etc/hostname");
+	(void)spec;
+}
+
+static void child_mount_specials(int errfd, const int *fds)
+{
+	ensure_dir(errfd, "proc", 0555);
+	/* A fresh proc of the sandbox's own pid namespace. */
+	if (mount("proc", "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+		child_fail(errfd, -errno, "mount /proc");
+	/* Sysctls stay read-only even for knobs the namespace would allow. */
+	if (mount("proc/sys", "proc/sys", NULL, MS_BIND | MS_REC, NULL) < 0 ||
+	    mount(NULL, "proc/sys", NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID |
+		  MS_NODEV | MS_NOEXEC, NULL) < 0)
+		child_fail(errfd, -errno, "read-only /proc/sys");
+
+	ensure_dir(errfd, "dev", 0755);
+	child_build_dev(errfd);
+
+	ensure_dir(errfd, "sys", 0555);
+	child_attach(errfd, fds[2], "sys");
+
+	ensure_dir(errfd, RT_AGENT_MOUNT + 1, 0755);
+	child_attach(errfd, fds[1], RT_AGENT_MOUNT + 1);
+
+	ensure_dir(errfd, "tmp", 01777);
+}
+
+static void child_drop_privileges(int errfd, const struct rt *rt)
+{
+	uint64_t keep = rt_caps_keep();
+
+	/*
+	 * The filter goes on first: loading it without no_new_privs needs
+	 * CAP_SYS_ADMIN (in our namespace), which is about to go. We do not set
+	 * no_new_privs because setuid tools such as sudo must work inside.
+	 */
+	if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &rt->seccomp) < 0)
+		child_fail(errfd, -errno, "loading seccomp filter");
+
+	for (int cap = 0; cap <= CAP_LAST_CAP; cap++) {
+		if (keep & (1ull << cap))
+			continue;
+		if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno != EINVAL)
+			child_fail(errfd, -errno, "dropping capability %d", cap);
+	}
+	if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0)
+		child_fail(errfd, -errno, "clearing ambient capabilities");
+
+	struct __user_cap_header_struct hdr = { .version = _LINUX_CAPABILITY_VERSION_3 };
+	struct __user_cap_data_struct data[2] = {
+		{ .effective = (uint32_t)keep, .permitted = (uint32_t)keep },
+		{ .effective = (uint32_t)(keep >> 32), .permitted = (uint32_t)(keep >> 32) },
+	};
+	if (syscall(SYS_capset, &hdr, data) < 0)
+		child_fail(errfd, -errno, "capset");
+}
+
+static __attribute__((noreturn))
+void child_main(const struct rt *rt, const struct rt_spec *spec, int sock, int errfd)
+{
+	int fds[N_FIXED_FDS + RT_MAX_LAYERS];
+	char scratch[4096];
+	const char *hostname = spec->hostname ? spec->hostname : spec->id;
+	int r;
+
+	r = recv_fds(sock, fds, N_FIXED_FDS + spec->n_layers);
+	if (r < 0)
+		child_fail(errfd, r, "receiving mounts from keeper");
+	close(sock);
+
+	if (setresgid(0, 0, 0) < 0 || setresuid(0, 0, 0) < 0 || setgroups(0, NULL) < 0)
+		child_fail(errfd, -errno, "becoming root of the user namespace");
+
+	/* Nothing we mount from here on may propagate back to the host. */
+	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+		child_fail(errfd, -errno, "making / private");
+
+	snprintf(scratch, sizeof(scratch), "%s/mnt", rt->run_dir);
+	child_build_overlay(errfd, scratch, fds, spec->n_layers);
+	child_mount_specials(errfd, fds);
+	child_write_etc(errfd, rt, spec, hostname);
+
+	if (sethostname(hostname, strlen(hostname)) < 0)
+		child_fail(errfd, -errno, "sethostname");
+
+	/* pivot_root(".", ".") stacks the old root on top; detaching it leaves
+	 * no path back to any host file. */
+	if (syscall(SYS_pivot_root, ".", ".") < 0)
+		child_fail(errfd, -errno, "pivot_root");
+	if (umount2(".", MNT_DETACH) < 0)
+		child_fail(errfd, -errno, "detaching the old root");
+	if (chdir("/") < 0)
+		child_fail(errfd, -errno, "chdir /");
+
+	if (setsid() < 0)
+		child_fail(errfd, -errno, "setsid");
+	child_drop_privileges(errfd, rt);
+
+	/* Only the exec-error pipe (close-on-exec) survives past here. */
+	if (dup3(errfd, 3, O_CLOEXEC) < 0)
+		child_fail(errfd, -errno, "dup of error pipe");
+	errfd = 3;
+	close_range(4, ~0u, 0);
+
+	static const char *const default_env[] = {
+		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", NULL };
+	execve(spec->argv[0], (char *const *)spec->argv,
+	       (char *const *)(spec->env ? spec->env : default_env));
+	child_fail(errfd, -errno, "execve %s", spec->argv[0]);
+}
+
+/* ---------- the keeper: in the host namespaces ---------- */
+
+static int write_id_map(pid_t pid, const char *file, uint32_t base)
+{
+	char path[64], map[64];
+
+	snprintf(path, sizeof(path), "/proc/%d/%s", pid, file);
+	snprintf(map, sizeof(map), "0 %u %u\n", base, RT_IDS_PER_SANDBOX);
+	return rt_write_file(path, map, NULL);
+}
+
+/* A detached, idmapped, read-only (optionally) clone of a host directory. */
+static int idmapped_tree(const char *path, int userns, bool rdonly, struct herr *err)
+{
+	_cleanup_close_ int fd = open_tree(AT_FDCWD, path, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
+	struct mount_attr attr = {
+		.attr_set = MOUNT_ATTR_IDMAP | MOUNT_ATTR_NODEV |
+			    (rdonly ? MOUNT_ATTR_RDONLY : 0),
+		.userns_fd = userns,
+	};
+
+	if (fd < 0)
+		return herr_sys(err, -errno, "open_tree %s", path);
+	if (mount_setattr(fd, "", AT_EMPTY_PATH, &attr, sizeof(attr)) < 0)
+		return herr_sys(err, -errno, "idmapping %s", path);
+	return steal_fd(&fd);
+}
+
+static int send_fds(int sock, const int *fds, size_t n)
+{
+	char byte = 'm';
+	struct iovec iov = { .iov_base = &byte, .iov_len = 1 };
+	char ctl[CMSG_SPACE(sizeof(int) * (N_FIXED_FDS + RT_MAX_LAYERS))];
+	struct msghdr msg = {
+		.msg_iov = &iov, .msg_iovlen = 1,
+		.msg_control = ctl, .msg_controllen = CMSG_SPACE(sizeof(int) * n),
+	};
+	struct cmsghdr *c;
+
+	memset(ctl, 0, sizeof(ctl));
+	c = CMSG_FIRSTHDR(&msg);
+	c->cmsg_level = SOL_SOCKET;
+	c->cmsg_type = SCM_RIGHTS;
+	c->cmsg_len = CMSG_LEN(sizeof(int) * n);
+	memcpy(CMSG_DATA(c), fds, sizeof(int) * n);
+	return sendmsg(sock, &msg, MSG_NOSIGNAL) == 1 ? 0 : -errno;
+}
+
+/* Builds and sends the mounts the child needs, in its user namespace. */
+static int keeper_send_mounts(struct rt *rt, struct rt_sandbox *s, const struct rt_spec *spec,
+			      pid_t child, int sock, int disk_fd, struct herr *err)
+{
+	int fds[N_FIXED_FDS + RT_MAX_LAYERS];
+	size_t n = 0;
+	char path[64];
+	int r = 0;
+
+	snprintf(path, sizeof(path), "/proc/%d/ns/user", child);
+	_cleanup_close_ int userns = open(path, O_RDONLY | O_CLOEXEC);
+	if (userns < 0)
+		return herr_sys(err, -errno, "open %s", path);
+
+	/* The disk was never attached anywhere, so it can be idmapped as is:
+	 * files are stored with ids 0..65535 whatever slot the sandbox gets. */
+	struct mount_attr dattr = {
+		.attr_set = MOUNT_ATTR_IDMAP | MOUNT_ATTR_NODEV, .userns_fd = userns,
+	};
+	if (mount_setattr(disk_fd, "", AT_EMPTY_PATH, &dattr, sizeof(dattr)) < 0)
+		return herr_sys(err, -errno, "idmapping the sandbox disk");
+	fds[n] = fcntl(disk_fd, F_DUPFD_CLOEXEC, 3);
+	if (fds[n] < 0)
+		return herr_sys(err, -errno, "dup of disk mount");
+	n++;
+	fds[n] = idmapped_tree(spec->agent_dir, userns, true, err);
+	if (fds[n] < 0) {
+		r = fds[n];
+		goto out;
+	}
+	n++;
+	fds[n] = rt_net_sysfs_fd(s->net.fd, err);
+	if (fds[n] < 0) {
+		r = fds[n];
+		goto out;
+	}
+	n++;
+	for (size_t i = 0; i < spec->n_layers; i++, n++) {
+		fds[n] = idmapped_tree(spec->layers[i], userns, true, err);
+		if (fds[n] < 0) {
+			r = fds[n];
+			goto out;
+		}
+	}
+	r = send_fds(sock, fds, n);
+	if (r < 0)
+		herr_sys(err, r, "sending mounts to the sandbox init");
+out:
+	for (size_t i = 0; i < n; i++)
+		close(fds[i]);
+	return r;
+}
+
+struct keeper_ctx {
+	struct rt *rt;
+	struct rt_sandbox *s;
+	const struct rt_spec *spec;
+	int report_fd;  /* to hutchd */
+	int disk_fd;    /* fsmount of the sandbox disk */
+	int cg_fd;      /* cgroup2 leaf for CLONE_INTO_CGROUP, or -1 */
+	int log_fd;     /* init's stdout/stderr */
+};
+
+static pid_t keeper_clone_init(struct keeper_ctx *k, int sock_child, int err_w)
+{
+	struct clone_args args = {
+		.flags = CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS |
+			 CLONE_NEWIPC | CLONE_NEWCGROUP,
+		.exit_signal = SIGCHLD,
+	};
+
+	if (k->cg_fd >= 0) {
+		args.flags |= CLONE_INTO_CGROUP;
+		args.cgroup = (uint64_t)k->cg_fd;
+	}
+	pid_t pid = (pid_t)syscall(SYS_clone3, &args, sizeof(args));
+	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL); /* if the keeper dies during setup */
+		child_main(k->rt, k->spec, sock_child, err_w);
+	}
+	return pid;
+}
+
+static void keeper_report(int fd, const struct spawn_report *rep)
+{
+	if (write(fd, rep, sizeof(*rep)) < 0) {
+		/* hutchd is gone; the sandbox goes on */
+	}
+}
+
+/* Records how the init ended, atomically, for hutchd now or after a restart. */
+static void keeper_record_exit(struct rt *rt, const char *id, int wstatus)
+{
+	char tmp[4200], path[4096], text[32];
+
+	snprintf(path, sizeof(path), "%s/%s/exit", rt->run_dir, id);
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	snprintf(text, sizeof(text), "%d\n", wstatus);
+	if (rt_write_file(tmp, text, NULL) == 0)
+		rename(tmp, path);
+}
+
+static __attribute__((noreturn)) void keeper_main(struct keeper_ctx *k)
+{
+	struct spawn_report rep = { 0 };
+	struct herr err;
+	int sv[2], ep[2];
+	pid_t child;
+
+	herr_clear(&err);
+	if (setns(k->s->net.fd, CLONE_NEWNET) < 0) {
+		rep.code = herr_sys(&err, -errno, "setns into sandbox netns");
+		goto fail;
+	}
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0 ||
+	    pipe2(ep, O_CLOEXEC) < 0) {
+		rep.code = herr_sys(&err, -errno, "socketpair/pipe for init");
+		goto fail;
+	}
+	if (k->log_fd >= 0) {
+		dup2(k->log_fd, 1);
+		dup2(k->log_fd, 2);
+	}
+
+	child = keeper_clone_init(k, sv[1], ep[1]);
+	if (child < 0) {
+		rep.code = herr_sys(&err, -errno, "clone3 of sandbox init");
+		goto fail;
+	}
+	close(sv[1]);
+	close(ep[1]);
+	rep.init_pid = child;
+
+	if (write_id_map(child, "uid_map", k->s->uid_base) < 0 ||
+	    write_id_map(child, "gid_map", k->s->uid_base) < 0) {
+		rep.code = herr_sys(&err, -errno, "writing id maps of pid %d", child);
+		goto kill;
+	}
+	/* v1 hierarchies have no CLONE_INTO_CGROUP: attach before the child
+	 * runs a single instruction of its own. */
+	rep.code = rt_cg_attach(k->rt, k->s->id, child, &err);
+	if (rep.code < 0)
+		goto kill;
+	rep.code = keeper_send_mounts(k->rt, k->s, k->spec, child, sv[0], k->disk_fd, &err);
+	if (rep.code < 0)
+		goto kill;
+	close(sv[0]);
+
+	/* EOF on the pipe means execve succeeded; a report means it failed. */
+	struct spawn_report child_rep;
+	ssize_t got = read(ep[0], &child_rep, sizeof(child_rep));
+	close(ep[0]);
+	if (got > 0) {
+		child_rep.msg[sizeof(child_rep.msg) - 1] = '\0';
+		rep.code = child_rep.code;
+		snprintf(err.msg, sizeof(err.msg), "%s", child_rep.msg);
+		goto kill;
+	}
+	keeper_report(k->report_fd, &rep);
+	close(k->report_fd);
+
+	int wstatus;
+	while (waitpid(child, &wstatus, 0) < 0 && errno == EINTR)
+		;
+	keeper_record_exit(k->rt, k->s->id, wstatus);
+	_exit(0);
+
+kill:
+	kill(child, SIGKILL);
+	waitpid(child, NULL, 0);
+fail:
+	snprintf(rep.msg, sizeof(rep.msg), "%s", err.msg);
+	keeper_report(k->report_fd, &rep);
+	_exit(1);
+}
+
+/* Closes every descriptor of the fresh keeper except the ones in keep[]. */
+static void close_all_but(const int *keep, size_t n)
+{
+	unsigned lo = 3;
+	int sorted[8];
+
+	memcpy(sorted, keep, n * sizeof(int));
+	for (size_t i = 1; i < n; i++)
+		for (size_t j = i; j > 0 && sorted[j - 1] > sorted[j]; j--) {
+			int t = sorted[j];
+			sorted[j] = sorted[j - 1];
+			sorted[j - 1] = t;
+		}
+	for (size_t i = 0; i < n; i++) {
+		if (sorted[i] < 0 || (unsigned)sorted[i] < lo)
+			continue;
+		if ((unsigned)sorted[i] > lo)
+			close_range(lo, (unsigned)sorted[i] - 1, 0);
+		lo = (unsigned)sorted[i] + 1;
+	}
+	close_range(lo, ~0u, 0);
+}
+
+static int open_log(struct rt *rt, const char *id)
+{
+	char path[4096];
+
+	snprintf(path, sizeof(path), "%s/sandboxes/%s/init.log", rt->data_dir, id);
+	return open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0600);
+}
+
+static int wait_report(int fd, struct spawn_report *rep, struct herr *err)
+{
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+	size_t got = 0;
+
+	while (got < sizeof(*rep)) {
+		int r = poll(&p, 1, 20000);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return herr_set(err, -ETIMEDOUT, "sandbox keeper did not report in 20 s");
+		ssize_t n = read(fd, (char *)rep + got, sizeof(*rep) - got);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return herr_set(err, -EIO, "sandbox keeper exited before reporting");
+		got += (size_t)n;
+	}
+	rep->msg[sizeof(rep->msg) - 1] = '\0';
+	if (rep->code < 0)
+		return herr_set(err, rep->code, "%s", rep->msg);
+	return 0;
+}
+
+int rt_spawn(struct rt *rt, struct rt_sandbox *s, const struct rt_spec *spec,
+	     struct rt_spawn_result *res, struct herr *err)
+{
+	_cleanup_close_ int disk_fd = rt_disk_mount_fd(rt, s->id, err);
+	_cleanup_close_ int cg_fd = -1, log_fd = -1;
+	int rp[2];
+	pid_t keeper;
+
+	if (disk_fd < 0)
+		return disk_fd;
+	cg_fd = rt_cg_open_leaf(rt, s->id);
+	log_fd = open_log(rt, s->id);
+	if (pipe2(rp, O_CLOEXEC) < 0)
+		return herr_sys(err, -errno, "pipe for keeper report");
+
+	struct keeper_ctx k = {
+		.rt = rt, .s = s, .spec = spec, .report_fd = rp[1],
+		.disk_fd = disk_fd, .cg_fd = cg_fd, .log_fd = log_fd,
+	};
+	keeper = fork();
+	if (keeper < 0) {
+		close(rp[0]);
+		close(rp[1]);
+		return herr_sys(err, -errno, "fork of sandbox keeper");
+	}
+	if (keeper == 0) {
+		int keep[] = { rp[1], disk_fd, cg_fd, log_fd, s->net.fd };
+		sigset_t all;
+
+		sigemptyset(&all);
+		sigprocmask(SIG_SETMASK, &all, NULL);
+		signal(SIGPIPE, SIG_IGN);
+		setsid();
+		close_all_but(keep, sizeof(keep) / sizeof(keep[0]));
+		int null = open("/dev/null", O_RDWR);
+		if (null >= 0) {
+			dup2(null, 0);
+			if (log_fd < 0) {
+				dup2(null, 1);
+				dup2(null, 2);
+			}
+			if (null > 2)
+				close(null);
+		}
+		keeper_main(&k);
+	}
+	close(rp[1]);
+
+	struct spawn_report rep;
+	int r = wait_report(rp[0], &rep, err);
+	close(rp[0]);
+	res->keeper_pid = keeper;
+	res->init_pid = rep.init_pid;
+	if (r < 0) {
+		waitpid(keeper, NULL, 0);
+		return r;
+	}
+	return 0;
+}
