@@ -82,7 +82,8 @@ static int read_names(int fd, struct name_list *out)
 		return e;
 	}
 	closedir(d);
-	qsort(out->names, out->n, sizeof(*out->names), cmp_names);
+	if (out->n > 1)
+		qsort(out->names, out->n, sizeof(*out->names), cmp_names);
 	return 0;
 }
 
