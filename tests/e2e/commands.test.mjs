@@ -210,7 +210,8 @@ test('background: list shows the config; gone after exit', async () => {
 });
 
 test('stdin: sendStdin then closeStdin gives EOF', async () => {
-  const h = await sbx.commands.run('cat; echo done', { background: true, stdin: true });
+  const h = await sbx.commands.run('cat; sleep 0.5; echo done',
+    { background: true, stdin: true });
   await sbx.commands.sendStdin(h.pid, 'hello ');
   await h.sendStdin('world\n');
   await sbx.commands.closeStdin(h.pid);
@@ -333,4 +334,32 @@ test('raw: StreamInput is unimplemented', async () => {
 test('no agent fds leak into user processes', async () => {
   const r = await sbx.commands.run('ls /proc/$$/fd | sort -n | tr "\\n" " "');
   assert.equal(r.stdout, '0 1 2 ');
+});
+
+test('a client that stops reading stalls only its own process', async () => {
+  // 64 MiB of output to a client that never reads: the agent must neither
+  // buffer it all nor stop serving other processes.
+  const ctl = new AbortController();
+  const res = await fetch(`${agent.url}/process.Process/Start`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/connect+json', 'connect-timeout-ms': '60000' },
+    body: envelope({ process: { cmd: '/bin/sh', args: ['-c', 'head -c 67108864 /dev/zero'] },
+      tag: 'flood' }),
+    signal: ctl.signal,
+  });
+  assert.equal(res.status, 200);
+  await sleep(500);
+
+  const t0 = Date.now();
+  const r = await sbx.commands.run('echo other-process-ok');
+  assert.equal(r.stdout, 'other-process-ok\n');
+  assert.ok(Date.now() - t0 < 3000, `took ${Date.now() - t0} ms`);
+
+  // The flood is held back, not finished...
+  const { body } = await rawUnary('List', {});
+  assert.ok(body.processes?.some((p) => p.tag === 'flood'), 'flood already done');
+  // ...and once its only client goes away, its output is dropped and it ends.
+  ctl.abort();
+  await until(async () => !(await rawUnary('List', {})).body.processes
+    ?.some((p) => p.tag === 'flood'), 10000, 'the flood to finish without a client');
 });
