@@ -23,22 +23,39 @@
 #include <unistd.h>
 
 #include "http.h"
+#include "log.h"
 #include "state.h"
 #include "users.h"
 
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
 static int port;
+static struct agent_server *server; /* lives as long as the process */
+
+static char dir[] = "/tmp/hutch-fuzz-files-XXXXXX";
+
+static void remove_dir(void)
+{
+	static const char *const names[] = { "passwd", "group", "fuzz-target" };
+	char path[256];
+
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		snprintf(path, sizeof(path), "%s/%s", dir, names[i]);
+		unlink(path);
+	}
+	rmdir(dir);
+}
 
 static void setup_once(void)
 {
-	static char dir[] = "/tmp/hutch-fuzz-files-XXXXXX";
 	struct agent_server_opts opts = { .listen_addr = "127.0.0.1" };
-	struct agent_server *srv;
 	struct herr err = { 0 };
 	char path[256];
 	FILE *f;
 
 	if (!mkdtemp(dir))
 		abort();
+	atexit(remove_dir);
 	snprintf(path, sizeof(path), "%s/passwd", dir);
 	f = fopen(path, "w");
 	if (!f)
@@ -51,12 +68,13 @@ static void setup_once(void)
 		abort();
 	fprintf(f, "root:x:0:\n");
 	fclose(f);
+	log_configure("error");
 	users_set_etc_dir(dir);
 	state_set_default_user("root");
 
 	for (port = 20000 + getpid() % 20000; port < 65000; port++) {
 		opts.port = port;
-		if (agent_server_start(&opts, &srv, &err) == 0)
+		if (agent_server_start(&opts, &server, &err) == 0)
 			return;
 	}
 	abort();
