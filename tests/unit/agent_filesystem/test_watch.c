@@ -4,6 +4,7 @@
  * directories, includeEntry, queue overflow, stop, ids and the registry.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -324,6 +325,62 @@ static void test_missing_directory(void **state)
 	assert_non_null(strstr(err.msg, "missing"));
 }
 
+struct churn {
+	struct fixture *fx;
+	volatile int stop;
+};
+
+static void *churn_files(void *arg)
+{
+	struct churn *c = arg;
+
+	for (int i = 0; !c->stop; i++) {
+		char p[PATH_MAX];
+		int fd;
+
+		/* Not fx_path: its ring of buffers is not for two threads. */
+		snprintf(p, sizeof(p), "%.4000s/churn/f%d", c->fx->dir, i % 50);
+		fd = open(p, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+
+		if (fd >= 0) {
+			(void)!write(fd, "x", 1);
+			close(fd);
+		}
+		if (i % 7 == 0)
+			unlink(p);
+	}
+	return NULL;
+}
+
+/*
+ * Watchers come and go while events pour in: under the sanitizers this
+ * catches a watcher freed while the engine still reads it.
+ */
+static void test_create_stop_under_load(void **state)
+{
+	struct fixture *fx = *state;
+	struct churn c = { .fx = fx };
+	char dir[PATH_MAX];
+	pthread_t t;
+
+	snprintf(dir, sizeof(dir), "%s", fx_path(fx, "churn"));
+	mkdir(dir, 0755);
+	assert_int_equal(pthread_create(&t, NULL, churn_files, &c), 0);
+	for (int i = 0; i < 200; i++) {
+		struct fs_watcher *w = watch(dir, i % 2, i % 3 == 0);
+		struct fs_event_blob *list = NULL;
+		struct herr err;
+
+		if (i % 4 == 0) {
+			fs_watcher_take(w, 2, &list, &err);
+			fs_event_blobs_free(list);
+		}
+		unwatch(w);
+	}
+	c.stop = 1;
+	pthread_join(t, NULL);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -337,6 +394,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_stop_and_ids, fx_setup, fx_teardown),
 		cmocka_unit_test_setup_teardown(test_registry, fx_setup, fx_teardown),
 		cmocka_unit_test_setup_teardown(test_missing_directory, fx_setup, fx_teardown),
+		cmocka_unit_test_setup_teardown(test_create_stop_under_load, fx_setup,
+						fx_teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
