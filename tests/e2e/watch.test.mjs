@@ -56,6 +56,13 @@ async function rpc(method, body) {
   return { status: res.status, body: await res.json() };
 }
 
+// Earlier tests' streams are released once the agent sees their client go,
+// which can trail handle.stop(); count from a settled state.
+async function settledInotifyFds() {
+  await until(() => inotifyFds() === 0, 5000, 'earlier watchers released');
+  return 0;
+}
+
 const brief = (events) => events.map((e) => `${e.type} ${e.name}`);
 
 test('watchDir reports each operation, names relative, in order', async () => {
@@ -105,7 +112,7 @@ test('recursive watchDir follows new subdirectories; includeEntry', async () => 
 
 test('stop ends the stream and releases the watcher', async () => {
   mkdirSync(home('w3'));
-  const before = inotifyFds();
+  const before = await settledInotifyFds();
   const events = [];
   let exited = false;
   const handle = await sbx.files.watchDir('w3', (e) => events.push(e), {
@@ -122,7 +129,7 @@ test('stop ends the stream and releases the watcher', async () => {
 
 test('watchDir ends at its deadline with a timeout and releases the watcher', async () => {
   mkdirSync(home('w4'));
-  const before = inotifyFds();
+  const before = await settledInotifyFds();
   let exitErr = 'not yet';
   await sbx.files.watchDir('w4', () => {}, {
     timeoutMs: 700,
@@ -145,7 +152,7 @@ test('watchDir errors: missing path, a file', async () => {
 
 test('polling watcher: create, collect and clear, remove', async () => {
   mkdirSync(home('p1'));
-  const before = inotifyFds();
+  const before = await settledInotifyFds();
   const created = await rpc('CreateWatcher', { path: 'p1', recursive: true });
   assert.equal(created.status, 200);
   const id = created.body.watcherId;
