@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 #include <jansson.h>
 
 #include "auth.h"
@@ -677,8 +678,9 @@ int agent_server_start(const struct agent_server_opts *opts, struct agent_server
 		       struct herr *err)
 {
 	struct sockaddr_storage ss;
+	/* MHD_USE_ITC lets agent_server_quiesce wake the listening thread. */
 	unsigned int flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
-			     MHD_USE_ERROR_LOG;
+			     MHD_USE_ERROR_LOG | MHD_USE_ITC;
 	unsigned int limit = opts->max_connections > 0 ? (unsigned)opts->max_connections : 512;
 	const char *addr = opts->listen_addr ? opts->listen_addr : "0.0.0.0";
 	int is_v6, r;
@@ -708,6 +710,17 @@ int agent_server_start(const struct agent_server_opts *opts, struct agent_server
 				"(address in use or not available)", addr, opts->port);
 	*out = steal_ptr(&s);
 	return 0;
+}
+
+void agent_server_quiesce(struct agent_server *s)
+{
+	MHD_socket fd;
+
+	if (!s || !s->daemon)
+		return;
+	fd = MHD_quiesce_daemon(s->daemon);
+	if (fd != MHD_INVALID_SOCKET)
+		close(fd);
 }
 
 void agent_server_stop(struct agent_server *s)

@@ -51,6 +51,11 @@ struct agent_server_opts {
 
 int agent_server_start(const struct agent_server_opts *opts, struct agent_server **out,
 		       struct herr *err);
+/*
+ * Stops accepting connections; the open ones keep being served (so streams
+ * can still deliver the end of their processes) until agent_server_stop.
+ */
+void agent_server_quiesce(struct agent_server *s);
 void agent_server_stop(struct agent_server *s);
 
 #endif

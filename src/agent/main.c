@@ -231,8 +231,8 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 
 	r = cfg_load(agent_opts, N_OPTS, "hutch-agent",
-		     "\nThe in-sandbox agent: speaks E2B's envd protocol (HTTP and Connect RPC).", NULL, argc, argv,
-		     &first_arg, &err);
+		     "\nThe in-sandbox agent: speaks E2B's envd protocol "
+		     "(HTTP and Connect RPC).", NULL, argc, argv, &first_arg, &err);
 	if (r == 1)
 		return 0;
 	if (r == 0 && first_arg < argc)
@@ -253,8 +253,10 @@ int main(int argc, char **argv)
 		 AGENT_ENVD_VERSION, opt("access-token") ? "yes" : "no");
 	sig = wait_for_stop();
 	log_info("agent", NULL, "stopping on signal %d", sig);
-	agent_server_stop(server);
+	/* Open streams still report their processes' ends, then the server stops. */
+	agent_server_quiesce(server);
 	stop_processes();
+	agent_server_stop(server);
 	reaper_stop();
 	cfg_free(agent_opts, N_OPTS);
 	return 0;
