@@ -3,6 +3,8 @@
  * when the client accepts it. The file is read to EOF in blocks and never
  * held whole in memory; its size from stat() is not trusted (procfs and
  * sysfs files report 0 or 4096), so non-empty bodies go out chunked.
+ * Range and conditional requests are not supported: the whole file is sent
+ * with 200, which HTTP allows.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -121,6 +123,24 @@ static ssize_t dl_gzip(void *cls, uint64_t pos, char *buf, size_t max)
 	if (s->z.avail_out == max)
 		return MHD_CONTENT_READER_END_OF_STREAM;
 	return (ssize_t)(max - s->z.avail_out);
+}
+
+/*
+ * gzip costs far more CPU than it saves on data that does not compress (on
+ * a small sandbox deflate runs at a few tens of MB/s, below loopback speed).
+ * When the client also accepts identity, the first block decides: if level
+ * 1 saves less than a tenth of it, the file goes out uncompressed.
+ */
+static int worth_compressing(const unsigned char *head, size_t n)
+{
+	uLongf out_len = compressBound((uLong)n);
+	_cleanup_free_ unsigned char *out = malloc(out_len);
+
+	if (n < 4096 || !out)
+		return 1; /* too little to judge: honour the client's wish */
+	if (compress2(out, &out_len, head, (uLong)n, 1) != Z_OK)
+		return 1;
+	return out_len < n - n / 10;
 }
 
 /*
@@ -256,8 +276,12 @@ enum MHD_Result files_download(struct MHD_Connection *c, struct files_request *r
 	}
 	s->head_len = (size_t)n;
 	s->eof = 0;
-	/* An empty file goes out as Content-Length 0 whenever identity is allowed. */
-	s->gzip = coding == FILES_CODING_GZIP && !(n == 0 && files_identity_ok(accept));
+	/*
+	 * An empty file goes out as Content-Length 0, and incompressible data
+	 * as it is, whenever identity is allowed.
+	 */
+	s->gzip = coding == FILES_CODING_GZIP &&
+		  !(files_identity_ok(accept) && (n == 0 || !worth_compressing(s->head, (size_t)n)));
 	if (s->gzip && !(s->in = malloc(BLOCK_SIZE))) {
 		dl_free(s);
 		return http_send_error(c, 500, "out of memory");
