@@ -58,7 +58,9 @@ static struct cfg_opt opts[] = {
 	{ "reaper-interval-ms", CFG_INT, "50", "how often deadlines are checked" },
 	{ "agent-ready-ms", CFG_INT, "5000", "how long a new sandbox's agent may take" },
 	{ "template-dir", CFG_STR, NULL, "templates (default: <data-dir>/templates)" },
-	{ "agent-dir", CFG_STR, NULL, "dir with hutch-agent (default: next to hutchd)" },
+	{ "agent-dir", CFG_STR, NULL,
+	  "agent bundle made by scripts/agent-bundle (default: the build's)" },
+	{ "cgroup-name", CFG_STR, "hutch", "name of our cgroup subtree" },
 	{ "net-cidr", CFG_STR, "10.213.0.0/16", "sandbox addresses" },
 	{ "pool-size", CFG_INT, "4", "network namespaces prepared ahead" },
 	{ "no-runtime", CFG_BOOL, "false", "run the control plane without sandboxes" },
@@ -196,8 +198,8 @@ static void default_dirs(char *tpl, char *agent, size_t cap, const char *argv0)
 	slash = strrchr(self, '/');
 	if (slash)
 		*slash = '\0';
-	/* In a build tree the agent is ../agent from hutchd. */
-	snprintf(agent, cap, "%s/../agent", *self ? self : ".");
+	/* The build makes the bundle beside hutchd (src/hutchd/lifecycle). */
+	snprintf(agent, cap, "%s/lifecycle/agent-bundle", *self ? self : ".");
 }
 
 static int first_key_line(struct store *st, char *line, size_t cap)
@@ -251,7 +253,7 @@ static void fill_lc_config(struct lc_config *c, const char *tpl, const char *age
 {
 	*c = (struct lc_config){
 		.data_dir = S("data-dir"), .run_dir = S("run-dir"), .template_dir = tpl,
-		.agent_dir = agent, .net_cidr = S("net-cidr"),
+		.agent_dir = agent, .net_cidr = S("net-cidr"), .cgroup_name = S("cgroup-name"),
 		.max_sandboxes = (unsigned)I("max-sandboxes"),
 		.pool_size = (unsigned)I("pool-size"),
 		.agent_ready_ms = (unsigned)I("agent-ready-ms"),

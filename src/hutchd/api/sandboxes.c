@@ -260,8 +260,18 @@ static char *dump(json_t *j)
 	return json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS);
 }
 
+/* The template's resources where it sets them, else the node's defaults. */
+static void fill_resources(struct api *a, const struct lc_template *tpl,
+			   struct store_sandbox *sb)
+{
+	sb->cpu_count = tpl->cpu_count ? tpl->cpu_count : a->cfg.cpu_count;
+	sb->memory_mb = tpl->memory_mb ? tpl->memory_mb : a->cfg.memory_mb;
+	sb->disk_mb = tpl->disk_mb ? tpl->disk_mb : a->cfg.disk_mb;
+}
+
 static int fill_sandbox(struct api_req *r, const struct create_args *ca,
-			struct store_sandbox *sb, struct herr *err)
+			const struct lc_template *tpl, struct store_sandbox *sb,
+			struct herr *err)
 {
 	struct api *a = r->api;
 	char tok[TOKEN_HEX];
@@ -272,7 +282,8 @@ static int fill_sandbox(struct api_req *r, const struct create_args *ca,
 		return rc;
 	token_derive(a->secret, "", sb->id, tok);
 	sb->team_id = r->team_id;
-	sb->template_id = strdup(ca->template_id);
+	/* The resolved name, so that list filters and recovery see "base". */
+	sb->template_id = strdup(tpl->name);
 	sb->created_at = sb->started_at = now;
 	sb->timeout_s = ca->timeout_s;
 	sb->end_at = now + ca->timeout_s * 1000;
@@ -281,9 +292,7 @@ static int fill_sandbox(struct api_req *r, const struct create_args *ca,
 	sb->network = dump(ca->network);
 	sb->lifecycle = strdup("{\"autoResume\":false,\"onTimeout\":\"kill\"}");
 	sb->access_token = strdup(ca->secure ? tok : "");
-	sb->cpu_count = a->cfg.cpu_count;
-	sb->memory_mb = a->cfg.memory_mb;
-	sb->disk_mb = a->cfg.disk_mb;
+	fill_resources(a, tpl, sb);
 	sb->envd_version = strdup(a->cfg.envd_version);
 	if (!sb->template_id || !sb->metadata || !sb->env || !sb->network ||
 	    !sb->lifecycle || !sb->access_token || !sb->envd_version)
@@ -326,8 +335,9 @@ static void finish_create(struct api_req *r, struct store_sandbox *sb)
 		api_json(r, 201, sandbox_json(r->api, sb));
 	} else if (rc == -ENOENT) {
 		api_error(r, 404, "%s", err.msg);
-	} else if (rc == -ENOSYS || rc == -EAGAIN || rc == -ENOSPC) {
-		api_error(r, 503, "%s", err.msg);
+	} else if (rc == -ENOSYS || rc == -EAGAIN || rc == -ENOSPC || rc == -ETIMEDOUT) {
+		log_error("api", sb->id, "create failed: %s", err.msg);
+		api_error(r, 503, "creating the sandbox failed: %s", err.msg);
 	} else {
 		log_error("api", sb->id, "create failed: %s", err.msg);
 		api_error(r, 500, "creating the sandbox failed: %s", err.msg);
@@ -338,8 +348,10 @@ void sbx_create(struct api_req *r)
 {
 	_cleanup_sandbox_ struct store_sandbox sb = { 0 };
 	struct create_args ca = { 0 };
+	struct lc_template tpl = { 0 };
 	struct herr err;
 	json_t *body;
+	int rc;
 
 	if (!api_rate_check(r, RL_CREATE))
 		return;
@@ -351,11 +363,16 @@ void sbx_create(struct api_req *r)
 	} else if (!lc_can_create(r->api->lc)) {
 		api_error(r, 503, "this node cannot create sandboxes: the sandbox runtime "
 			  "is not available (see the hutchd log)");
-	} else if (fill_sandbox(r, &ca, &sb, &err) < 0) {
+	} else if ((rc = lc_template_get(r->api->lc, ca.template_id, &tpl, &err)) < 0) {
+		if (rc != -ENOENT)
+			log_error("api", NULL, "%s", err.msg);
+		api_error(r, rc == -ENOENT ? 404 : 500, "%s", err.msg);
+	} else if (fill_sandbox(r, &ca, &tpl, &sb, &err) < 0) {
 		api_error(r, 500, "%s", err.msg);
 	} else if (begin_create(r, &sb)) {
 		finish_create(r, &sb);
 	}
+	tpl_clear(&tpl);
 	free_create_args(&ca);
 	json_decref(body);
 }

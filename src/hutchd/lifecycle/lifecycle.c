@@ -67,8 +67,15 @@ int lc_create_begin(struct lifecycle *lc, const struct store_sandbox *sb,
 	return rc;
 }
 
+int lc_template_get(struct lifecycle *lc, const char *ref, struct lc_template *out,
+		    struct herr *err)
+{
+	return tpl_load(lc->cfg.template_dir, ref, out, err);
+}
+
 int lc_create_finish(struct lifecycle *lc, struct store_sandbox *sb, struct herr *err)
 {
+	struct lc_template tpl = { 0 };
 	int64_t started, end;
 	char reason[HERR_MSG_MAX + 32];
 	int rc;
@@ -76,7 +83,10 @@ int lc_create_finish(struct lifecycle *lc, struct store_sandbox *sb, struct herr
 	if (!lc->rt)
 		rc = herr_set(err, -ENOSYS, "no sandbox runtime on this node");
 	else
-		rc = lcrt_start(lc->rt, sb, err);
+		rc = tpl_load(lc->cfg.template_dir, sb->template_id, &tpl, err);
+	if (rc == 0)
+		rc = lcrt_start(lc->rt, sb, &tpl, err);
+	tpl_clear(&tpl);
 	if (rc == 0) {
 		/* The deadline counts from when the sandbox is ready. */
 		started = store_now_ms();
@@ -120,6 +130,13 @@ int lc_kill(struct lifecycle *lc, const char *id, const char *reason, struct her
 		log_info("lifecycle", id, "ended: %s", reason);
 	}
 	return rc > 0 ? 1 : 0;
+}
+
+int lc_dial(struct lifecycle *lc, const char *id, uint16_t port, struct herr *err)
+{
+	if (!lc->rt)
+		return herr_set(err, -ENOENT, "no sandbox runtime on this node");
+	return lcrt_dial(lc->rt, id, port, err);
 }
 
 int lc_apply_network(struct lifecycle *lc, const char *id, json_t *network,
@@ -222,6 +239,31 @@ static int recover_one(const struct store_sandbox *sb, void *arg)
 	return 0;
 }
 
+/*
+ * A sandbox the runtime re-adopted but the store has no live row for: its
+ * create was never acknowledged (the row was rolled back or purged), so no
+ * client knows it. Leaving it would leak a running sandbox nobody can kill.
+ */
+static int remove_orphan(void *arg, const char *id)
+{
+	struct lifecycle *lc = arg;
+	_cleanup_sandbox_ struct store_sandbox sb = { 0 };
+	struct herr err;
+	int rc = store_sandbox_get(lc->store, id, -1, &sb, &err);
+
+	if (rc < 0) {
+		log_error("lifecycle", id, "checking for orphan: %s", err.msg);
+		return 0;
+	}
+	if (rc > 0 && strcmp(sb.state, SBX_ENDED) != 0)
+		return 0;
+	if (lcrt_destroy(lc->rt, id, &err) < 0 && err.code != -ENOENT)
+		log_error("lifecycle", id, "removing orphan sandbox: %s", err.msg);
+	else
+		log_info("lifecycle", id, "removed a sandbox the store does not know as live");
+	return 0;
+}
+
 int lc_start(struct store *st, const struct lc_config *cfg, struct lifecycle **out,
 	     struct herr *err)
 {
@@ -243,6 +285,8 @@ int lc_start(struct store *st, const struct lc_config *cfg, struct lifecycle **o
 		}
 	}
 	store_sandbox_each(st, NULL, recover_one, lc, err);
+	if (lc->rt)
+		lcrt_each(lc->rt, remove_orphan, lc);
 	rc = pthread_create(&lc->reaper, NULL, reaper_main, lc);
 	if (rc != 0) {
 		lc_stop(lc);

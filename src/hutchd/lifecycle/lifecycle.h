@@ -14,12 +14,14 @@
 
 #include "err.h"
 #include "store.h"
+#include "template.h"
 
 struct lc_config {
 	const char *data_dir;
 	const char *run_dir;
-	const char *template_dir;  /* <template_dir>/<name>/rootfs is a layer */
-	const char *agent_dir;     /* host dir holding the hutch-agent binary */
+	const char *template_dir;  /* <template_dir>/<name>/{rootfs,template.json} */
+	const char *agent_dir;     /* the agent bundle (scripts/agent-bundle) */
+	const char *cgroup_name;   /* our cgroup subtree; NULL = "hutch" */
 	const char *net_cidr;
 	unsigned max_sandboxes;
 	unsigned pool_size;
@@ -47,13 +49,22 @@ void lc_stop(struct lifecycle *lc);
 bool lc_can_create(struct lifecycle *lc);
 
 /*
+ * Loads a template by the reference a create names (see tpl_load); the
+ * caller clears it with tpl_clear. -ENOENT when there is none.
+ */
+int lc_template_get(struct lifecycle *lc, const char *ref, struct lc_template *out,
+		    struct herr *err);
+
+/*
  * Creating is two steps so that the API can check a team's concurrency cap
  * and record the new row under one lock: lc_create_begin commits the row in
  * state "creating" (intent "create") before anything else happens;
- * lc_create_finish asks the runtime, initialises the agent and marks the
- * row "running" (updating sb->started_at/end_at). On failure the row is
- * ended with the reason and the runtime's leftovers are removed.
- * -ENOENT: unknown template; -ENOSYS: no runtime on this node.
+ * lc_create_finish loads the row's template, asks the runtime, initialises
+ * the agent (with the template's user, workdir and env) and marks the row
+ * "running" (updating sb->started_at/end_at). On failure the row is ended
+ * with the reason and the runtime's leftovers are removed.
+ * -ENOENT: unknown template; -ENOSYS: no runtime on this node; -ETIMEDOUT:
+ * the agent was not ready in agent_ready_ms.
  */
 int lc_create_begin(struct lifecycle *lc, const struct store_sandbox *sb,
 		    struct herr *err);
@@ -61,6 +72,12 @@ int lc_create_finish(struct lifecycle *lc, struct store_sandbox *sb, struct herr
 
 /* Kills a live sandbox and records reason; 1 killed, 0 nothing live by that id. */
 int lc_kill(struct lifecycle *lc, const char *id, const char *reason, struct herr *err);
+
+/*
+ * A connected TCP socket to 127.0.0.1:port inside a running sandbox (for the
+ * proxy); the caller closes it. -ENOENT when it is not running here.
+ */
+int lc_dial(struct lifecycle *lc, const char *id, uint16_t port, struct herr *err);
 
 /* Applies a stored network object to a running sandbox. */
 int lc_apply_network(struct lifecycle *lc, const char *id, json_t *network,

@@ -1,9 +1,15 @@
 /*
- * The lifecycle's runtime operations over rt.h: a store row becomes an
- * rt_spec (template layer, agent, limits, egress policy); once the runtime
- * has started the sandbox, the agent is configured with POST /init over the
- * sandbox's own loopback (rt_dial), and only an answer from it makes the
- * sandbox ready.
+ * The lifecycle's runtime operations over rt.h: a store row and its template
+ * become an rt_spec (template layer, agent bundle, limits, egress policy);
+ * once the runtime has started the sandbox, the agent is configured with
+ * POST /init over the sandbox's own loopback (rt_dial), and only its answer
+ * makes the sandbox ready.
+ *
+ * The agent runs from the bundle made by scripts/agent-bundle (its own ELF
+ * loader and libraries, bound read-only at RT_AGENT_MOUNT), so it works in
+ * any root filesystem whatever its libc. It listens on the sandbox's
+ * loopback only: the host reaches it through rt_dial, nothing reaches it
+ * from the sandbox network.
  */
 #include "sandbox_rt.h"
 
@@ -12,10 +18,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <curl/curl.h>
 
+#include "buf.h"
 #include "cleanup.h"
 #include "log.h"
 #include "rt.h"
@@ -23,15 +31,36 @@
 #define AGENT_PORT 49983
 #define MAX_CIDRS 256
 
+/* Longest agent command line piece we build (flag plus a template path). */
+#define FLAG_MAX (TPL_PATH_MAX + 32)
+
 struct lc_rt {
 	struct rt *rt;
 	struct lc_config cfg;
+	bool bundled;   /* agent_dir holds ld.so + lib/ (else a static agent) */
 };
+
+/*
+ * The agent folder is bound into every sandbox as is, so it is checked once
+ * here: a missing agent would otherwise fail every create the same way.
+ */
+static int check_agent_dir(struct lc_rt *l, struct herr *err)
+{
+	char path[4096];
+
+	snprintf(path, sizeof(path), "%s/hutch-agent", l->cfg.agent_dir);
+	if (access(path, X_OK) < 0)
+		return herr_sys(err, -errno, "agent bundle: %s (build it with "
+				"scripts/agent-bundle or set agent-dir)", path);
+	snprintf(path, sizeof(path), "%s/ld.so", l->cfg.agent_dir);
+	l->bundled = access(path, X_OK) == 0;
+	return 0;
+}
 
 int lcrt_open(const struct lc_config *cfg, struct lc_rt **out, struct herr *err)
 {
 	struct rt_config rc = {
-		.data_dir = cfg->data_dir, .run_dir = cfg->run_dir, .cgroup_name = "hutch",
+		.data_dir = cfg->data_dir, .run_dir = cfg->run_dir, .cgroup_name = cfg->cgroup_name ? cfg->cgroup_name : "hutch",
 		.net_cidr = cfg->net_cidr, .pool_size = cfg->pool_size,
 		.max_sandboxes = cfg->max_sandboxes, .uid_base = 0x10000000u,
 		.egress_conn_max = 1024,
@@ -41,12 +70,14 @@ int lcrt_open(const struct lc_config *cfg, struct lc_rt **out, struct herr *err)
 
 	if (!l)
 		return herr_set(err, -ENOMEM, "lifecycle: out of memory");
-	r = rt_init(&rc, &l->rt, err);
+	l->cfg = *cfg;
+	r = check_agent_dir(l, err);
+	if (r == 0)
+		r = rt_init(&rc, &l->rt, err);
 	if (r < 0) {
 		free(l);
 		return r;
 	}
-	l->cfg = *cfg;
 	*out = l;
 	return 0;
 }
@@ -100,39 +131,86 @@ static curl_socket_t give_socket(void *arg, curlsocktype purpose,
 	return steal_fd(fd);
 }
 
-static int already_connected(void *arg, curl_socket_t fd, curlsocktype purpose)
+
+/* Keeps the start of the agent's answer, for the error message. */
+static size_t keep_answer(char *data, size_t size, size_t n, void *arg)
 {
-	return CURL_SOCKOPT_ALREADY_CONNECTED;
+	struct hbuf *b = arg;
+	size_t len = size * n, room = b->max - b->len;
+
+	hbuf_append(b, data, len < room ? len : room);
+	return len;
 }
 
-static int init_body(const struct store_sandbox *sb, char **out, struct herr *err)
+static void rfc3339_now(char out[64])
 {
-	json_t *env = json_loads(sb->env, 0, NULL);
-	json_t *body = json_pack("{s:s,s:o,s:s,s:s}", "accessToken", sb->access_token,
-				 "envVars", env ? env : json_object(), "defaultUser", "user",
-				 "defaultWorkdir", "/home/user");
+	struct timespec ts;
+	struct tm tm;
 
+	clock_gettime(CLOCK_REALTIME, &ts);
+	gmtime_r(&ts.tv_sec, &tm);
+	snprintf(out, 64, "%04d-%02d-%02dT%02d:%02d:%02d.%09ldZ", tm.tm_year + 1900,
+		 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec);
+}
+
+/*
+ * The agent's configuration: the template's env with the create's envVars
+ * over it, the template's default user and workdir, and the access token.
+ * The token goes here rather than on the command line because argv of the
+ * sandbox's init is readable by every process inside it.
+ */
+static int init_body(const struct store_sandbox *sb, const struct lc_template *tpl,
+		     char **out, struct herr *err)
+{
+	json_t *env = json_deep_copy(tpl->env);
+	json_t *extra = json_loads(sb->env, 0, NULL);
+	json_t *body;
+	char now[64];
+
+	if (env && json_is_object(extra))
+		json_object_update(env, extra);
+	json_decref(extra);
+	rfc3339_now(now);
+	body = env ? json_pack("{s:o,s:s,s:s,s:s}", "envVars", env, "defaultUser",
+			       tpl->user, "defaultWorkdir", tpl->workdir, "timestamp", now)
+		   : NULL;
+	if (body && *sb->access_token)
+		json_object_set_new(body, "accessToken", json_string(sb->access_token));
 	*out = body ? json_dumps(body, JSON_COMPACT) : NULL;
 	json_decref(body);
 	return *out ? 0 : herr_set(err, -ENOMEM, "out of memory");
 }
 
-/* POST /init to the agent through a socket inside the sandbox's netns. */
-static int agent_init(struct lc_rt *l, const struct store_sandbox *sb, struct herr *err)
+static long ms_since(const struct timespec *t0)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (now.tv_sec - t0->tv_sec) * 1000 + (now.tv_nsec - t0->tv_nsec) / 1000000;
+}
+
+/*
+ * POST /init to the agent through a socket made inside the sandbox's netns:
+ * curl connects it to 127.0.0.1, which there is the sandbox's loopback. (A
+ * socket rt_dial already connected cannot be used: curl 7.88 connects again.)
+ */
+static int agent_init(struct lc_rt *l, const struct store_sandbox *sb,
+		      const struct lc_template *tpl, long budget_ms, struct herr *err)
 {
 	_cleanup_free_ char *body = NULL;
 	_cleanup_close_ int fd = -1;
 	struct curl_slist *hdr = NULL;
+	struct hbuf answer;
 	long status = 0;
 	CURLcode cc;
 	CURL *c;
-	int rc = init_body(sb, &body, err);
+	int rc = init_body(sb, tpl, &body, err);
 
 	if (rc < 0)
 		return rc;
-	fd = rt_dial(l->rt, sb->id, AGENT_PORT, err);
+	fd = rt_socket(l->rt, sb->id, err);
 	if (fd < 0)
-		return herr_wrap(err, "reaching the agent");
+		return herr_wrap(err, "reaching the agent for /init");
 	c = curl_easy_init();
 	if (!c)
 		return herr_set(err, -ENOMEM, "curl_easy_init failed");
@@ -140,46 +218,82 @@ static int agent_init(struct lc_rt *l, const struct store_sandbox *sb, struct he
 	curl_easy_setopt(c, CURLOPT_URL, "http://127.0.0.1:49983/init");
 	curl_easy_setopt(c, CURLOPT_OPENSOCKETFUNCTION, give_socket);
 	curl_easy_setopt(c, CURLOPT_OPENSOCKETDATA, &fd);
-	curl_easy_setopt(c, CURLOPT_SOCKOPTFUNCTION, already_connected);
 	curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdr);
 	curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-	curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)l->cfg.agent_ready_ms);
+	hbuf_init(&answer, 512);
+	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, keep_answer);
+	curl_easy_setopt(c, CURLOPT_WRITEDATA, &answer);
+	curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, budget_ms > 1 ? budget_ms : 1L);
 	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(c, CURLOPT_FORBID_REUSE, 1L);
 	cc = curl_easy_perform(c);
 	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
 	curl_easy_cleanup(c);
 	curl_slist_free_all(hdr);
-	if (cc != CURLE_OK)
-		return herr_set(err, -EIO, "agent /init: %s", curl_easy_strerror(cc));
-	if (status < 200 || status > 299)
-		return herr_set(err, -EIO, "agent /init answered HTTP %ld", status);
-	return 0;
+	if (cc == CURLE_OPERATION_TIMEDOUT)
+		rc = herr_set(err, -ETIMEDOUT, "agent did not answer /init within the "
+			      "%u ms it may take to get ready", l->cfg.agent_ready_ms);
+	else if (cc != CURLE_OK)
+		rc = herr_set(err, -EIO, "agent /init: %s", curl_easy_strerror(cc));
+	else if (status < 200 || status > 299)
+		rc = herr_set(err, -EIO, "agent refused /init with HTTP %ld: %.*s "
+			      "(template user '%s', workdir '%s')", status,
+			      (int)(answer.len < 200 ? answer.len : 200),
+			      answer.data ? answer.data : "", tpl->user, tpl->workdir);
+	hbuf_free(&answer);
+	return rc;
 }
 
-static int template_layer(struct lc_rt *l, const char *tpl, char *out, size_t cap,
-			  struct herr *err)
+/* Why a sandbox that should be starting is not: the runtime's account of it. */
+static int explain_not_ready(struct lc_rt *l, const char *id, int rc, struct herr *err)
 {
-	struct stat st;
+	struct rt_info info;
+	struct herr qerr;
 
-	/* template_ref_valid() already refused '/', '..' tricks beyond one level. */
-	if (strstr(tpl, "..") || snprintf(out, cap, "%s/%s/rootfs", l->cfg.template_dir,
-					  tpl) >= (int)cap)
-		return herr_set(err, -EINVAL, "Invalid template reference: '%s'", tpl);
-	if (stat(out, &st) < 0 || !S_ISDIR(st.st_mode))
-		return herr_set(err, -ENOENT, "template '%s' not found", tpl);
-	return 0;
+	if (rt_query(l->rt, id, &info, &qerr) < 0 || info.state != RT_STATE_STOPPED)
+		return rc == -ETIMEDOUT ?
+			herr_set(err, -ETIMEDOUT, "agent not listening after %u ms "
+				 "(agent-ready-ms)", l->cfg.agent_ready_ms) : rc;
+	if (info.reason == RT_EXIT_EXITED)
+		return herr_set(err, -EIO, "the agent exited with status %d before it was "
+				"ready", info.exit_status);
+	return herr_set(err, -EIO, "the agent ended before it was ready (%s%s%s)",
+			rt_exit_reason_name(info.reason), *info.message ? ": " : "",
+			info.message);
 }
 
-int lcrt_start(struct lc_rt *l, const struct store_sandbox *sb, struct herr *err)
+/* The init's argv: through the bundle's own loader unless the agent is static. */
+static void agent_argv(struct lc_rt *l, const struct lc_template *tpl,
+		       char user[FLAG_MAX], char workdir[FLAG_MAX], const char *argv[12])
 {
-	static const char *const argv[] = { RT_AGENT_MOUNT "/hutch-agent",
-		"--listen=127.0.0.1", "--port=49983", NULL };
+	int n = 0;
+
+	snprintf(user, FLAG_MAX, "--default-user=%s", tpl->user);
+	snprintf(workdir, FLAG_MAX, "--default-workdir=%s", tpl->workdir);
+	if (l->bundled) {
+		argv[n++] = RT_AGENT_MOUNT "/ld.so";
+		argv[n++] = "--library-path";
+		argv[n++] = RT_AGENT_MOUNT "/lib";
+	}
+	argv[n++] = RT_AGENT_MOUNT "/hutch-agent";
+	argv[n++] = "--listen=127.0.0.1";
+	argv[n++] = "--port=49983";
+	argv[n++] = user;
+	argv[n++] = workdir;
+	argv[n] = NULL;
+}
+
+int lcrt_start(struct lc_rt *l, const struct store_sandbox *sb,
+	       const struct lc_template *tpl, struct herr *err)
+{
 	static const char *const env[] = {
-		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", NULL };
-	char layer[4096];
-	const char *layers[1] = { layer };
+		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+		"LANG=C.UTF-8", NULL };
+	char user[FLAG_MAX], workdir[FLAG_MAX];
+	const char *argv[12];
+	const char *layers[1] = { tpl->rootfs };
 	json_t *net = json_loads(sb->network, 0, NULL);
+	struct rt_cidr a[MAX_CIDRS], d[MAX_CIDRS];
 	struct rt_spec spec = {
 		.id = sb->id, .layers = layers, .n_layers = 1, .agent_dir = l->cfg.agent_dir,
 		.argv = argv, .env = env,
@@ -187,26 +301,57 @@ int lcrt_start(struct lc_rt *l, const struct store_sandbox *sb, struct herr *err
 			    .memory_mb = (uint64_t)sb->memory_mb, .pids = 4096,
 			    .disk_mb = (uint64_t)sb->disk_mb },
 	};
-	int rc = template_layer(l, sb->template_id, layer, sizeof(layer), err);
+	struct timespec t0;
+	long left;
+	int rc;
 
-	if (rc == 0) {
-		struct rt_cidr a[MAX_CIDRS], d[MAX_CIDRS];
-
-		rc = policy_from_json(net, &spec.net, a, d, err);
-		if (rc == 0)
-			rc = rt_create(l->rt, &spec, err);
-	}
+	agent_argv(l, tpl, user, workdir, argv);
+	rc = policy_from_json(net, &spec.net, a, d, err);
 	json_decref(net);
-	if (rc == 0)
-		rc = rt_wait_port(l->rt, sb->id, AGENT_PORT, l->cfg.agent_ready_ms, err);
-	if (rc == 0)
-		rc = agent_init(l, sb, err);
+	if (rc < 0)
+		return rc;
+	rc = rt_create(l->rt, &spec, err);
+	if (rc < 0)
+		return herr_wrap(err, "starting the sandbox");
+	/* One budget for the agent to listen and answer /init. */
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	rc = rt_wait_port(l->rt, sb->id, AGENT_PORT, l->cfg.agent_ready_ms, err);
+	if (rc < 0)
+		return explain_not_ready(l, sb->id, rc, err);
+	left = (long)l->cfg.agent_ready_ms - ms_since(&t0);
+	rc = agent_init(l, sb, tpl, left, err);
+	if (rc < 0 && rc != -ETIMEDOUT)
+		return explain_not_ready(l, sb->id, rc, err);
 	return rc;
 }
 
 int lcrt_destroy(struct lc_rt *l, const char *id, struct herr *err)
 {
 	return rt_destroy(l->rt, id, err);
+}
+
+int lcrt_dial(struct lc_rt *l, const char *id, uint16_t port, struct herr *err)
+{
+	return rt_dial(l->rt, id, port, err);
+}
+
+struct each_ctx {
+	int (*fn)(void *arg, const char *id);
+	void *arg;
+};
+
+static int each_one(void *arg, const char *id, const struct rt_info *info)
+{
+	struct each_ctx *c = arg;
+
+	return c->fn(c->arg, id);
+}
+
+int lcrt_each(struct lc_rt *l, int (*fn)(void *arg, const char *id), void *arg)
+{
+	struct each_ctx c = { fn, arg };
+
+	return rt_list(l->rt, each_one, &c);
 }
 
 int lcrt_alive(struct lc_rt *l, const char *id)

@@ -13,12 +13,23 @@ void lcrt_close(struct lc_rt *rt)
 {
 }
 
-int lcrt_start(struct lc_rt *rt, const struct store_sandbox *sb, struct herr *err)
+int lcrt_start(struct lc_rt *rt, const struct store_sandbox *sb,
+	       const struct lc_template *tpl, struct herr *err)
 {
 	return herr_set(err, -ENOSYS, "no sandbox runtime on this node");
 }
 
 int lcrt_destroy(struct lc_rt *rt, const char *id, struct herr *err)
+{
+	return herr_set(err, -ENOENT, "no sandbox runtime on this node");
+}
+
+int lcrt_each(struct lc_rt *rt, int (*fn)(void *arg, const char *id), void *arg)
+{
+	return 0;
+}
+
+int lcrt_dial(struct lc_rt *rt, const char *id, uint16_t port, struct herr *err)
 {
 	return herr_set(err, -ENOENT, "no sandbox runtime on this node");
 }

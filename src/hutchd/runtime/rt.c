@@ -527,7 +527,7 @@ int rt_set_net_policy(struct rt *rt, const char *id, const struct rt_net_policy 
 	return r;
 }
 
-int rt_dial(struct rt *rt, const char *id, uint16_t port, struct herr *err)
+int rt_socket(struct rt *rt, const char *id, struct herr *err)
 {
 	int netns, sock, self;
 
@@ -562,7 +562,15 @@ int rt_dial(struct rt *rt, const char *id, uint16_t port, struct herr *err)
 	close(self);
 	if (sock < 0)
 		return herr_sys(err, -saved, "socket in sandbox %s", id);
+	return sock;
+}
 
+int rt_dial(struct rt *rt, const char *id, uint16_t port, struct herr *err)
+{
+	int sock = rt_socket(rt, id, err);
+
+	if (sock < 0)
+		return sock;
 	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons(port),
 				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
 	if (connect(sock, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
@@ -753,6 +761,27 @@ static void pick_nameservers(struct rt *rt, const char *given)
 		snprintf(rt->nameservers, sizeof(rt->nameservers), "1.1.1.1 8.8.8.8");
 }
 
+static bool all_in(const char *s, const char *set, size_t min, size_t max)
+{
+	size_t len = strlen(s);
+
+	return len >= min && len <= max && strspn(s, set) == len;
+}
+
+/* The cgroup name becomes a directory and the nft table name, the prefix a
+ * part of interface names and of an nft match: keep both to plain letters. */
+static int check_names(struct rt *rt, const struct rt_config *cfg, struct herr *err)
+{
+	const char *prefix = cfg->veth_prefix ? cfg->veth_prefix : RT_HOST_VETH_PREFIX;
+
+	if (!all_in(rt->cg_name, "abcdefghijklmnopqrstuvwxyz0123456789-_", 1, 32))
+		return herr_set(err, -EINVAL, "cgroup_name: 1-32 of [a-z0-9_-]");
+	if (!all_in(prefix, "abcdefghijklmnopqrstuvwxyz", 1, 4))
+		return herr_set(err, -EINVAL, "veth_prefix: 1-4 of [a-z]");
+	snprintf(rt->veth_prefix, sizeof(rt->veth_prefix), "%s", prefix);
+	return 0;
+}
+
 int rt_init(const struct rt_config *cfg, struct rt **out, struct herr *err)
 {
 	struct rt *rt = calloc(1, sizeof(*rt));
@@ -775,6 +804,9 @@ int rt_init(const struct rt_config *cfg, struct rt **out, struct herr *err)
 		r = herr_set(err, -ENOMEM, "out of memory");
 		goto fail;
 	}
+	r = check_names(rt, cfg, err);
+	if (r < 0)
+		goto fail;
 	r = parse_net(rt, cfg->net_cidr, err);
 	if (r < 0)
 		goto fail;

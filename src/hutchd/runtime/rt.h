@@ -54,6 +54,11 @@ struct rt_config {
 	/* Nameservers written to each sandbox's /etc/resolv.conf, space separated;
 	 * NULL = the host's, unless those are loopback addresses. */
 	const char *nameservers;
+	/* Host-side veth names start with this: 1-4 of [a-z]; NULL = "hsb".
+	 * The nftables table is named after cgroup_name. Two runtimes on one
+	 * host need different cgroup_name, veth_prefix and net_cidr, or their
+	 * firewall rules would apply to each other's sandboxes. */
+	const char *veth_prefix;
 };
 
 struct rt_limits {
@@ -184,6 +189,14 @@ int rt_set_net_policy(struct rt *rt, const char *id, const struct rt_net_policy 
  * whatever the egress policy. -ECONNREFUSED when nothing listens.
  */
 int rt_dial(struct rt *rt, const char *id, uint16_t port, struct herr *err);
+
+/*
+ * An unconnected TCP socket (blocking, close-on-exec) created inside the
+ * sandbox's network namespace: connecting it to 127.0.0.1 reaches the
+ * sandbox's loopback. For clients that insist on connecting themselves
+ * (libcurl 7.88 ignores CURL_SOCKOPT_ALREADY_CONNECTED).
+ */
+int rt_socket(struct rt *rt, const char *id, struct herr *err);
 
 /* Calls fn for every known sandbox (running or stopped); stops when fn
  * returns non-zero and returns that value. */

@@ -1,16 +1,35 @@
 // Starts a real hutchd for one test file: free ports on 127.0.0.1, a temporary
 // data and run dir, readiness taken from the export lines it prints, and a
-// stop() that sends SIGTERM (then SIGKILL) and removes the temporary dirs.
+// stop() that kills every sandbox it made, sends SIGTERM (then SIGKILL) and
+// removes the temporary dirs. With runtime: true it makes real sandboxes from
+// the templates in HUTCH_TEMPLATE_DIR (default /var/lib/hutch/templates, the
+// shared base built by scripts/build-base), in a cgroup and firewall table of
+// its own so that it never touches another runtime's sandboxes.
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { freePort } from './agent.mjs';
 
 const here = fileURLToPath(new URL('.', import.meta.url));
-export const hutchdBin = process.env.HUTCHD_BIN ??
+export const hutchdBin = process.env.HUTCHD_BIN ?? process.env.HUTCH_HUTCHD_BIN ??
   resolve(here, '../../../build/src/hutchd/hutchd');
+export const templateDir = process.env.HUTCH_TEMPLATE_DIR ?? '/var/lib/hutch/templates';
+
+// Tests that need real sandboxes call this first. The base template is a
+// prerequisite the test command builds (scripts/build-base); it is only
+// skipped when HUTCH_ALLOW_NO_BASE says so, never silently.
+export function requireBase(t) {
+  const marker = join(templateDir, 'base', 'complete');
+  if (existsSync(marker)) return true;
+  const msg = `base template missing (${marker}); build it with scripts/build-base`;
+  if (process.env.HUTCH_ALLOW_NO_BASE) {
+    t.skip(`${msg} (skipped: HUTCH_ALLOW_NO_BASE is set)`);
+    return false;
+  }
+  throw new Error(msg);
+}
 
 function parseExports(text) {
   const env = {};
@@ -21,58 +40,131 @@ function parseExports(text) {
   return env;
 }
 
+function launch(args, env) {
+  const child = spawn(hutchdBin, args, {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, ...env },
+  });
+  const state = { child, out: '', log: '' };
+  child.stderr.on('data', (d) => {
+    state.log += d;
+    if (state.log.length > 1 << 20) state.log = state.log.slice(-65536);
+  });
+  state.ready = new Promise((ok, fail) => {
+    const timer = setTimeout(() => fail(new Error(`hutchd not ready in 15 s:\n${state.log}`)),
+      15000);
+    child.stdout.on('data', (d) => {
+      state.out += d;
+      if (state.out.split('\n').length > 3) { clearTimeout(timer); ok(); }
+    });
+    child.once('exit', (code, sig) => {
+      clearTimeout(timer);
+      fail(new Error(`hutchd exited with ${code ?? sig}:\n${state.log}`));
+    });
+  });
+  state.ready.catch(() => {});
+  return state;
+}
+
+// A sandbox that could not be removed still has its disk mounted under the
+// data dir; deleting through a mount would reach into it, so it is left.
+function removeUnlessMounted(dir) {
+  const mounts = readFileSync('/proc/self/mountinfo', 'utf8').split('\n')
+    .map((l) => l.split(' ')[4]).filter((m) => m && m.startsWith(`${dir}/`));
+  if (mounts.length) {
+    process.stderr.write(`hutchd e2e: left ${dir}: still mounted: ${mounts.join(' ')}\n`);
+    return;
+  }
+  rmSync(dir, { recursive: true, force: true });
+}
+
+async function terminate(child, signal = 'SIGTERM') {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((r) => child.once('exit', r));
+  child.kill(signal);
+  const t = setTimeout(() => child.kill('SIGKILL'), 5000);
+  await exited;
+  clearTimeout(t);
+}
+
 // Options: env (extra HUTCH_* settings), args (extra flags), runtime (default
 // false: the control plane runs without sandboxes).
 export async function startHutchd(opts = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'hutchd-e2e-'));
   const apiPort = await freePort();
   const proxyPort = await freePort();
+  const runtimeArgs = opts.runtime ?
+    [`--template-dir=${templateDir}`, '--cgroup-name=hutche2e', '--net-cidr=10.214.0.0/16',
+      '--pool-size=2'] :
+    ['--no-runtime'];
   const args = [`--data-dir=${join(dir, 'data')}`, `--run-dir=${join(dir, 'run')}`,
     '--api-listen=127.0.0.1', `--api-port=${apiPort}`, `--proxy-port=${proxyPort}`,
-    ...(opts.runtime ? [] : ['--no-runtime']), ...(opts.args ?? [])];
-  const child = spawn(hutchdBin, args, {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, ...(opts.env ?? {}) },
-  });
-  let out = '';
-  let log = '';
-  child.stderr.on('data', (d) => { log += d; if (log.length > 1 << 20) log = log.slice(-65536); });
-  const ready = new Promise((ok, fail) => {
-    const timer = setTimeout(() => fail(new Error(`hutchd not ready in 10 s:\n${log}`)), 10000);
-    child.stdout.on('data', (d) => {
-      out += d;
-      if (out.split('\n').length > 3) { clearTimeout(timer); ok(); }
-    });
-    child.once('exit', (code) => {
-      clearTimeout(timer);
-      fail(new Error(`hutchd exited with ${code}:\n${log}`));
-    });
-  });
+    ...runtimeArgs, ...(opts.args ?? [])];
+  let cur = launch(args, opts.env ?? {});
   try {
-    await ready;
+    await cur.ready;
   } catch (e) {
     rmSync(dir, { recursive: true, force: true });
     throw e;
   }
-  const exports = parseExports(out);
-  return {
-    dir, apiPort, proxyPort, child, stdout: () => out, log: () => log,
+  const exports = parseExports(cur.out);
+  const h = {
+    dir, apiPort, proxyPort,
+    get child() { return cur.child; },
+    stdout: () => cur.out,
+    log: () => cur.log,
     apiUrl: exports.E2B_API_URL,
     apiKey: exports.E2B_API_KEY,
     // Environment for the official SDK talking to this hutchd.
     sdkEnv: { E2B_API_URL: exports.E2B_API_URL, E2B_SANDBOX_URL: exports.E2B_SANDBOX_URL,
       E2B_API_KEY: exports.E2B_API_KEY },
-    async stop() {
-      if (child.exitCode === null && child.signalCode === null) {
-        const exited = new Promise((r) => child.once('exit', r));
-        child.kill('SIGTERM');
-        const t = setTimeout(() => child.kill('SIGKILL'), 5000);
-        await exited;
-        clearTimeout(t);
+    // A raw API call with this hutchd's key.
+    async api(method, path, body) {
+      const res = await fetch(`${exports.E2B_API_URL}${path}`, {
+        method,
+        headers: { 'X-API-Key': exports.E2B_API_KEY, 'Content-Type': 'application/json' },
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+      const text = await res.text();
+      let json = null;
+      try { json = text ? JSON.parse(text) : null; } catch { json = null; }
+      return { status: res.status, headers: res.headers, json, text };
+    },
+    // Every sandbox the store knows as live (all pages).
+    async liveIds() {
+      const ids = [];
+      let token = '';
+      for (;;) {
+        const q = `?limit=100${token ? `&nextToken=${encodeURIComponent(token)}` : ''}`;
+        const r = await h.api('GET', `/v2/sandboxes${q}`);
+        if (r.status !== 200) throw new Error(`list: ${r.status} ${r.text}`);
+        ids.push(...r.json.map((s) => s.sandboxID));
+        token = r.headers.get('x-next-token');
+        if (!token) return ids;
       }
-      rmSync(dir, { recursive: true, force: true });
+    },
+    // Simulates a crash: SIGKILL, no clean-up by hutchd. Sandboxes live on.
+    async crash() { await terminate(cur.child, 'SIGKILL'); },
+    // Starts hutchd again on the same ports and data (after crash or stop).
+    async restart() {
+      await terminate(cur.child);
+      cur = launch(args, opts.env ?? {});
+      await cur.ready;
+    },
+    async stop() {
+      if (opts.runtime && cur.child.exitCode === null && cur.child.signalCode === null) {
+        // Sandboxes outlive hutchd by design: remove them while it can.
+        try {
+          for (const id of await h.liveIds()) await h.api('DELETE', `/sandboxes/${id}`);
+        } catch (e) {
+          process.stderr.write(`hutchd e2e: cleaning sandboxes failed: ${e.message}\n`);
+        }
+      }
+      await terminate(cur.child);
+      removeUnlessMounted(dir);
     },
   };
+  return h;
 }
 
 // Applies env to process.env for the SDK and returns a function restoring it.
