@@ -40,6 +40,7 @@
 #include "arena.h"
 #include "buf.h"
 #include "cleanup.h"
+#include "http.h"
 #include "log.h"
 #include "pbjson.h"
 #include "rpc.h"
@@ -716,6 +717,7 @@ static enum MHD_Result queue_buffer(struct MHD_Connection *c, unsigned status,
 	MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
 	if (status == MHD_HTTP_METHOD_NOT_ALLOWED)
 		MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, "POST");
+	http_add_common_headers(r); /* CORS, so browser SDKs can read the answer */
 	ret = MHD_queue_response(c, status, r);
 	MHD_destroy_response(r);
 	return ret;
@@ -1032,6 +1034,7 @@ static enum MHD_Result queue_stream_response(struct rpc_stream *s, struct MHD_Co
 	MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE,
 				s->codec == CODEC_PROTO ? "application/connect+proto"
 							: "application/connect+json");
+	http_add_common_headers(r);
 	ret = MHD_queue_response(c, MHD_HTTP_OK, r);
 	MHD_destroy_response(r);
 	return ret;

@@ -113,6 +113,32 @@ test('CORS preflight allows any origin, method and header for two hours', async 
   }
 });
 
+test('RPC answers, streams and RPC errors carry CORS headers for browsers', async () => {
+  const agent = await startAgent();
+  try {
+    const ok = await rpc(agent.url, '/process.Process/List');
+    assert.equal(ok.status, 200);
+    assert.equal(ok.headers.get('access-control-allow-origin'), '*');
+    const missing = await rpc(agent.url, '/process.Process/NoSuchMethod');
+    assert.equal(missing.status, 404);
+    assert.equal(missing.headers.get('access-control-allow-origin'), '*');
+    const body = JSON.stringify({ process: { cmd: '/bin/true' } });
+    const frame = Buffer.alloc(5 + Buffer.byteLength(body));
+    frame.writeUInt32BE(Buffer.byteLength(body), 1);
+    frame.write(body, 5);
+    const stream = await fetch(`${agent.url}/process.Process/Start`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/connect+json' },
+      body: frame,
+    });
+    assert.equal(stream.status, 200);
+    assert.equal(stream.headers.get('access-control-allow-origin'), '*');
+    await stream.arrayBuffer();
+  } finally {
+    await agent.stop();
+  }
+});
+
 test('init sets the token, env vars and default user; the token is then enforced', async () => {
   const agent = await startAgent();
   try {
