@@ -1,0 +1,133 @@
+/*
+ * The proxy's view of hutchd: sandboxes come from the store (only rows in
+ * state "running" with no kill or pause in flight, of any team: the proxy
+ * has no API key, the agent's own access token protects it), tokens are
+ * the stored access token and the traffic token derived from the node's
+ * secret, and sockets come from the lifecycle (rt_dial inside the
+ * sandbox's network namespace).
+ */
+#include "proxy.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "ids.h"
+#include "lifecycle.h"
+#include "store.h"
+
+struct hutchd_backend {
+	struct store *st;
+	struct lifecycle *lc;
+	unsigned char secret[SERVER_SECRET_LEN];
+};
+
+static bool public_traffic(const char *network)
+{
+	json_t *net = json_loads(network ? network : "{}", 0, NULL);
+	json_t *v = json_object_get(net, "allowPublicTraffic");
+	bool open = !v || !json_is_false(v);
+
+	json_decref(net);
+	return open;
+}
+
+static bool reachable(const struct store_sandbox *sb)
+{
+	return strcmp(sb->state, SBX_RUNNING) == 0 && sb->intent[0] == '\0';
+}
+
+static void fill(struct hutchd_backend *b, const struct store_sandbox *sb,
+		 struct proxy_sandbox *out)
+{
+	memset(out, 0, sizeof(*out));
+	snprintf(out->id, sizeof(out->id), "%s", sb->id);
+	snprintf(out->access_token, sizeof(out->access_token), "%s",
+		 sb->access_token ? sb->access_token : "");
+	if (!public_traffic(sb->network)) {
+		char tok[TOKEN_HEX];
+
+		token_derive(b->secret, "sandbox-traffic-", sb->id, tok);
+		snprintf(out->traffic_token, sizeof(out->traffic_token), "%s", tok);
+	}
+}
+
+static int lookup(void *ctx, const char *id, struct proxy_sandbox *out,
+		  struct herr *err)
+{
+	struct hutchd_backend *b = ctx;
+	_cleanup_sandbox_ struct store_sandbox sb = { 0 };
+	int rc;
+
+	if (strlen(id) > SBX_ID_LEN)
+		return 0;
+	rc = store_sandbox_get(b->st, id, -1, &sb, err);
+	if (rc <= 0)
+		return rc;
+	if (!reachable(&sb))
+		return 0;
+	fill(b, &sb, out);
+	return 1;
+}
+
+struct each_ctx {
+	struct hutchd_backend *b;
+	proxy_sandbox_fn fn;
+	void *arg;
+};
+
+static int each_row(const struct store_sandbox *sb, void *arg)
+{
+	struct each_ctx *c = arg;
+	struct proxy_sandbox s;
+
+	if (!reachable(sb) || !sb->access_token || !*sb->access_token)
+		return 0;
+	fill(c->b, sb, &s);
+	return c->fn(c->arg, &s);
+}
+
+static int each_secure(void *ctx, proxy_sandbox_fn fn, void *arg, struct herr *err)
+{
+	struct each_ctx c = { .b = ctx, .fn = fn, .arg = arg };
+
+	return store_sandbox_each(c.b->st, SBX_RUNNING, each_row, &c, err);
+}
+
+static int dial(void *ctx, const char *id, uint16_t port, struct herr *err)
+{
+	struct hutchd_backend *b = ctx;
+
+	if (!b->lc)
+		return herr_set(err, -ENOENT, "no sandbox runtime on this node");
+	return lc_dial(b->lc, id, port, err);
+}
+
+int proxy_backend_hutchd(struct store *st, struct lifecycle *lc,
+			 const unsigned char *secret, struct proxy_backend *be,
+			 struct herr *err)
+{
+	struct hutchd_backend *b = calloc(1, sizeof(*b));
+
+	if (!b)
+		return herr_set(err, -ENOMEM, "proxy: out of memory");
+	b->st = st;
+	b->lc = lc;
+	memcpy(b->secret, secret, SERVER_SECRET_LEN);
+	*be = (struct proxy_backend){ .ctx = b, .lookup = lookup,
+				      .each_secure = each_secure, .dial = dial };
+	return 0;
+}
+
+void proxy_backend_hutchd_free(struct proxy_backend *be)
+{
+	if (be && be->ctx) {
+		/* The secret must not linger in freed memory. */
+		explicit_bzero(be->ctx, sizeof(struct hutchd_backend));
+		free(be->ctx);
+		be->ctx = NULL;
+	}
+}
