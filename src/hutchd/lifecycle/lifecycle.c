@@ -31,7 +31,27 @@ struct lifecycle {
 	pthread_cond_t wake;
 	bool stopping;
 	int64_t last_purge;
+	/* Calls hold it for reading, so unsetting the hook waits for them. */
+	pthread_rwlock_t hook_lock;
+	lc_end_fn end_hook;
+	void *end_arg;
 };
+
+void lc_set_end_hook(struct lifecycle *lc, lc_end_fn fn, void *arg)
+{
+	pthread_rwlock_wrlock(&lc->hook_lock);
+	lc->end_hook = fn;
+	lc->end_arg = arg;
+	pthread_rwlock_unlock(&lc->hook_lock);
+}
+
+static void call_end_hook(struct lifecycle *lc, const char *id)
+{
+	pthread_rwlock_rdlock(&lc->hook_lock);
+	if (lc->end_hook)
+		lc->end_hook(lc->end_arg, id);
+	pthread_rwlock_unlock(&lc->hook_lock);
+}
 
 static void event(struct lifecycle *lc, const char *id, const char *kind,
 		  const char *detail)
@@ -50,6 +70,7 @@ static void end_row(struct lifecycle *lc, const char *id, const char *reason)
 		log_error("lifecycle", id, "recording end (%s): %s", reason, err.msg);
 	else
 		event(lc, id, "ended", reason);
+	call_end_hook(lc, id);
 }
 
 bool lc_can_create(struct lifecycle *lc)
@@ -129,6 +150,7 @@ int lc_kill(struct lifecycle *lc, const char *id, const char *reason, struct her
 		event(lc, id, "ended", reason);
 		log_info("lifecycle", id, "ended: %s", reason);
 	}
+	call_end_hook(lc, id);
 	return rc > 0 ? 1 : 0;
 }
 
@@ -276,6 +298,7 @@ int lc_start(struct store *st, const struct lc_config *cfg, struct lifecycle **o
 	lc->cfg = *cfg;
 	pthread_mutex_init(&lc->lock, NULL);
 	pthread_cond_init(&lc->wake, NULL);
+	pthread_rwlock_init(&lc->hook_lock, NULL);
 	if (!cfg->no_runtime) {
 		rc = lcrt_open(cfg, &lc->rt, err);
 		if (rc < 0) {
@@ -310,6 +333,7 @@ void lc_stop(struct lifecycle *lc)
 	if (lc->rt)
 		lcrt_close(lc->rt);
 	pthread_cond_destroy(&lc->wake);
+	pthread_rwlock_destroy(&lc->hook_lock);
 	pthread_mutex_destroy(&lc->lock);
 	free(lc);
 }

@@ -70,6 +70,14 @@ int lc_create_begin(struct lifecycle *lc, const struct store_sandbox *sb,
 		    struct herr *err);
 int lc_create_finish(struct lifecycle *lc, struct store_sandbox *sb, struct herr *err);
 
+/*
+ * Called (from any thread) after a sandbox has ended for any reason (kill,
+ * timeout, failed create), once its runtime objects are gone: the proxy
+ * uses it to drop connections still open into it. Set before traffic.
+ */
+typedef void (*lc_end_fn)(void *arg, const char *id);
+void lc_set_end_hook(struct lifecycle *lc, lc_end_fn fn, void *arg);
+
 /* Kills a live sandbox and records reason; 1 killed, 0 nothing live by that id. */
 int lc_kill(struct lifecycle *lc, const char *id, const char *reason, struct herr *err);
 

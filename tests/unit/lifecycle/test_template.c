@@ -183,7 +183,7 @@ static void bad_json_names_field(void **state)
 		{ "{\"env\":[]}", "env" },
 		{ "{\"env\":{\"A=B\":\"x\"}}", "A=B" },
 		{ "{\"env\":{\"A\":1}}", "'A'" },
-		{ "{\"env\":{\"A\":\"x\\u0000y\"}}", "'A'" },
+		{ "{\"env\":{\"A\":\"x\\u0000y\"}}", "\\u0000" },
 		{ "[]", "not a JSON object" },
 		{ "{\"user\":\"a\",\"user\":\"b\"}", "duplicate" },
 		{ "{", "line" },
