@@ -263,8 +263,12 @@ static int net_prepare(struct rt *rt, struct rt_netns *out, struct herr *err)
 
 	out->slot = slot;
 	slot_addrs(rt, slot, &out->host_ip, &out->sbx_ip);
-	snprintf(out->host_if, sizeof(out->host_if), RT_HOST_VETH_PREFIX "%ug%u",
-		 slot % 100000, gen % 100000);
+	/* At most 4 + 5 + 1 + 5 characters: always fits IFNAMSIZ. */
+	char name[32];
+	snprintf(name, sizeof(name), "%.4s%ug%u", rt->veth_prefix, slot % 100000,
+		 gen % 100000);
+	memcpy(out->host_if, name, sizeof(out->host_if) - 1);
+	out->host_if[sizeof(out->host_if) - 1] = '\0';
 
 	/* The new namespace is this thread's until we switch back. */
 	if (unshare(CLONE_NEWNET) < 0) {

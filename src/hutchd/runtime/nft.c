@@ -1,14 +1,14 @@
 /*
- * The sandbox firewall: one nftables table of our own, "inet hutch", driven
+ * The sandbox firewall: one nftables table of our own, "inet <cgroup_name>", driven
  * with libnftnl batches (no userspace ruleset cache, so a change costs the
  * same with 10 or 10000 sandboxes). No other table is ever read or changed.
  *
- *   input       packets from any sandbox veth (hsb*) to the host: only replies
+ *   input       packets from any sandbox veth (<prefix>*) to the host: only replies
  *               to connections the host opened pass; the rest is rejected.
  *               This is what keeps sandboxes off host services on every host
  *               address (127.0.0.1 inside a sandbox is its own loopback).
  *   forward     replies towards sandboxes pass, new connections towards them
- *               are dropped; traffic from a veth jumps (via the egress map) to
+ *               are rejected; traffic from a veth jumps (via the egress map) to
  *               its sandbox's chain; IPv6 and unknown veths are rejected.
  *   s<slot>     per sandbox, evaluated for every packet it sends out (not only
  *               the first), so a policy change applies to open flows at once:
@@ -37,7 +37,6 @@
 
 #include "rt_internal.h"
 
-#define TABLE "hutch"
 #define EGRESS_MAP "egress"
 #define REJECT_CHAIN "reject_fast"
 #define TYPE_IFNAME 41 /* nft's datatype id for interface names */
@@ -57,6 +56,11 @@ struct batch {
 };
 
 static uint32_t seq_counter;
+/* Set once by rt_nft_init from the runtime's configuration; one runtime
+ * configuration per process. */
+static char table_name[64] = "hutch";
+static char veth_prefix[8] = RT_HOST_VETH_PREFIX;
+#define TABLE table_name
 
 static int batch_open(struct batch *bt)
 {
@@ -153,7 +157,7 @@ static void ex_cmp(struct nftnl_rule *r, uint32_t op, const void *data, uint32_t
 static void ex_ifprefix(struct nftnl_rule *r, uint32_t key, uint32_t op)
 {
 	ex_meta(r, key);
-	ex_cmp(r, op, RT_HOST_VETH_PREFIX, sizeof(RT_HOST_VETH_PREFIX) - 1);
+	ex_cmp(r, op, veth_prefix, (uint32_t)strlen(veth_prefix));
 }
 
 static void ex_ct_state(struct nftnl_rule *r, uint32_t states)
@@ -333,9 +337,11 @@ static void put_base(struct rt *rt, struct batch *bt)
 	ex_ct_state(r, NF_CT_STATE_BIT(IP_CT_ESTABLISHED) | NF_CT_STATE_BIT(IP_CT_RELATED));
 	ex_verdict(r, NF_ACCEPT, NULL);
 	rule_put(bt, r);
+	/* New connections towards a sandbox (from another sandbox or from
+	 * outside) are refused at once rather than left to time out. */
 	r = rule_new("forward");
 	ex_ifprefix(r, NFT_META_OIFNAME, NFT_CMP_EQ);
-	ex_verdict(r, NF_DROP, NULL);
+	ex_verdict(r, NFT_GOTO, REJECT_CHAIN);
 	rule_put(bt, r);
 	/* forward, from sandboxes: no IPv6, then the sandbox's own chain */
 	r = rule_new("forward");
@@ -370,10 +376,12 @@ int rt_nft_init(struct rt *rt, struct herr *err)
 {
 	struct batch bt;
 
+	snprintf(table_name, sizeof(table_name), "%s", rt->cg_name);
+	snprintf(veth_prefix, sizeof(veth_prefix), "%s", rt->veth_prefix);
 	if (batch_open(&bt) < 0)
 		return herr_set(err, -ENOMEM, "out of memory");
 	put_base(rt, &bt);
-	return batch_commit(&bt, err, "base table inet " TABLE);
+	return batch_commit(&bt, err, "base table");
 }
 
 static void sbx_chain_name(const struct rt_netns *ns, char *buf, size_t len)

@@ -18,7 +18,7 @@
 #define RT_MAX_LAYERS 32
 #define RT_DEFAULT_DISK_MB 2048
 #define RT_NET_PREFIX 30        /* each sandbox gets a /30: host .1, sandbox .2 */
-#define RT_HOST_VETH_PREFIX "hsb" /* every host-side veth name starts with this */
+#define RT_HOST_VETH_PREFIX "hsb" /* default start of every host-side veth name */
 #define RT_MAX_CIDRS 256        /* per allow/deny list */
 
 enum rt_cg_mode { RT_CG_UNIFIED, RT_CG_HYBRID, RT_CG_LEGACY };
@@ -61,6 +61,7 @@ struct rt {
 	uint32_t uid_base;
 	unsigned egress_conn_max;
 	char nameservers[256];
+	char veth_prefix[8];            /* host-side veth names start with it */
 
 	enum rt_cg_mode cg_mode;
 	struct sock_fprog seccomp;      /* compiled once */

@@ -1,0 +1,209 @@
+/*
+ * runtime-create: what a sandbox costs, measured through the runtime API.
+ *
+ *   runtime-create PROBE [CREATES [IDLE]]      (root; RT_TMP names a scratch dir)
+ *
+ * 1. create-to-ready latency on the pooled path: rt_create until the probe
+ *    inside accepts on 127.0.0.1:7000 (rt_wait_port), CREATES times, with a
+ *    pause between creates so the network pool is refilled (the pooled path is
+ *    what production sees below its create rate); destroy time alongside;
+ * 2. the same number of `bwrap --unshare-all` runs of `true`, for scale;
+ * 3. IDLE sandboxes kept running at once: MemAvailable per sandbox, then the
+ *    time to destroy them all.
+ * Figures are printed side by side; nothing here is a pass/fail test.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "rt.h"
+#include "rt_test_env.h"
+
+static double now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return (x > y) - (x < y);
+}
+
+static double pct(double *v, int n, double p)
+{
+	qsort(v, (size_t)n, sizeof(*v), cmp_double);
+	int i = (int)(p * (n - 1) + 0.5);
+	return n ? v[i] : 0;
+}
+
+static long mem_available_kb(void)
+{
+	FILE *f = fopen("/proc/meminfo", "re");
+	char line[128];
+	long kb = -1;
+
+	while (f && fgets(line, sizeof(line), f))
+		if (sscanf(line, "MemAvailable: %ld kB", &kb) == 1)
+			break;
+	if (f)
+		fclose(f);
+	return kb;
+}
+
+struct bench {
+	struct rt *rt;
+	char rootfs[4200], agent[4200];
+};
+
+static int create_one(struct bench *b, const char *id, struct herr *err)
+{
+	static const char *const argv[] = { RT_AGENT_MOUNT "/rt-probe", "serve", "7000",
+					    NULL };
+	const char *layers[] = { b->rootfs };
+	struct rt_spec spec = {
+		.id = id, .layers = layers, .n_layers = 1, .agent_dir = b->agent,
+		.argv = argv, .limits = { .memory_mb = 64, .pids = 64, .disk_mb = 16 },
+		.net = { .allow_internet = true },
+	};
+	int r = rt_create(b->rt, &spec, err);
+
+	return r < 0 ? r : rt_wait_port(b->rt, id, 7000, 10000, err);
+}
+
+static void latency(struct bench *b, int n, double *ready, double *created, double *gone)
+{
+	struct herr err;
+
+	for (int i = 0; i < n; i++) {
+		char id[32];
+		snprintf(id, sizeof(id), "lat-%d", i);
+		usleep(40 * 1000); /* lets the pool thread put a namespace back */
+		double t0 = now_ms();
+		if (create_one(b, id, &err) < 0) {
+			fprintf(stderr, "create %s: %s\n", id, err.msg);
+			exit(1);
+		}
+		ready[i] = now_ms() - t0;
+		created[i] = ready[i];
+		double t1 = now_ms();
+		if (rt_destroy(b->rt, id, &err) < 0)
+			fprintf(stderr, "destroy %s: %s\n", id, err.msg);
+		gone[i] = now_ms() - t1;
+	}
+}
+
+static void bwrap_runs(const char *rootfs, int n, double *ms)
+{
+	for (int i = 0; i < n; i++) {
+		double t0 = now_ms();
+		pid_t p = fork();
+		if (p == 0) {
+			execlp("bwrap", "bwrap", "--unshare-all", "--ro-bind", rootfs, "/",
+			       "/bin/busybox", "true", (char *)NULL);
+			_exit(127);
+		}
+		int st;
+		waitpid(p, &st, 0);
+		ms[i] = now_ms() - t0;
+		if (!WIFEXITED(st) || WEXITSTATUS(st)) {
+			fprintf(stderr, "bwrap failed (status %d)\n", st);
+			ms[i] = -1;
+		}
+	}
+}
+
+static void idle(struct bench *b, int n)
+{
+	struct herr err;
+	long before = mem_available_kb();
+	double t0 = now_ms();
+	int made = 0;
+
+	for (; made < n; made++) {
+		char id[32];
+		snprintf(id, sizeof(id), "idle-%d", made);
+		if (create_one(b, id, &err) < 0) {
+			fprintf(stderr, "idle %s: %s\n", id, err.msg);
+			break;
+		}
+	}
+	double spent = now_ms() - t0;
+	sleep(2);
+	long after = mem_available_kb();
+	printf("idle sandboxes             %d created in %.1f s (%.0f/s)\n", made, spent / 1e3,
+	       made / (spent / 1e3));
+	printf("memory per idle sandbox    %.0f KiB (MemAvailable %ld -> %ld kB; budget 2048)\n",
+	       made ? (double)(before - after) / made : 0, before, after);
+	t0 = now_ms();
+	for (int i = 0; i < made; i++) {
+		char id[32];
+		snprintf(id, sizeof(id), "idle-%d", i);
+		rt_destroy(b->rt, id, &err);
+	}
+	spent = now_ms() - t0;
+	printf("destroy all idle           %.2f s (%.2f ms each)\n", spent / 1e3,
+	       made ? spent / made : 0);
+}
+
+int main(int argc, char **argv)
+{
+	const char *tmp = getenv("RT_TMP");
+	int n = argc > 2 ? atoi(argv[2]) : 200, n_idle = argc > 3 ? atoi(argv[3]) : 1000;
+	struct bench b = { 0 };
+	struct rt_config cfg;
+	struct herr err;
+	char data[4200], run[4200];
+
+	if (argc < 2 || !tmp || n < 1) {
+		fprintf(stderr, "usage: RT_TMP=dir runtime-create PROBE [CREATES [IDLE]]\n");
+		return 2;
+	}
+	if (rt_test_tree(tmp, argv[1]) < 0)
+		return 1;
+	snprintf(b.rootfs, sizeof(b.rootfs), "%s/rootfs", tmp);
+	snprintf(b.agent, sizeof(b.agent), "%s/agent", tmp);
+	snprintf(data, sizeof(data), "%s/data", tmp);
+	snprintf(run, sizeof(run), "%s/run", tmp);
+	rt_test_config(&cfg, data, run);
+	cfg.max_sandboxes = (unsigned)n_idle + 16;
+	if (!getenv("RT_POOL"))
+		cfg.pool_size = 8;
+	if (rt_init(&cfg, &b.rt, &err) < 0) {
+		fprintf(stderr, "rt_init: %s\n", err.msg);
+		return 1;
+	}
+	sleep(1); /* the pool fills */
+
+	double *ready = calloc((size_t)n, sizeof(double));
+	double *created = calloc((size_t)n, sizeof(double));
+	double *gone = calloc((size_t)n, sizeof(double));
+	double *bw = calloc((size_t)n, sizeof(double));
+	if (!ready || !created || !gone || !bw)
+		return 1;
+	latency(&b, n, ready, created, gone);
+	bwrap_runs(b.rootfs, n, bw);
+
+	printf("%-26s %10s %10s\n", "(ms, n=", "p50", "p99");
+	printf("%-26s %10.2f %10.2f\n", "hutch create-to-ready", pct(ready, n, .5),
+	       pct(ready, n, .99));
+	printf("%-26s %10.2f %10.2f\n", "bwrap --unshare-all true", pct(bw, n, .5),
+	       pct(bw, n, .99));
+	printf("%-26s %10.2f %10.2f\n", "hutch destroy", pct(gone, n, .5), pct(gone, n, .99));
+	fflush(stdout);
+	if (n_idle > 0)
+		idle(&b, n_idle);
+	rt_shutdown(b.rt);
+	free(ready);
+	free(created);
+	free(gone);
+	free(bw);
+	return 0;
+}
