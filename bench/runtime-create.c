@@ -20,6 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "log.h"
 #include "rt.h"
 #include "rt_test_env.h"
 
@@ -166,6 +167,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "usage: RT_TMP=dir runtime-create PROBE [CREATES [IDLE]]\n");
 		return 2;
 	}
+	log_configure(getenv("HUTCH_LOG_LEVEL") ? getenv("HUTCH_LOG_LEVEL") : "warn");
 	if (rt_test_tree(tmp, argv[1]) < 0)
 		return 1;
 	snprintf(b.rootfs, sizeof(b.rootfs), "%s/rootfs", tmp);

@@ -631,16 +631,26 @@ static void expect_reach(const char *id, const char *name, const char *ip, bool 
 		      inet_port, res, ms);
 }
 
-static bool log_has_peer(const char *peer)
+/* True when every connection the outside saw came from peer (and one did). */
+static bool log_has_peer(const char *peer, char *seen, size_t len)
 {
 	const char *path = getenv("RT_INET_LOG");
 	char line[128], want[64];
-	bool found = false;
+	bool found = false, other = false;
 	FILE *f = path ? fopen(path, "re") : NULL;
+	size_t off = 0;
 
+	seen[0] = '\0';
 	snprintf(want, sizeof(want), "peer %s\n", peer);
-	while (f && fgets(line, sizeof(line), f))
+	while (f && fgets(line, sizeof(line), f)) {
+		if (strncmp(line, "peer ", 5))
+			continue;
 		found |= strcmp(line, want) == 0;
+		other |= strcmp(line, want) != 0;
+		if (off + 40 < len)
+			off += (size_t)snprintf(seen + off, len - off, "%s", line + 5);
+	}
+	found &= !other;
 	if (f)
 		fclose(f);
 	return found;
@@ -704,8 +714,15 @@ static void suite_egress(void)
 	if (make_sandbox("egr-1", (struct rt_limits){ 0 }, &open, NULL) < 0)
 		return;
 	expect_reach("egr-1", "egress/internet_on", inet_a, true);
-	check(log_has_peer(inet_host), "egress/masquerade",
-	      "(the outside saw the host address %s)", inet_host);
+	char seen[256];
+	/* the listener logs after accept(), which may lag the connect */
+	bool masq = false;
+	for (int i = 0; i < 50 && !masq; i++, usleep(20000))
+		masq = log_has_peer(inet_host, seen, sizeof(seen));
+	for (char *c = seen; *c; c++)
+		*c = *c == '\n' ? ' ' : *c;
+	check(masq, "egress/masquerade", "(the outside saw %s; want only the host's %s)", seen,
+	      inet_host);
 
 	rt_set_net_policy(rt, "egr-1", &allow_lower, &err);
 	expect_reach("egr-1", "egress/allow_cidr_reachable", inet_a, true);
@@ -793,6 +810,18 @@ static void suite_leak(void)
 	if (rt_snapshot(tmp_dir, before, sizeof(before)) < 0) {
 		check(false, "leak/snapshot", "cannot run the snapshot command");
 		return;
+	}
+	/* Positive control: one sandbox left running must show in the picture. */
+	if (make_sandbox("leak-control", (struct rt_limits){ .memory_mb = 64 }, NULL, NULL) == 0) {
+		rt_snapshot(tmp_dir, after, sizeof(after));
+		rt_snapshot_diff(before, after, diff, sizeof(diff));
+		int lines = 0;
+		for (const char *c = diff; *c; c++)
+			lines += *c == '\n';
+		check(strstr(diff, "cgroup ") && strstr(diff, "process ") && strstr(diff, "file "),
+		      "leak/detector_control", "(a live sandbox shows as %d differing lines)",
+		      lines);
+		destroy("leak-control");
 	}
 	long t0 = now_ms();
 	int failed = 0;
