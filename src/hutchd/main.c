@@ -26,6 +26,7 @@
 #include "ids.h"
 #include "lifecycle.h"
 #include "log.h"
+#include "proxy.h"
 #include "store.h"
 
 static struct cfg_opt opts[] = {
@@ -60,11 +61,16 @@ static struct cfg_opt opts[] = {
 	{ "template-dir", CFG_STR, NULL, "templates (default: <data-dir>/templates)" },
 	{ "agent-dir", CFG_STR, NULL,
 	  "agent bundle made by scripts/agent-bundle (default: the build's)" },
-	{ "cgroup-name", CFG_STR, "hutch", "name of our cgroup subtree" },
+	{ "cgroup-name", CFG_STR, "hutch",
+	  "name of our cgroup subtree and nftables table" },
+	{ "veth-prefix", CFG_STR, "hsb", "host-side veth names start with this (1-4 a-z)" },
 	{ "net-cidr", CFG_STR, "10.213.0.0/16", "sandbox addresses" },
 	{ "pool-size", CFG_INT, "4", "network namespaces prepared ahead" },
 	{ "no-runtime", CFG_BOOL, "false", "run the control plane without sandboxes" },
 	{ "max-connections", CFG_INT, "1000", "API connections at once" },
+	{ "proxy-max-connections", CFG_INT, "4096", "sandbox proxy connections at once" },
+	{ "proxy-idle-timeout", CFG_INT, "120",
+	  "seconds an idle proxy client connection is kept (> 50 for streams)" },
 };
 #define NOPTS ((int)(sizeof(opts) / sizeof(opts[0])))
 
@@ -254,6 +260,7 @@ static void fill_lc_config(struct lc_config *c, const char *tpl, const char *age
 	*c = (struct lc_config){
 		.data_dir = S("data-dir"), .run_dir = S("run-dir"), .template_dir = tpl,
 		.agent_dir = agent, .net_cidr = S("net-cidr"), .cgroup_name = S("cgroup-name"),
+		.veth_prefix = S("veth-prefix"),
 		.max_sandboxes = (unsigned)I("max-sandboxes"),
 		.pool_size = (unsigned)I("pool-size"),
 		.agent_ready_ms = (unsigned)I("agent-ready-ms"),
@@ -279,13 +286,36 @@ static int check_settings(void)
 	return 0;
 }
 
-static void print_exports(unsigned api_port, const char *key_line)
+static void close_proxied(void *arg, const char *id)
+{
+	proxy_close_sandbox(arg, id);
+}
+
+static int start_proxy(struct store *st, struct lifecycle *lc,
+		       const unsigned char *secret, struct proxy_backend *be,
+		       struct proxy **out, struct herr *err)
+{
+	struct proxy_config pc = {
+		.listen = S("api-listen"), .port = (unsigned)I("proxy-port"),
+		.max_connections = (unsigned)I("proxy-max-connections"),
+		.idle_timeout_s = (unsigned)I("proxy-idle-timeout"),
+	};
+	int rc = proxy_backend_hutchd(st, lc, secret, be, err);
+
+	if (rc == 0)
+		rc = proxy_start(&pc, be, out, err);
+	if (rc == 0)
+		lc_set_end_hook(lc, close_proxied, *out);
+	return rc;
+}
+
+static void print_exports(unsigned api_port, unsigned proxy_port, const char *key_line)
 {
 	const char *host = strcmp(S("api-listen"), "0.0.0.0") == 0 ?
 		"127.0.0.1" : S("api-listen");
 
 	printf("export E2B_API_URL=http://%s:%u\n", host, api_port);
-	printf("export E2B_SANDBOX_URL=http://%s:%lld\n", host, I("proxy-port"));
+	printf("export E2B_SANDBOX_URL=http://%s:%u\n", host, proxy_port);
 	printf("%s\n", key_line);
 	fflush(stdout);
 }
@@ -297,6 +327,8 @@ static int serve(void)
 	struct store *st = NULL;
 	struct lifecycle *lc = NULL;
 	struct api *api = NULL;
+	struct proxy *proxy = NULL;
+	struct proxy_backend be = { 0 };
 	struct api_config ac;
 	struct lc_config lcc;
 	struct herr err;
@@ -311,15 +343,17 @@ static int serve(void)
 	fill_api_config(&ac);
 	if (server_secret_load(secret_path, secret, &err) < 0 ||
 	    lc_start(st, &lcc, &lc, &err) < 0 ||
+	    start_proxy(st, lc, secret, &be, &proxy, &err) < 0 ||
 	    api_start(&ac, st, lc, secret, &api, &err) < 0) {
 		log_error("hutchd", NULL, "%s", err.msg);
 		goto out;
 	}
 	if (first_key_line(st, key_line, sizeof(key_line)) < 0)
 		goto out;
-	log_info("hutchd", NULL, "API listening on %s:%u (store schema v%d)",
-		 S("api-listen"), api_port(api), store_schema_version(st));
-	print_exports(api_port(api), key_line);
+	log_info("hutchd", NULL, "API on %s:%u, proxy on port %u (store schema v%d)",
+		 S("api-listen"), api_port(api), proxy_port(proxy),
+		 store_schema_version(st));
+	print_exports(api_port(api), proxy_port(proxy), key_line);
 	while (!stop_signal)
 		pause();
 	log_info("hutchd", NULL, "stopping on signal %d; sandboxes keep running",
@@ -327,6 +361,10 @@ static int serve(void)
 	rc = 0;
 out:
 	api_stop(api);
+	if (lc)
+		lc_set_end_hook(lc, NULL, NULL);
+	proxy_stop(proxy);
+	proxy_backend_hutchd_free(&be);
 	lc_stop(lc);
 	store_close(st);
 	return rc;

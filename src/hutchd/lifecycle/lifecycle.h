@@ -21,7 +21,10 @@ struct lc_config {
 	const char *run_dir;
 	const char *template_dir;  /* <template_dir>/<name>/{rootfs,template.json} */
 	const char *agent_dir;     /* the agent bundle (scripts/agent-bundle) */
-	const char *cgroup_name;   /* our cgroup subtree; NULL = "hutch" */
+	/* Two runtimes on one host need different cgroup_name (also the nft
+	 * table), veth_prefix and net_cidr; NULL = the runtime's defaults. */
+	const char *cgroup_name;
+	const char *veth_prefix;
 	const char *net_cidr;
 	unsigned max_sandboxes;
 	unsigned pool_size;

@@ -60,10 +60,11 @@ static int check_agent_dir(struct lc_rt *l, struct herr *err)
 int lcrt_open(const struct lc_config *cfg, struct lc_rt **out, struct herr *err)
 {
 	struct rt_config rc = {
-		.data_dir = cfg->data_dir, .run_dir = cfg->run_dir, .cgroup_name = cfg->cgroup_name ? cfg->cgroup_name : "hutch",
+		.data_dir = cfg->data_dir, .run_dir = cfg->run_dir,
+		.cgroup_name = cfg->cgroup_name ? cfg->cgroup_name : "hutch",
 		.net_cidr = cfg->net_cidr, .pool_size = cfg->pool_size,
 		.max_sandboxes = cfg->max_sandboxes, .uid_base = 0x10000000u,
-		.egress_conn_max = 1024,
+		.egress_conn_max = 1024, .veth_prefix = cfg->veth_prefix,
 	};
 	struct lc_rt *l = calloc(1, sizeof(*l));
 	int r;

@@ -5,8 +5,10 @@
 // the templates in HUTCH_TEMPLATE_DIR (default /var/lib/hutch/templates, the
 // shared base built by scripts/build-base), in a cgroup and firewall table of
 // its own so that it never touches another runtime's sandboxes.
-import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import {
+  chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmdirSync, rmSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -78,6 +80,25 @@ function removeUnlessMounted(dir) {
   rmSync(dir, { recursive: true, force: true });
 }
 
+// hutchd leaves its cgroup subtree and nftables table in place when it stops
+// (its sandboxes outlive it by design). Once the test's sandboxes are gone,
+// both are empty and are removed here, so a test run leaves nothing behind.
+const cgroupName = 'hutche2e';
+function removeRuntimeRoots() {
+  const roots = ['/sys/fs/cgroup', '/sys/fs/cgroup/unified'];
+  try {
+    for (const d of readdirSync('/sys/fs/cgroup')) roots.push(join('/sys/fs/cgroup', d));
+  } catch { /* no cgroup fs: nothing to remove */ }
+  for (const r of roots) {
+    const dir = join(r, cgroupName);
+    if (!existsSync(dir)) continue;
+    try { rmdirSync(dir); } catch (e) {
+      process.stderr.write(`hutchd e2e: cannot remove ${dir}: ${e.code}\n`);
+    }
+  }
+  spawnSync('nft', ['delete', 'table', 'inet', cgroupName], { stdio: 'ignore' });
+}
+
 async function terminate(child, signal = 'SIGTERM') {
   if (child.exitCode !== null || child.signalCode !== null) return;
   const exited = new Promise((r) => child.once('exit', r));
@@ -91,10 +112,14 @@ async function terminate(child, signal = 'SIGTERM') {
 // false: the control plane runs without sandboxes).
 export async function startHutchd(opts = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'hutchd-e2e-'));
+  // The runtime mounts under the run dir from inside the sandbox's user
+  // namespace, whose root is an unprivileged host id: it must traverse.
+  chmodSync(dir, 0o755);
   const apiPort = await freePort();
   const proxyPort = await freePort();
   const runtimeArgs = opts.runtime ?
-    [`--template-dir=${templateDir}`, '--cgroup-name=hutche2e', '--net-cidr=10.214.0.0/16',
+    [`--template-dir=${templateDir}`, `--cgroup-name=${cgroupName}`, '--veth-prefix=hte',
+      '--net-cidr=10.214.0.0/16',
       '--pool-size=2'] :
     ['--no-runtime'];
   const args = [`--data-dir=${join(dir, 'data')}`, `--run-dir=${join(dir, 'run')}`,
@@ -161,6 +186,7 @@ export async function startHutchd(opts = {}) {
         }
       }
       await terminate(cur.child);
+      if (opts.runtime) removeRuntimeRoots();
       removeUnlessMounted(dir);
     },
   };
