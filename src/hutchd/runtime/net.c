@@ -369,10 +369,24 @@ int rt_net_init(struct rt *rt, struct herr *err)
 	if (host_ns_fd < 0)
 		return herr_sys(err, -errno, "open host netns");
 
-	/* Egress needs routing between veths and the uplink. */
-	int r = write_sysctl("/proc/sys/net/ipv4/ip_forward", "1");
-	if (r < 0)
-		return herr_sys(err, r, "enabling net.ipv4.ip_forward");
+	/*
+	 * Egress needs routing between veths and the uplink. It is switched on
+	 * here and deliberately never back off: sandboxes outlive hutchd (and
+	 * other runtimes on the host may share the knob), so no exit of ours is
+	 * a safe moment. Whoever uninstalls Hutch restores it; the previous
+	 * value is logged so that they know what it was.
+	 */
+	char was = '?';
+	_cleanup_close_ int fwd = open("/proc/sys/net/ipv4/ip_forward", O_RDONLY | O_CLOEXEC);
+	if (fwd >= 0 && read(fwd, &was, 1) != 1)
+		was = '?';
+	if (was != '1') {
+		int r = write_sysctl("/proc/sys/net/ipv4/ip_forward", "1");
+		if (r < 0)
+			return herr_sys(err, r, "enabling net.ipv4.ip_forward");
+		log_info("runtime", NULL, "net.ipv4.ip_forward switched on (was %c); "
+			 "it stays on after exit", was);
+	}
 
 	rt->pool = calloc(rt->pool_size ? rt->pool_size : 1, sizeof(*rt->pool));
 	if (!rt->pool)

@@ -75,7 +75,8 @@ int rt_cidr_parse(const char *text, struct rt_cidr *out, struct herr *err)
 		char *end;
 		errno = 0;
 		prefix = strtol(slash + 1, &end, 10);
-		if (errno || end == slash + 1 || *end || prefix < 0 || prefix > 32)
+		/* strtol would also take " 8" or "+8": digits only */
+		if (slash[1] < '0' || slash[1] > '9' || errno || *end || prefix > 32)
 			return herr_set(err, -EINVAL, "invalid prefix in '%.40s'", text);
 	}
 	uint32_t addr = ntohl(a.s_addr);
