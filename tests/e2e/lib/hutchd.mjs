@@ -109,7 +109,8 @@ async function terminate(child, signal = 'SIGTERM') {
 }
 
 // Options: env (extra HUTCH_* settings), args (extra flags), runtime (default
-// false: the control plane runs without sandboxes).
+// false: the control plane runs without sandboxes), templateDir (instead of
+// the shared one).
 export async function startHutchd(opts = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'hutchd-e2e-'));
   // The runtime mounts under the run dir from inside the sandbox's user
@@ -118,7 +119,7 @@ export async function startHutchd(opts = {}) {
   const apiPort = await freePort();
   const proxyPort = await freePort();
   const runtimeArgs = opts.runtime ?
-    [`--template-dir=${templateDir}`, `--cgroup-name=${cgroupName}`, '--veth-prefix=hte',
+    [`--template-dir=${opts.templateDir ?? templateDir}`, `--cgroup-name=${cgroupName}`, '--veth-prefix=hte',
       '--net-cidr=10.214.0.0/16',
       '--pool-size=2'] :
     ['--no-runtime'];
@@ -138,6 +139,18 @@ export async function startHutchd(opts = {}) {
     get child() { return cur.child; },
     stdout: () => cur.out,
     log: () => cur.log,
+    // What the runtime holds for this hutchd: sandbox state dirs in the run
+    // dir, disk folders in the data dir, and sandbox cgroups.
+    runtimeObjects() {
+      const list = (d) => { try { return readdirSync(d); } catch { return []; } };
+      return {
+        run: list(join(dir, 'run')).filter((n) => n !== 'mnt').sort(),
+        disks: list(join(dir, 'data', 'sandboxes')).sort(),
+        cgroups: list(`/sys/fs/cgroup/pids/${cgroupName}`)
+          .filter((n) => /^[a-z0-9]+$/.test(n) && !n.startsWith('pids') &&
+            n !== 'tasks').sort(),
+      };
+    },
     apiUrl: exports.E2B_API_URL,
     apiKey: exports.E2B_API_KEY,
     // Environment for the official SDK talking to this hutchd.
