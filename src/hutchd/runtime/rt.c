@@ -642,10 +642,31 @@ void rt_set_exit_callback(struct rt *rt, rt_exit_fn fn, void *arg)
 
 /* ---------- init, re-adoption, shutdown ---------- */
 
+/*
+ * A run dir without a state file: the crash came inside prepare_host_side,
+ * before the state was written and so before anything was spawned. What it
+ * may have made is named by the id alone (cgroups, disk, folders); its netns
+ * died with the old process. Without this the leftovers would stay forever.
+ */
+static void remove_stateless(struct rt *rt, const char *id)
+{
+	char path[4096];
+
+	log_info("runtime", id, "removing leftovers of a create that never got a state");
+	rt_cg_kill(rt, id, 0);
+	rt_cg_destroy(rt, id, NULL);
+	rt_disk_remove(rt, id, NULL);
+	snprintf(path, sizeof(path), "%s/sandboxes/%s/init.log", rt->data_dir, id);
+	unlink(path);
+	snprintf(path, sizeof(path), "%s/sandboxes/%s", rt->data_dir, id);
+	rmdir(path);
+	rt_state_remove(rt, id);
+}
+
 static void adopt_one(struct rt *rt, const char *id)
 {
 	struct rt_sandbox *s = calloc(1, sizeof(*s));
-	struct herr err;
+	struct herr err = { 0 };
 
 	if (!s)
 		return;
@@ -653,7 +674,10 @@ static void adopt_one(struct rt *rt, const char *id)
 	s->keeper_pidfd = s->init_pidfd = -1;
 	s->net.fd = -1;
 	if (rt_state_read(rt, id, s, &err) < 0 || rt->by_slot[s->slot]) {
-		log_warn("runtime", id, "cannot re-adopt: %s", err.msg);
+		if (err.code == -ENOENT)
+			remove_stateless(rt, id);
+		else
+			log_warn("runtime", id, "cannot re-adopt: %s", err.msg);
 		free_sandbox(s);
 		return;
 	}
