@@ -30,6 +30,7 @@
 #include <linux/netfilter/nf_conntrack_common.h>
 #include <linux/netfilter/nf_tables.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -112,11 +113,11 @@ static int batch_commit(struct batch *bt, struct herr *err, const char *what)
 	unsigned portid = mnl_socket_get_portid(nl);
 	int fd = mnl_socket_get_fd(nl);
 	for (;;) {
-		struct timeval tv = { 0, 0 };
-		fd_set set;
-		FD_ZERO(&set);
-		FD_SET(fd, &set);
-		if (select(fd + 1, &set, NULL, NULL, &tv) <= 0)
+		/* nf_tables handles the batch inside sendmsg, so every answer is
+		 * queued by now. poll, not select: hutchd holds thousands of
+		 * descriptors and an fd_set stops at 1024. */
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+		if (poll(&p, 1, 0) <= 0)
 			break;
 		ssize_t n = mnl_socket_recvfrom(nl, rbuf, sizeof(rbuf));
 		if (n <= 0)
