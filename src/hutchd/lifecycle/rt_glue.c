@@ -302,8 +302,8 @@ int lcrt_start(struct lc_rt *l, const struct store_sandbox *sb,
 			    .memory_mb = (uint64_t)sb->memory_mb, .pids = 4096,
 			    .disk_mb = (uint64_t)sb->disk_mb },
 	};
-	struct timespec t0;
-	long left;
+	struct timespec t_create, t0;
+	long left, listening;
 	int rc;
 
 	agent_argv(l, tpl, user, workdir, argv);
@@ -311,6 +311,7 @@ int lcrt_start(struct lc_rt *l, const struct store_sandbox *sb,
 	json_decref(net);
 	if (rc < 0)
 		return rc;
+	clock_gettime(CLOCK_MONOTONIC, &t_create);
 	rc = rt_create(l->rt, &spec, err);
 	if (rc < 0)
 		return herr_wrap(err, "starting the sandbox");
@@ -319,10 +320,15 @@ int lcrt_start(struct lc_rt *l, const struct store_sandbox *sb,
 	rc = rt_wait_port(l->rt, sb->id, AGENT_PORT, l->cfg.agent_ready_ms, err);
 	if (rc < 0)
 		return explain_not_ready(l, sb->id, rc, err);
-	left = (long)l->cfg.agent_ready_ms - ms_since(&t0);
+	listening = ms_since(&t0);
+	left = (long)l->cfg.agent_ready_ms - listening;
 	rc = agent_init(l, sb, tpl, left, err);
 	if (rc < 0 && rc != -ETIMEDOUT)
 		return explain_not_ready(l, sb->id, rc, err);
+	if (rc == 0)
+		log_debug("lifecycle", sb->id, "ready in %ld ms: runtime %ld, agent listening "
+			  "%ld, init %ld", ms_since(&t_create), ms_since(&t_create) -
+			  ms_since(&t0), listening, ms_since(&t0) - listening);
 	return rc;
 }
 
