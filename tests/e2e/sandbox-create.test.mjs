@@ -142,8 +142,9 @@ async function withFakeAgent(script, args, fn) {
   const agent = fakeAgent(script);
   const saved = h;
   await saved.stop(); // a second hutchd would share the runtime's names
-  h = await startHutchd({ runtime: true, templateDir: tpl,
-    args: [`--agent-dir=${agent}`, ...args] });
+  // Through the environment, which outranks flags and any HUTCH_AGENT_DIR set.
+  h = await startHutchd({ runtime: true, templateDir: tpl, args,
+    env: { HUTCH_AGENT_DIR: agent } });
   try {
     await fn();
   } finally {
