@@ -204,8 +204,11 @@ static void default_dirs(char *tpl, char *agent, size_t cap, const char *argv0)
 	slash = strrchr(self, '/');
 	if (slash)
 		*slash = '\0';
-	/* The build makes the bundle beside hutchd (src/hutchd/lifecycle). */
+	/* The build makes the bundle beside hutchd (src/hutchd/lifecycle); an
+	 * install puts it in <prefix>/libexec/hutch. */
 	snprintf(agent, cap, "%s/lifecycle/agent-bundle", *self ? self : ".");
+	if (access(agent, F_OK) < 0)
+		snprintf(agent, cap, "%s/../libexec/hutch/agent-bundle", *self ? self : ".");
 }
 
 static int first_key_line(struct store *st, char *line, size_t cap)
