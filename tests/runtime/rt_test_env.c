@@ -77,7 +77,11 @@ void rt_test_config(struct rt_config *cfg, const char *data_dir, const char *run
 }
 
 /* The picture, as shell: every line is "<kind> <what>". Counts are used where
- * names legitimately change (pool veths get a new generation number). */
+ * names legitimately change (pool veths get a new generation number). Only
+ * what belongs to this test runtime is listed (other engineers' sandboxes
+ * come and go on the same host): namespaces are counted through our own
+ * descriptors (the runtime holds every netns it made by fd) and through the
+ * processes of our id ranges; mounts and loop devices through our paths. */
 static const char snapshot_script[] =
 	"set -u\n"
 	"lo=$((0x30000000)); hi=$((0x30000000 + 65536 * 1100))\n"
@@ -88,8 +92,8 @@ static const char snapshot_script[] =
 	"done\n"
 	"echo \"fds $(ls /proc/$RTS_PID/fd | wc -l)\"\n"
 	"ls -l /proc/$RTS_PID/fd 2>/dev/null | grep -c 'net:\\[' | sed 's/^/netns-fds /'\n"
-	"readlink /proc/[0-9]*/ns/net 2>/dev/null | sort -u | wc -l | sed 's/^/netns /'\n"
-	"sed 's/^[0-9]* [0-9]* [0-9:]* //' /proc/self/mountinfo | sed 's/^/mount /'\n"
+	"sed 's/^[0-9]* [0-9]* [0-9:]* //' /proc/self/mountinfo | grep -F \"$RTS_TMP\" | "
+	"sed 's/^/mount /'\n"
 	"find /sys/fs/cgroup -mindepth 2 -maxdepth 3 -path \"*/$RTS_CG/*\" -type d "
 	"2>/dev/null | sed 's/^/cgroup /'\n"
 	"ls /sys/class/net | grep -c \"^$RTS_PREFIX\" | sed 's/^/veths /'\n"

@@ -24,10 +24,11 @@ void rt_test_config(struct rt_config *cfg, const char *data_dir, const char *run
 
 /*
  * Writes a sorted text picture of the host state a sandbox could leak:
- * processes in the sandbox id ranges and children of this process, our open
- * descriptors, network namespaces, mounts, our cgroups, our veths, our nft
- * chains and map elements, loop devices backed by files under tmp_dir, and
- * files under tmp_dir/data and tmp_dir/run. Returns 0 or -1.
+ * processes in the sandbox id ranges and children of this process, our
+ * open descriptors (network namespaces among them), mounts of our paths,
+ * our cgroups, veths and nft chains and map elements, loop devices backed
+ * by files under tmp_dir, and files under tmp_dir/data and tmp_dir/run.
+ * Returns 0 or -1.
  */
 int rt_snapshot(const char *tmp_dir, char *out, size_t len);
 
