@@ -58,6 +58,9 @@ static struct cfg_opt opts[] = {
 	{ "end-retention", CFG_INT, "3600", "seconds an ended sandbox's reason is kept" },
 	{ "reaper-interval-ms", CFG_INT, "50", "how often deadlines are checked" },
 	{ "agent-ready-ms", CFG_INT, "5000", "how long a new sandbox's agent may take" },
+	{ "warm-pool", CFG_INT, "2",
+	  "sandboxes of warm-template kept started ahead of creates (0 = none)" },
+	{ "warm-template", CFG_STR, "base", "the template the warm pool holds" },
 	{ "template-dir", CFG_STR, NULL, "templates (default: <data-dir>/templates)" },
 	{ "agent-dir", CFG_STR, NULL,
 	  "agent bundle made by scripts/agent-bundle (default: the build's)" },
@@ -271,6 +274,10 @@ static void fill_lc_config(struct lc_config *c, const char *tpl, const char *age
 			I("reaper-interval-ms") : 50,
 		.end_retention_ms = I("end-retention") * 1000,
 		.no_runtime = I("no-runtime") != 0,
+		.defaults = { .cpu_count = I("cpu-count"), .memory_mb = I("memory-mb"),
+			      .disk_mb = I("disk-mb") },
+		.warm_pool = I("warm-pool") > 0 ? (unsigned)I("warm-pool") : 0,
+		.warm_template = S("warm-template"),
 	};
 }
 

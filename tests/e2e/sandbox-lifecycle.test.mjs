@@ -13,7 +13,7 @@ let h;
 let restore;
 before(async (t) => {
   if (!requireBase(t)) return;
-  h = await startHutchd({ runtime: true });
+  h = await startHutchd({ runtime: true, warmPool: 2 });
   restore = useEnv(h.sdkEnv);
 });
 after(async () => { restore?.(); await h?.stop(); });

@@ -264,9 +264,12 @@ static char *dump(json_t *j)
 static void fill_resources(struct api *a, const struct lc_template *tpl,
 			   struct store_sandbox *sb)
 {
-	sb->cpu_count = tpl->cpu_count ? tpl->cpu_count : a->cfg.cpu_count;
-	sb->memory_mb = tpl->memory_mb ? tpl->memory_mb : a->cfg.memory_mb;
-	sb->disk_mb = tpl->disk_mb ? tpl->disk_mb : a->cfg.disk_mb;
+	struct lc_resources res;
+
+	lc_resources_for(a->lc, tpl, &res);
+	sb->cpu_count = res.cpu_count;
+	sb->memory_mb = res.memory_mb;
+	sb->disk_mb = res.disk_mb;
 }
 
 static int fill_sandbox(struct api_req *r, const struct create_args *ca,
@@ -276,7 +279,8 @@ static int fill_sandbox(struct api_req *r, const struct create_args *ca,
 	struct api *a = r->api;
 	char tok[TOKEN_HEX];
 	int64_t now = store_now_ms();
-	int rc = sandbox_id_generate(sb->id, err);
+	/* A warm sandbox's id when one is ready: the create then only configures it. */
+	int rc = lc_new_id(a->lc, tpl->name, sb->id, err);
 
 	if (rc < 0)
 		return rc;

@@ -15,8 +15,10 @@
 #include <string.h>
 #include <time.h>
 
+#include "ids.h"
 #include "log.h"
 #include "sandbox_rt.h"
+#include "warm.h"
 
 #define REAP_BATCH 64
 #define PURGE_EVERY_MS 60000
@@ -25,6 +27,7 @@ struct lifecycle {
 	struct store *store;
 	struct lc_config cfg;
 	struct lc_rt *rt;          /* NULL: no runtime on this node */
+	struct warm *warm;         /* NULL: no warm pool */
 	pthread_t reaper;
 	bool reaper_started;
 	pthread_mutex_t lock;
@@ -94,6 +97,42 @@ int lc_template_get(struct lifecycle *lc, const char *ref, struct lc_template *o
 	return tpl_load(lc->cfg.template_dir, ref, out, err);
 }
 
+void lc_resources_for(struct lifecycle *lc, const struct lc_template *tpl,
+		      struct lc_resources *out)
+{
+	out->cpu_count = tpl->cpu_count ? tpl->cpu_count : lc->cfg.defaults.cpu_count;
+	out->memory_mb = tpl->memory_mb ? tpl->memory_mb : lc->cfg.defaults.memory_mb;
+	out->disk_mb = tpl->disk_mb ? tpl->disk_mb : lc->cfg.defaults.disk_mb;
+}
+
+int lc_new_id(struct lifecycle *lc, const char *tpl_name, char id[SBX_ID_LEN + 1],
+	      struct herr *err)
+{
+	if (warm_claim(lc->warm, tpl_name, id))
+		return 0;
+	return sandbox_id_generate(id, err);
+}
+
+/*
+ * A pooled sandbox was started with the template's resources as they were
+ * then; if the row asks for others (the template changed since), it is
+ * replaced by a cold start under the same id.
+ */
+static int start_sandbox(struct lifecycle *lc, struct store_sandbox *sb,
+			 const struct lc_template *tpl, struct herr *err)
+{
+	struct lc_resources res;
+
+	if (!warm_take(lc->warm, sb->id))
+		return lcrt_start(lc->rt, sb, tpl, err);
+	lc_resources_for(lc, tpl, &res);
+	if (res.cpu_count == sb->cpu_count && res.memory_mb == sb->memory_mb &&
+	    res.disk_mb == sb->disk_mb)
+		return lcrt_finish_warm(lc->rt, sb, tpl, err);
+	lcrt_destroy(lc->rt, sb->id, NULL);
+	return lcrt_start(lc->rt, sb, tpl, err);
+}
+
 int lc_create_finish(struct lifecycle *lc, struct store_sandbox *sb, struct herr *err)
 {
 	struct lc_template tpl = { 0 };
@@ -106,7 +145,7 @@ int lc_create_finish(struct lifecycle *lc, struct store_sandbox *sb, struct herr
 	else
 		rc = tpl_load(lc->cfg.template_dir, sb->template_id, &tpl, err);
 	if (rc == 0)
-		rc = lcrt_start(lc->rt, sb, &tpl, err);
+		rc = start_sandbox(lc, sb, &tpl, err);
 	tpl_clear(&tpl);
 	if (rc == 0) {
 		/* The deadline counts from when the sandbox is ready. */
@@ -310,6 +349,9 @@ int lc_start(struct store *st, const struct lc_config *cfg, struct lifecycle **o
 	store_sandbox_each(st, NULL, recover_one, lc, err);
 	if (lc->rt)
 		lcrt_each(lc->rt, remove_orphan, lc);
+	/* Only now: pooled sandboxes have no rows and would look like orphans. */
+	if (warm_start(lc->rt, &lc->cfg, &lc->warm, err) < 0)
+		log_error("lifecycle", NULL, "warm pool disabled: %s", err->msg);
 	rc = pthread_create(&lc->reaper, NULL, reaper_main, lc);
 	if (rc != 0) {
 		lc_stop(lc);
@@ -330,6 +372,7 @@ void lc_stop(struct lifecycle *lc)
 	pthread_mutex_unlock(&lc->lock);
 	if (lc->reaper_started)
 		pthread_join(lc->reaper, NULL);
+	warm_stop(lc->warm);
 	if (lc->rt)
 		lcrt_close(lc->rt);
 	pthread_cond_destroy(&lc->wake);

@@ -16,6 +16,11 @@
 #include "store.h"
 #include "template.h"
 
+/* What a sandbox gets when its template does not say. */
+struct lc_resources {
+	int64_t cpu_count, memory_mb, disk_mb;
+};
+
 struct lc_config {
 	const char *data_dir;
 	const char *run_dir;
@@ -32,6 +37,11 @@ struct lc_config {
 	int64_t reaper_interval_ms;
 	int64_t end_retention_ms;  /* ended rows (and reasons) kept this long */
 	bool no_runtime;           /* run the control plane without sandboxes */
+	struct lc_resources defaults;
+	/* Sandboxes of warm_template kept started (agent listening, not yet
+	 * configured) so that a create only applies its settings: 0 = none. */
+	unsigned warm_pool;
+	const char *warm_template;
 };
 
 /* What the runtime reports about a live sandbox, for the metrics endpoint. */
@@ -57,6 +67,18 @@ bool lc_can_create(struct lifecycle *lc);
  */
 int lc_template_get(struct lifecycle *lc, const char *ref, struct lc_template *out,
 		    struct herr *err);
+
+/* A template's resources, the node's defaults where it sets none. */
+void lc_resources_for(struct lifecycle *lc, const struct lc_template *tpl,
+		      struct lc_resources *out);
+
+/*
+ * The id for a new sandbox of template tpl_name: one of the warm pool's
+ * when it has one ready (the create then skips starting a sandbox), else a
+ * fresh one. A pooled id not created within a minute is discarded.
+ */
+int lc_new_id(struct lifecycle *lc, const char *tpl_name, char id[SBX_ID_LEN + 1],
+	      struct herr *err);
 
 /*
  * Creating is two steps so that the API can check a team's concurrency cap

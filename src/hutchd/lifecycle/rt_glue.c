@@ -124,6 +124,14 @@ static int policy_from_json(json_t *net, struct rt_net_policy *pol,
 	return rc;
 }
 
+/* True when a stored network object asks for nothing beyond the default. */
+static bool policy_is_default(json_t *net)
+{
+	return !json_is_false(json_object_get(net, "allowInternetAccess")) &&
+	       json_array_size(json_object_get(net, "allowOut")) == 0 &&
+	       json_array_size(json_object_get(net, "denyOut")) == 0;
+}
+
 static curl_socket_t give_socket(void *arg, curlsocktype purpose,
 				 struct curl_sockaddr *addr)
 {
@@ -284,8 +292,10 @@ static void agent_argv(struct lc_rt *l, const struct lc_template *tpl,
 	argv[n] = NULL;
 }
 
-int lcrt_start(struct lc_rt *l, const struct store_sandbox *sb,
-	       const struct lc_template *tpl, struct herr *err)
+/* The runtime create and the wait for the agent to listen; no /init yet. */
+static int boot(struct lc_rt *l, const char *id, const struct lc_template *tpl,
+		const struct rt_limits *limits, const char *network, long *ms,
+		struct herr *err)
 {
 	static const char *const env[] = {
 		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -293,17 +303,13 @@ int lcrt_start(struct lc_rt *l, const struct store_sandbox *sb,
 	char user[FLAG_MAX], workdir[FLAG_MAX];
 	const char *argv[12];
 	const char *layers[1] = { tpl->rootfs };
-	json_t *net = json_loads(sb->network, 0, NULL);
+	json_t *net = json_loads(network, 0, NULL);
 	struct rt_cidr a[MAX_CIDRS], d[MAX_CIDRS];
 	struct rt_spec spec = {
-		.id = sb->id, .layers = layers, .n_layers = 1, .agent_dir = l->cfg.agent_dir,
-		.argv = argv, .env = env,
-		.limits = { .cpu_count = (unsigned)sb->cpu_count,
-			    .memory_mb = (uint64_t)sb->memory_mb, .pids = 4096,
-			    .disk_mb = (uint64_t)sb->disk_mb },
+		.id = id, .layers = layers, .n_layers = 1, .agent_dir = l->cfg.agent_dir,
+		.argv = argv, .env = env, .limits = *limits,
 	};
-	struct timespec t_create, t0;
-	long left, listening;
+	struct timespec t0;
 	int rc;
 
 	agent_argv(l, tpl, user, workdir, argv);
@@ -311,24 +317,82 @@ int lcrt_start(struct lc_rt *l, const struct store_sandbox *sb,
 	json_decref(net);
 	if (rc < 0)
 		return rc;
-	clock_gettime(CLOCK_MONOTONIC, &t_create);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
 	rc = rt_create(l->rt, &spec, err);
 	if (rc < 0)
 		return herr_wrap(err, "starting the sandbox");
+	ms[0] = ms_since(&t0);
+	rc = rt_wait_port(l->rt, id, AGENT_PORT, l->cfg.agent_ready_ms, err);
+	if (rc < 0)
+		return explain_not_ready(l, id, rc, err);
+	ms[1] = ms_since(&t0) - ms[0];
+	return 0;
+}
+
+static void limits_of(const struct store_sandbox *sb, struct rt_limits *out)
+{
+	*out = (struct rt_limits){ .cpu_count = (unsigned)sb->cpu_count,
+		.memory_mb = (uint64_t)sb->memory_mb, .pids = 4096,
+		.disk_mb = (uint64_t)sb->disk_mb };
+}
+
+int lcrt_start(struct lc_rt *l, const struct store_sandbox *sb,
+	       const struct lc_template *tpl, struct herr *err)
+{
+	struct rt_limits limits;
+	struct timespec t0;
+	long ms[2] = { 0, 0 }, left;
+	int rc;
+
+	limits_of(sb, &limits);
+	rc = boot(l, sb->id, tpl, &limits, sb->network, ms, err);
+	if (rc < 0)
+		return rc;
 	/* One budget for the agent to listen and answer /init. */
 	clock_gettime(CLOCK_MONOTONIC, &t0);
-	rc = rt_wait_port(l->rt, sb->id, AGENT_PORT, l->cfg.agent_ready_ms, err);
-	if (rc < 0)
-		return explain_not_ready(l, sb->id, rc, err);
-	listening = ms_since(&t0);
-	left = (long)l->cfg.agent_ready_ms - listening;
+	left = (long)l->cfg.agent_ready_ms - ms[1];
 	rc = agent_init(l, sb, tpl, left, err);
 	if (rc < 0 && rc != -ETIMEDOUT)
 		return explain_not_ready(l, sb->id, rc, err);
 	if (rc == 0)
 		log_debug("lifecycle", sb->id, "ready in %ld ms: runtime %ld, agent listening "
-			  "%ld, init %ld", ms_since(&t_create), ms_since(&t_create) -
-			  ms_since(&t0), listening, ms_since(&t0) - listening);
+			  "%ld, init %ld", ms[0] + ms[1] + ms_since(&t0), ms[0], ms[1],
+			  ms_since(&t0));
+	return rc;
+}
+
+int lcrt_prestart(struct lc_rt *l, const char *id, const struct lc_template *tpl,
+		  const struct lc_resources *res, struct herr *err)
+{
+	struct rt_limits limits = { .cpu_count = (unsigned)res->cpu_count,
+		.memory_mb = (uint64_t)res->memory_mb, .pids = 4096,
+		.disk_mb = (uint64_t)res->disk_mb };
+	long ms[2];
+
+	/* The default egress policy: the create's own is applied when taken. */
+	return boot(l, id, tpl, &limits, "{}", ms, err);
+}
+
+int lcrt_finish_warm(struct lc_rt *l, const struct store_sandbox *sb,
+		     const struct lc_template *tpl, struct herr *err)
+{
+	json_t *net = json_loads(sb->network, 0, NULL);
+	struct timespec t0;
+	int rc = 0;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	/* Replacing the policy costs a firewall batch: only when it differs
+	 * from the default one the sandbox was started with. */
+	if (!policy_is_default(net))
+		rc = lcrt_set_network(l, sb->id, net, err);
+	json_decref(net);
+	if (rc == 0)
+		rc = agent_init(l, sb, tpl, (long)l->cfg.agent_ready_ms, err);
+	if (rc < 0 && rc != -ETIMEDOUT)
+		return explain_not_ready(l, sb->id, rc, err);
+	if (rc == 0)
+		log_debug("lifecycle", sb->id, "ready from the warm pool in %ld ms",
+			  ms_since(&t0));
 	return rc;
 }
 

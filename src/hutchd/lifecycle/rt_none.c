@@ -19,6 +19,18 @@ int lcrt_start(struct lc_rt *rt, const struct store_sandbox *sb,
 	return herr_set(err, -ENOSYS, "no sandbox runtime on this node");
 }
 
+int lcrt_prestart(struct lc_rt *rt, const char *id, const struct lc_template *tpl,
+		  const struct lc_resources *res, struct herr *err)
+{
+	return herr_set(err, -ENOSYS, "no sandbox runtime on this node");
+}
+
+int lcrt_finish_warm(struct lc_rt *rt, const struct store_sandbox *sb,
+		     const struct lc_template *tpl, struct herr *err)
+{
+	return herr_set(err, -ENOSYS, "no sandbox runtime on this node");
+}
+
 int lcrt_destroy(struct lc_rt *rt, const char *id, struct herr *err)
 {
 	return herr_set(err, -ENOENT, "no sandbox runtime on this node");

@@ -21,6 +21,12 @@ int lcrt_open(const struct lc_config *cfg, struct lc_rt **out, struct herr *err)
 void lcrt_close(struct lc_rt *rt);
 int lcrt_start(struct lc_rt *rt, const struct store_sandbox *sb,
 	       const struct lc_template *tpl, struct herr *err);
+/* Warm pool: a sandbox started up to a listening agent, without /init... */
+int lcrt_prestart(struct lc_rt *rt, const char *id, const struct lc_template *tpl,
+		  const struct lc_resources *res, struct herr *err);
+/* ...and made ready for a create's row: its egress policy, then /init. */
+int lcrt_finish_warm(struct lc_rt *rt, const struct store_sandbox *sb,
+		     const struct lc_template *tpl, struct herr *err);
 int lcrt_destroy(struct lc_rt *rt, const char *id, struct herr *err);
 /* 1 running, 0 not, negative on error. */
 int lcrt_alive(struct lc_rt *rt, const char *id);

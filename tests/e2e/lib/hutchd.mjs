@@ -110,7 +110,8 @@ async function terminate(child, signal = 'SIGTERM') {
 
 // Options: env (extra HUTCH_* settings), args (extra flags), runtime (default
 // false: the control plane runs without sandboxes), templateDir (instead of
-// the shared one).
+// the shared one), warmPool (sandboxes kept started ahead; default 0 so that
+// the runtime holds exactly the listed sandboxes).
 export async function startHutchd(opts = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'hutchd-e2e-'));
   // The runtime mounts under the run dir from inside the sandbox's user
@@ -121,7 +122,7 @@ export async function startHutchd(opts = {}) {
   const runtimeArgs = opts.runtime ?
     [`--template-dir=${opts.templateDir ?? templateDir}`, `--cgroup-name=${cgroupName}`, '--veth-prefix=hte',
       '--net-cidr=10.214.0.0/16',
-      '--pool-size=2'] :
+      '--pool-size=2', `--warm-pool=${opts.warmPool ?? 0}`] :
     ['--no-runtime'];
   const args = [`--data-dir=${join(dir, 'data')}`, `--run-dir=${join(dir, 'run')}`,
     '--api-listen=127.0.0.1', `--api-port=${apiPort}`, `--proxy-port=${proxyPort}`,
@@ -184,9 +185,9 @@ export async function startHutchd(opts = {}) {
     // Simulates a crash: SIGKILL, no clean-up by hutchd. Sandboxes live on.
     async crash() { await terminate(cur.child, 'SIGKILL'); },
     // Starts hutchd again on the same ports and data (after crash or stop).
-    async restart() {
+    async restart(extraArgs = []) {
       await terminate(cur.child);
-      cur = launch(args, opts.env ?? {});
+      cur = launch([...args, ...extraArgs], opts.env ?? {});
       await cur.ready;
     },
     async stop() {
