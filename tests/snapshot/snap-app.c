@@ -9,7 +9,7 @@
  * Control (one line per connection on :7000): "state" answers
  *   "counter=N mem=OK|BAD peer_port=P pongs=N peer=up|down marker=TEXT".
  *
- *   snap-app MB MARKER
+ *   snap-app MB MARKER [nopeer]
  * Statically linked so that it runs in a bare busybox root.
  */
 #include <arpa/inet.h>
@@ -109,7 +109,7 @@ int main(int argc, char **argv)
 		return 1;
 	/* Fork before the memory exists, so it is not shared copy-on-write
 	 * (criu would write it once per process). */
-	if (fork() == 0) {
+	if ((argc < 4 || strcmp(argv[3], "nopeer")) && fork() == 0) {
 		close(ctl);
 		close(pl);
 		peer_main();

@@ -302,6 +302,12 @@ void child_main(const struct rt *rt, const struct rt_spec *spec, int sock, int e
 	if (r < 0)
 		child_fail(errfd, r, "receiving mounts from keeper");
 	close(sock);
+	/* The cgroup namespace is made only now that the keeper has put us in
+	 * the sandbox's v1 cgroups too (clone3 places us only in the v2 one):
+	 * rooted there, it hides every host cgroup path, and CRIU can
+	 * checkpoint the sandbox (it refuses tasks outside their cgroupns root). */
+	if (unshare(CLONE_NEWCGROUP) < 0)
+		child_fail(errfd, -errno, "unshare of the cgroup namespace");
 
 	if (setresgid(0, 0, 0) < 0 || setresuid(0, 0, 0) < 0 || setgroups(0, NULL) < 0)
 		child_fail(errfd, -errno, "becoming root of the user namespace");
@@ -459,7 +465,7 @@ static pid_t keeper_clone_init(struct keeper_ctx *k, int sock_child, int err_w)
 {
 	struct clone_args args = {
 		.flags = CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWUTS |
-			 CLONE_NEWIPC | CLONE_NEWCGROUP,
+			 CLONE_NEWIPC,
 		.exit_signal = SIGCHLD,
 	};
 

@@ -1,0 +1,1364 @@
+/*
+ * Pause and resume of sandboxes with CRIU: see rt_checkpoint.h for the
+ * contract and docs/snapshot.md for the design and measurements.
+ *
+ * What CRIU is told, and why:
+ *  - the tree is the sandbox init; its user, pid, mount, uts, ipc and cgroup
+ *    namespaces are saved because they differ from CRIU's own;
+ *  - the network namespace is owned by the host user namespace, not the
+ *    sandbox's, and CRIU refuses to dump (or restore) a tree whose userns
+ *    does not own its netns. So CRIU itself runs inside the sandbox's netns:
+ *    the tree's netns is then CRIU's own, its sockets are dumped and
+ *    restored in place, and the namespace (veth, address, firewall entries)
+ *    simply stays alive while paused, held by the runtime;
+ *  - the mounts the runtime makes from host objects (agent bundle, sysfs of
+ *    the sandbox netns, the device nodes) are external mounts: on restore we
+ *    provide equivalent objects under the same keys;
+ *  - descriptors that refer to host files (the init's log and /dev/null from
+ *    the keeper) are external files, reopened by us at restore;
+ *  - --freeze-cgroup on the sandbox's freezer stops every task atomically,
+ *    fork storms included; --leave-stopped keeps them stopped after the dump
+ *    so that we end them only once the images are durable.
+ * CRIU runs in a private mount namespace: its temporary mounts (cgroup yard,
+ * the rebuilt root) never appear on the host, and vanish with it.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/epoll.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cleanup.h"
+#include "log.h"
+#include "rt_checkpoint.h"
+#include "rt_internal.h"
+
+#define CKPT_FINAL "checkpoint"
+#define CKPT_TMP "checkpoint.tmp"
+#define CKPT_RESTORING "checkpoint.restoring"
+#define CKPT_LOCK "checkpoint.lock"
+#define CKPT_EXT_FILES "hutch-ext-files" /* our own list, kept with the images */
+#define DEFAULT_GHOST_LIMIT (64ull << 20)
+#define DEFAULT_TIMEOUT_MS 120000u
+#define MAX_ARGS 96
+#define MAX_EXT_FILES 8
+
+/* The mounts the runtime makes from host objects (see spawn.c). */
+static const struct ext_mount {
+	const char *mountpoint; /* inside the sandbox */
+	const char *key;
+} ext_mounts[] = {
+	{ RT_AGENT_MOUNT, "hutch-agent" },
+	{ "/sys", "hutch-sys" },
+	{ "/dev/null", "dev-null" },
+	{ "/dev/zero", "dev-zero" },
+	{ "/dev/full", "dev-full" },
+	{ "/dev/random", "dev-random" },
+	{ "/dev/urandom", "dev-urandom" },
+	{ "/dev/tty", "dev-tty" },
+};
+#define N_EXT_MOUNTS (sizeof(ext_mounts) / sizeof(ext_mounts[0]))
+
+/* A host file held open inside the sandbox, and how to reopen it. */
+enum ext_kind { EXT_INIT_LOG, EXT_DEV_NULL };
+
+struct ext_file {
+	char key[64];          /* file[mnt_id:inode], in CRIU's spelling */
+	enum ext_kind kind;
+};
+
+static uint64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static const char *criu_path(const struct rt_ckpt_opts *o)
+{
+	if (o && o->criu)
+		return o->criu;
+	const char *env = getenv("HUTCH_CRIU");
+	return env && *env ? env : RT_CRIU_DEFAULT;
+}
+
+static void sbx_path(struct rt *rt, const char *id, const char *name, char *buf, size_t len)
+{
+	snprintf(buf, len, "%s/sandboxes/%s/%s", rt->data_dir, id, name);
+}
+
+/* ---------- sandbox table (the same discipline as rt.c) ---------- */
+
+/* Finds and locks a sandbox; NULL (-ENOENT in err) when unknown. */
+static struct rt_sandbox *sandbox_lock(struct rt *rt, const char *id, struct herr *err)
+{
+	struct rt_sandbox *s = NULL;
+
+	if (!id || !rt_id_valid(id)) {
+		herr_set(err, -ENOENT, "no sandbox '%.64s'", id ? id : "");
+		return NULL;
+	}
+	pthread_mutex_lock(&rt->lock);
+	for (unsigned i = 0; i < rt->max_sandboxes && !s; i++)
+		if (rt->by_slot[i] && strcmp(rt->by_slot[i]->id, id) == 0)
+			s = rt->by_slot[i];
+	if (!s || s->destroying) {
+		pthread_mutex_unlock(&rt->lock);
+		herr_set(err, -ENOENT, "no sandbox '%.64s'", id);
+		return NULL;
+	}
+	pthread_mutex_unlock(&rt->lock);
+	pthread_mutex_lock(&s->lock);
+	return s;
+}
+
+/* The exit monitor must not see the pause as the sandbox ending. */
+static void monitor_unwatch(struct rt *rt, struct rt_sandbox *s)
+{
+	if (s->keeper_pidfd >= 0)
+		epoll_ctl(rt->mon_epfd, EPOLL_CTL_DEL, s->keeper_pidfd, NULL);
+	if (s->init_pidfd >= 0)
+		epoll_ctl(rt->mon_epfd, EPOLL_CTL_DEL, s->init_pidfd, NULL);
+}
+
+static void monitor_watch(struct rt *rt, struct rt_sandbox *s)
+{
+	struct epoll_event ev = { .events = EPOLLIN, .data.u64 = s->slot };
+
+	if (s->keeper_pidfd >= 0)
+		epoll_ctl(rt->mon_epfd, EPOLL_CTL_ADD, s->keeper_pidfd, &ev);
+}
+
+static int pidfd_of(pid_t pid)
+{
+	return (int)syscall(SYS_pidfd_open, pid, 0);
+}
+
+static void wait_pidfd(int pidfd, int ms)
+{
+	struct pollfd p = { .fd = pidfd, .events = POLLIN };
+
+	if (pidfd >= 0)
+		poll(&p, 1, ms);
+}
+
+/* ---------- cgroups ---------- */
+
+static void freezer_dir(struct rt *rt, const char *id, char *buf, size_t len)
+{
+	if (rt->cg_mode == RT_CG_UNIFIED)
+		snprintf(buf, len, "/sys/fs/cgroup/%s/%s", rt->cg_name, id);
+	else if (rt->cg_mode == RT_CG_HYBRID)
+		snprintf(buf, len, "/sys/fs/cgroup/unified/%s/%s", rt->cg_name, id);
+	else
+		snprintf(buf, len, "/sys/fs/cgroup/freezer/%s/%s", rt->cg_name, id);
+}
+
+/* Reads the pids of the sandbox cgroup; returns how many (or -errno). */
+static int cgroup_pids(struct rt *rt, const char *id, pid_t *pids, int max)
+{
+	char path[600], dir[512];
+	int n = 0;
+	long v;
+
+	freezer_dir(rt, id, dir, sizeof(dir));
+	snprintf(path, sizeof(path), "%s/cgroup.procs", dir);
+	_cleanup_fclose_ FILE *f = fopen(path, "re");
+	if (!f)
+		return errno == ENOENT ? 0 : -errno;
+	while (fscanf(f, "%ld", &v) == 1)
+		if (n < max)
+			pids[n++] = (pid_t)v;
+		else
+			n++;
+	return n;
+}
+
+static bool cgroup_has_tasks(struct rt *rt, const char *id)
+{
+	pid_t one;
+
+	return cgroup_pids(rt, id, &one, 1) > 0;
+}
+
+/* ---------- files ---------- */
+
+static int remove_tree(const char *path)
+{
+	_cleanup_closedir_ DIR *d = opendir(path);
+	struct dirent *e;
+	char sub[4096];
+
+	if (!d)
+		return errno == ENOENT ? 0 : -errno;
+	while ((e = readdir(d))) {
+		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+			continue;
+		snprintf(sub, sizeof(sub), "%s/%s", path, e->d_name);
+		if (e->d_type == DT_DIR)
+			remove_tree(sub);
+		else
+			unlink(sub);
+	}
+	return rmdir(path) < 0 ? -errno : 0;
+}
+
+static int fsync_path(const char *path, int flags)
+{
+	_cleanup_close_ int fd = open(path, flags | O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0 || fsync(fd) < 0)
+		return -errno;
+	return 0;
+}
+
+/* fsyncs every file of an image directory, then the directory; sums sizes. */
+static int sync_dir(const char *dir, uint64_t *bytes, struct herr *err)
+{
+	_cleanup_closedir_ DIR *d = opendir(dir);
+	struct dirent *e;
+	char path[4096];
+	struct stat st;
+
+	*bytes = 0;
+	if (!d)
+		return herr_sys(err, -errno, "opendir %s", dir);
+	while ((e = readdir(d))) {
+		if (e->d_type != DT_REG)
+			continue;
+		snprintf(path, sizeof(path), "%.3800s/%.255s", dir, e->d_name);
+		int r = fsync_path(path, 0);
+		if (r < 0)
+			return herr_sys(err, r, "fsync %s", path);
+		if (stat(path, &st) == 0)
+			*bytes += (uint64_t)st.st_size;
+	}
+	int r = fsync_path(dir, O_DIRECTORY);
+	return r < 0 ? herr_sys(err, r, "fsync %s", dir) : 0;
+}
+
+static int chown_tree(const char *dir, uint32_t id, struct herr *err)
+{
+	_cleanup_closedir_ DIR *d = opendir(dir);
+	struct dirent *e;
+	char path[4096];
+
+	if (!d)
+		return herr_sys(err, -errno, "opendir %s", dir);
+	while ((e = readdir(d))) {
+		if (e->d_type != DT_REG)
+			continue;
+		snprintf(path, sizeof(path), "%.3800s/%.255s", dir, e->d_name);
+		if (lchown(path, id, id) < 0 || chmod(path, 0644) < 0)
+			return herr_sys(err, -errno, "chown %s", path);
+	}
+	if (chown(dir, id, id) < 0 || chmod(dir, 0755) < 0)
+		return herr_sys(err, -errno, "chown %s", dir);
+	return 0;
+}
+
+static uint64_t dir_bytes(const char *dir)
+{
+	_cleanup_closedir_ DIR *d = opendir(dir);
+	struct dirent *e;
+	char path[4096];
+	struct stat st;
+	uint64_t sum = 0;
+
+	while (d && (e = readdir(d))) {
+		snprintf(path, sizeof(path), "%.3800s/%.255s", dir, e->d_name);
+		if (e->d_type == DT_REG && stat(path, &st) == 0)
+			sum += (uint64_t)st.st_size;
+	}
+	return sum;
+}
+
+static bool dir_exists(const char *path)
+{
+	struct stat st;
+
+	return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/* Appends the last lines of a CRIU log to err's message: the cause is there. */
+static void append_log_tail(struct herr *err, const char *log)
+{
+	_cleanup_close_ int fd = open(log, O_RDONLY | O_CLOEXEC);
+	char buf[2048];
+	size_t have;
+
+	if (!err || fd < 0)
+		return;
+	off_t end = lseek(fd, 0, SEEK_END);
+	off_t from = end > (off_t)sizeof(buf) - 1 ? end - (off_t)sizeof(buf) + 1 : 0;
+	ssize_t n = pread(fd, buf, sizeof(buf) - 1, from);
+	if (n <= 0)
+		return;
+	buf[n] = '\0';
+	/* The first "Error" line names the cause; later ones are fallout.
+	 * CRIU's complaint about RLIMIT_NOFILE (no CAP_SYS_RESOURCE) is
+	 * harmless noise and skipped. */
+	char *cause = strstr(buf, "Error (");
+	while (cause && strstr(cause, "rlimit:") &&
+	       strstr(cause, "rlimit:") < strchrnul(cause, '\n'))
+		cause = strstr(cause + 1, "Error (");
+	if (!cause)
+		cause = buf;
+	char *nl = strchr(cause, '\n');
+	if (nl)
+		*nl = '\0';
+	have = strlen(err->msg);
+	snprintf(err->msg + have, sizeof(err->msg) - have, " (%s: %.200s)", log, cause);
+}
+
+/* Takes the per-sandbox lock file; -EBUSY when someone else holds it. */
+static int lock_sandbox(struct rt *rt, const char *id, struct herr *err)
+{
+	char path[4096];
+
+	sbx_path(rt, id, CKPT_LOCK, path, sizeof(path));
+	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd < 0)
+		return herr_sys(err, -errno, "open %s", path);
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+		int e = errno;
+		close(fd);
+		if (e == EWOULDBLOCK)
+			return herr_set(err, -EBUSY, "sandbox '%s': a pause or resume is under way",
+					id);
+		return herr_sys(err, -e, "flock %s", path);
+	}
+	return fd;
+}
+
+/* ---------- running CRIU ---------- */
+
+struct argv_buf {
+	const char *argv[MAX_ARGS];
+	char store[MAX_ARGS][320];
+	int n;
+};
+
+static void arg_add(struct argv_buf *a, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+static void arg_add(struct argv_buf *a, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (a->n >= MAX_ARGS - 1)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(a->store[a->n], sizeof(a->store[0]), fmt, ap);
+	va_end(ap);
+	a->argv[a->n] = a->store[a->n];
+	a->argv[++a->n] = NULL;
+}
+
+/* In a fresh child: a private mount namespace, so nothing CRIU mounts can
+ * reach the host, and no host mount event reaches what CRIU builds. */
+static int enter_private_mounts(void)
+{
+	if (unshare(CLONE_NEWNS) < 0)
+		return -errno;
+	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+		return -errno;
+	return 0;
+}
+
+/* stdin/stdout/stderr of CRIU: /dev/null (its log is a file in the images). */
+static void null_stdio(void)
+{
+	int fd = open("/dev/null", O_RDWR);
+
+	if (fd < 0)
+		return;
+	dup2(fd, 0);
+	dup2(fd, 1);
+	dup2(fd, 2);
+	if (fd > 2)
+		close(fd);
+}
+
+/* Waits for a child up to ms; kills it at the deadline. Returns its status. */
+static int wait_child(pid_t pid, unsigned ms, bool *timed_out)
+{
+	_cleanup_close_ int pfd = pidfd_of(pid);
+	struct pollfd p = { .fd = pfd, .events = POLLIN };
+	int status = 0;
+
+	*timed_out = false;
+	if (pfd >= 0) {
+		int r;
+		do
+			r = poll(&p, 1, (int)ms);
+		while (r < 0 && errno == EINTR);
+		if (r == 0) {
+			*timed_out = true;
+			kill(pid, SIGKILL);
+		}
+	}
+	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+		;
+	return status;
+}
+
+/* ---------- pause ---------- */
+
+/* Lists the host files held open by the sandbox's processes (the init's log
+ * and the keeper's /dev/null), in CRIU's key spelling. Any other host file
+ * would make the dump fail with CRIU's own message. */
+static int find_ext_files(struct rt *rt, struct rt_sandbox *s, struct ext_file *out,
+			  int max, struct herr *err)
+{
+	char path[4096];
+	struct stat logst = { 0 }, st;
+	pid_t pids[512];
+	int n = 0;
+
+	sbx_path(rt, s->id, "init.log", path, sizeof(path));
+	bool have_log = stat(path, &logst) == 0;
+	int np = cgroup_pids(rt, s->id, pids, 512);
+	if (np < 0)
+		return herr_sys(err, np, "reading the tasks of sandbox '%s'", s->id);
+	for (int i = 0; i < np && i < 512; i++) {
+		char fdir[64];
+		snprintf(fdir, sizeof(fdir), "/proc/%d/fd", pids[i]);
+		_cleanup_closedir_ DIR *d = opendir(fdir);
+		struct dirent *e;
+		while (d && (e = readdir(d))) {
+			if (e->d_name[0] == '.')
+				continue;
+			snprintf(path, sizeof(path), "%s/%s", fdir, e->d_name);
+			if (stat(path, &st) < 0)
+				continue;
+			enum ext_kind kind;
+			if (have_log && st.st_dev == logst.st_dev && st.st_ino == logst.st_ino)
+				kind = EXT_INIT_LOG;
+			else if (S_ISCHR(st.st_mode) && st.st_rdev == makedev(1, 3))
+				kind = EXT_DEV_NULL;
+			else
+				continue;
+			/* The sandbox's own /dev/null is a bind on its own mount;
+			 * only the mount id tells the host's apart, and CRIU only
+			 * looks up keys it cannot resolve, so extra keys are harmless. */
+			char info[64], line[128];
+			unsigned mnt_id = 0;
+			snprintf(info, sizeof(info), "/proc/%d/fdinfo/%.16s", pids[i], e->d_name);
+			_cleanup_fclose_ FILE *f = fopen(info, "re");
+			while (f && fgets(line, sizeof(line), f))
+				if (sscanf(line, "mnt_id: %u", &mnt_id) == 1)
+					break;
+			char key[64];
+			snprintf(key, sizeof(key), "file[%x:%llx]", mnt_id,
+				 (unsigned long long)st.st_ino);
+			bool dup = false;
+			for (int j = 0; j < n; j++)
+				dup = dup || !strcmp(out[j].key, key);
+			if (dup || !mnt_id)
+				continue;
+			if (n == max)
+				return herr_set(err, -E2BIG, "sandbox '%s': more than %d host files open",
+						s->id, max);
+			snprintf(out[n].key, sizeof(out[n].key), "%s", key);
+			out[n++].kind = kind;
+		}
+	}
+	return n;
+}
+
+static int write_ext_files(const char *dir, const struct ext_file *f, int n, struct herr *err)
+{
+	char path[4096], text[MAX_EXT_FILES * 80] = "";
+	size_t off = 0;
+
+	for (int i = 0; i < n; i++)
+		off += (size_t)snprintf(text + off, sizeof(text) - off, "%s %s\n", f[i].key,
+					f[i].kind == EXT_INIT_LOG ? "init-log" : "dev-null");
+	snprintf(path, sizeof(path), "%.3900s/%s", dir, CKPT_EXT_FILES);
+	return rt_write_file(path, text, err);
+}
+
+static int read_ext_files(const char *dir, struct ext_file *f, int max, struct herr *err)
+{
+	char path[4096], key[64], kind[16];
+	int n = 0;
+
+	snprintf(path, sizeof(path), "%.3900s/%s", dir, CKPT_EXT_FILES);
+	_cleanup_fclose_ FILE *fp = fopen(path, "re");
+	if (!fp)
+		return herr_sys(err, -errno, "open %s", path);
+	while (n < max && fscanf(fp, "%63s %15s", key, kind) == 2) {
+		/* Our own file, but still checked: it names what we reopen. */
+		if (strncmp(key, "file[", 5) != 0 || strspn(key + 5, "0123456789abcdef:]") !=
+		    strlen(key + 5))
+			return herr_set(err, -EINVAL, "%s: bad key '%s'", path, key);
+		snprintf(f[n].key, sizeof(f[n].key), "%s", key);
+		if (!strcmp(kind, "init-log"))
+			f[n].kind = EXT_INIT_LOG;
+		else if (!strcmp(kind, "dev-null"))
+			f[n].kind = EXT_DEV_NULL;
+		else
+			return herr_set(err, -EINVAL, "%s: unknown kind '%s'", path, kind);
+		n++;
+	}
+	return n;
+}
+
+static void dump_args(struct rt *rt, struct rt_sandbox *s, const struct rt_ckpt_opts *o,
+		      const char *dir, const struct ext_file *files, int n_files,
+		      struct argv_buf *a)
+{
+	char cg[512];
+
+	freezer_dir(rt, s->id, cg, sizeof(cg));
+	arg_add(a, "%s", criu_path(o));
+	arg_add(a, "dump");
+	arg_add(a, "--tree=%d", s->init_pid);
+	arg_add(a, "--images-dir=%s", dir);
+	arg_add(a, "--freeze-cgroup=%s", cg);
+	arg_add(a, "--tcp-established");
+	arg_add(a, "--leave-stopped");
+	arg_add(a, "--ghost-limit=%llu", (unsigned long long)(o && o->ghost_limit ?
+				o->ghost_limit : DEFAULT_GHOST_LIMIT));
+	for (size_t i = 0; i < N_EXT_MOUNTS; i++)
+		arg_add(a, "--external=mnt[%s]:%s", ext_mounts[i].mountpoint, ext_mounts[i].key);
+	for (int i = 0; i < n_files; i++)
+		arg_add(a, "--external=%s", files[i].key);
+	arg_add(a, "--log-file=dump.log");
+	arg_add(a, "%s", o && o->verbose_log ? "-v4" : "-v2");
+}
+
+static int run_dump(struct argv_buf *a, int netns, unsigned timeout_ms, const char *dir,
+		    struct herr *err)
+{
+	char log[4200];
+	bool timed_out;
+
+	pid_t pid = fork();
+	if (pid < 0)
+		return herr_sys(err, -errno, "fork for criu dump");
+	if (pid == 0) {
+		null_stdio();
+		if (enter_private_mounts() < 0 || setns(netns, CLONE_NEWNET) < 0)
+			_exit(126);
+		close_range(3, ~0u, 0);
+		execv(a->argv[0], (char *const *)a->argv);
+		_exit(127);
+	}
+	int status = wait_child(pid, timeout_ms, &timed_out);
+	snprintf(log, sizeof(log), "%s/dump.log", dir);
+	if (timed_out) {
+		herr_set(err, -ETIMEDOUT, "criu dump ran over %u ms", timeout_ms);
+	} else if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
+		return 0;
+	} else if (WIFEXITED(status) && WEXITSTATUS(status) >= 126) {
+		return herr_set(err, -ENOEXEC, "cannot run %s (exit %d)", a->argv[0],
+				WEXITSTATUS(status));
+	} else {
+		herr_set(err, -EIO, "criu dump failed (%s %d)",
+			 WIFEXITED(status) ? "exit" : "signal",
+			 WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
+	}
+	append_log_tail(err, log);
+	return err ? err->code : -EIO;
+}
+
+/* After a failed or interrupted dump the tasks may still be frozen. */
+static void resume_running(struct rt *rt, const char *id)
+{
+	rt_cg_freeze(rt, id, false, NULL);
+}
+
+/* The images are durable: the processes may go. */
+static void end_paused_processes(struct rt *rt, struct rt_sandbox *s)
+{
+	pthread_mutex_lock(&rt->lock);
+	monitor_unwatch(rt, s);
+	s->stop_requested = true;
+	pthread_mutex_unlock(&rt->lock);
+
+	rt_cg_kill(rt, s->id, s->init_pid);
+	rt_cg_freeze(rt, s->id, false, NULL); /* v1 freezer: SIGKILL needs a thaw */
+	wait_pidfd(s->init_pidfd, 5000);
+	wait_pidfd(s->keeper_pidfd, 5000);
+	if (s->keeper_pid > 0)
+		waitpid(s->keeper_pid, NULL, WNOHANG);
+	if (s->keeper_pidfd >= 0)
+		close(s->keeper_pidfd);
+	if (s->init_pidfd >= 0)
+		close(s->init_pidfd);
+	s->keeper_pidfd = s->init_pidfd = -1;
+
+	memset(&s->last, 0, sizeof(s->last));
+	s->last.state = RT_STATE_STOPPED;
+	s->last.reason = RT_EXIT_KILLED;
+	s->last.exit_signal = SIGKILL;
+	snprintf(s->last.message, sizeof(s->last.message), "paused (checkpoint kept)");
+	pthread_mutex_lock(&rt->lock);
+	s->state = RT_STATE_STOPPED;
+	pthread_mutex_unlock(&rt->lock);
+}
+
+/* Clears what an interrupted pause left: a partial image dir, frozen tasks. */
+static void recover_pause(struct rt *rt, const char *id)
+{
+	char tmp[4096], fin[4096];
+
+	sbx_path(rt, id, CKPT_TMP, tmp, sizeof(tmp));
+	sbx_path(rt, id, CKPT_FINAL, fin, sizeof(fin));
+	if (dir_exists(tmp)) {
+		remove_tree(tmp);
+		resume_running(rt, id);
+	}
+	/* Complete images and live tasks: the crash came between the rename
+	 * and the kill; the images are the truth, the tasks are stale. */
+	if (dir_exists(fin) && cgroup_has_tasks(rt, id))
+		rt_cg_kill(rt, id, 0);
+}
+
+int rt_checkpoint(struct rt *rt, const char *id, const struct rt_ckpt_opts *opts,
+		  struct rt_ckpt_stats *stats, struct herr *err)
+{
+	struct rt_ckpt_stats st = { 0 };
+	uint64_t t0 = now_ms();
+	char tmp[4096], fin[4096], sdir[4096];
+	struct ext_file files[MAX_EXT_FILES];
+	struct argv_buf *args = NULL;
+	int r, n_files;
+
+	struct rt_sandbox *s = sandbox_lock(rt, id, err);
+	if (!s)
+		return -ENOENT;
+	_cleanup_close_ int lock = lock_sandbox(rt, id, err);
+	if (lock < 0) {
+		r = lock;
+		goto out;
+	}
+	recover_pause(rt, id);
+	if (s->state != RT_STATE_RUNNING || s->init_pidfd < 0) {
+		r = herr_set(err, -EINVAL, "sandbox '%s' is not running (state %s)", id,
+			     rt_state_name(s->state));
+		goto out;
+	}
+	if (s->net.fd < 0) {
+		r = herr_set(err, -EINVAL, "sandbox '%s': its network namespace is not held", id);
+		goto out;
+	}
+	sbx_path(rt, id, CKPT_TMP, tmp, sizeof(tmp));
+	sbx_path(rt, id, CKPT_FINAL, fin, sizeof(fin));
+	snprintf(sdir, sizeof(sdir), "%s/sandboxes/%s", rt->data_dir, id);
+	if (dir_exists(fin)) {
+		r = herr_set(err, -EEXIST, "%s exists: sandbox '%s' was paused already", fin, id);
+		goto out;
+	}
+	if (mkdir(tmp, 0700) < 0) {
+		r = herr_sys(err, -errno, "mkdir %s", tmp);
+		goto out;
+	}
+	n_files = find_ext_files(rt, s, files, MAX_EXT_FILES, err);
+	if (n_files < 0 || (r = write_ext_files(tmp, files, n_files, err)) < 0) {
+		r = n_files < 0 ? n_files : r;
+		remove_tree(tmp);
+		goto out;
+	}
+	args = calloc(1, sizeof(*args));
+	if (!args) {
+		r = herr_set(err, -ENOMEM, "criu arguments");
+		remove_tree(tmp);
+		goto out;
+	}
+	dump_args(rt, s, opts, tmp, files, n_files, args);
+
+	uint64_t t1 = now_ms();
+	r = run_dump(args, s->net.fd, opts && opts->timeout_ms ? opts->timeout_ms : DEFAULT_TIMEOUT_MS,
+		     tmp, err);
+	st.criu_ms = now_ms() - t1;
+	if (r < 0) {
+		/* Keep the failed log for diagnosis beside the sandbox. */
+		char kept[4200], log[4200];
+		snprintf(log, sizeof(log), "%s/dump.log", tmp);
+		snprintf(kept, sizeof(kept), "%s/checkpoint-failed.log", sdir);
+		rename(log, kept);
+		remove_tree(tmp);
+		resume_running(rt, id);
+		log_warn("runtime", id, "pause failed, sandbox left running: %s",
+			 err ? err->msg : "");
+		goto out;
+	}
+
+	t1 = now_ms();
+	r = sync_dir(tmp, &st.image_bytes, err);
+	if (r == 0 && rename(tmp, fin) < 0)
+		r = herr_sys(err, -errno, "rename %s to %s", tmp, fin);
+	if (r == 0)
+		r = fsync_path(sdir, O_DIRECTORY);
+	st.sync_ms = now_ms() - t1;
+	if (r < 0) {
+		/* The images are not durable: the sandbox goes on running. */
+		rename(fin, tmp);
+		remove_tree(tmp);
+		resume_running(rt, id);
+		herr_sys(err, r, "making the images of '%s' durable", id);
+		goto out;
+	}
+	end_paused_processes(rt, s);
+	st.total_ms = now_ms() - t0;
+	log_info("runtime", id, "paused criu_ms=%llu sync_ms=%llu total_ms=%llu bytes=%llu",
+		 (unsigned long long)st.criu_ms, (unsigned long long)st.sync_ms,
+		 (unsigned long long)st.total_ms, (unsigned long long)st.image_bytes);
+	if (stats)
+		*stats = st;
+out:
+	free(args);
+	pthread_mutex_unlock(&s->lock);
+	return r;
+}
+
+/* ---------- resume ---------- */
+
+struct restore_report {
+	int code;
+	pid_t init_pid;
+	char msg[HERR_MSG_MAX];
+};
+
+struct restore_ctx {
+	struct rt *rt;
+	struct rt_sandbox *s;
+	const struct rt_restore_spec *spec;
+	const struct rt_ckpt_opts *opts;
+	const char *dir;        /* the images (checkpoint.restoring) */
+	char pidfile[4200];
+	int report_fd;
+	int file_fds[MAX_EXT_FILES];
+	struct ext_file files[MAX_EXT_FILES];
+	int n_files;
+};
+
+/* A user namespace with the sandbox's id map, only to idmap mounts with:
+ * the layers must show the same owners as they did inside the sandbox. */
+static int make_userns(uint32_t base, struct herr *err)
+{
+	int sync[2];
+	char path[64], map[64];
+
+	if (pipe2(sync, O_CLOEXEC) < 0)
+		return herr_sys(err, -errno, "pipe");
+	pid_t pid = fork();
+	if (pid < 0) {
+		close(sync[0]);
+		close(sync[1]);
+		return herr_sys(err, -errno, "fork");
+	}
+	if (pid == 0) {
+		char c;
+		close(sync[1]);
+		if (unshare(CLONE_NEWUSER) < 0)
+			_exit(1);
+		/* Parked until the parent has taken the namespace. */
+		if (read(sync[0], &c, 1) < 0)
+			_exit(1);
+		_exit(0);
+	}
+	close(sync[0]);
+	int fd = -1, r = 0;
+	for (int i = 0; i < 1000 && fd < 0; i++) {
+		/* Wait until the child is in its namespace (the link changes). */
+		struct stat a, b;
+		snprintf(path, sizeof(path), "/proc/%d/ns/user", pid);
+		if (stat(path, &a) == 0 && stat("/proc/self/ns/user", &b) == 0 &&
+		    a.st_ino != b.st_ino)
+			fd = open(path, O_RDONLY | O_CLOEXEC);
+		else
+			usleep(1000);
+	}
+	if (fd < 0) {
+		r = herr_set(err, -EIO, "child did not enter a user namespace");
+	} else {
+		snprintf(map, sizeof(map), "0 %u %u\n", base, RT_IDS_PER_SANDBOX);
+		snprintf(path, sizeof(path), "/proc/%d/uid_map", pid);
+		r = rt_write_file(path, map, err);
+		snprintf(path, sizeof(path), "/proc/%d/gid_map", pid);
+		if (r == 0)
+			r = rt_write_file(path, map, err);
+	}
+	close(sync[1]);
+	waitpid(pid, NULL, 0);
+	if (r < 0) {
+		if (fd >= 0)
+			close(fd);
+		return r;
+	}
+	return fd;
+}
+
+static int attach_tree(int fd, const char *path, struct herr *err)
+{
+	if (mkdir(path, 0755) < 0 && errno != EEXIST)
+		return herr_sys(err, -errno, "mkdir %s", path);
+	if (move_mount(fd, "", AT_FDCWD, path, MOVE_MOUNT_F_EMPTY_PATH) < 0)
+		return herr_sys(err, -errno, "move_mount onto %s", path);
+	return 0;
+}
+
+static int attach_idmapped(const char *src, int userns, const char *path, struct herr *err)
+{
+	_cleanup_close_ int fd = open_tree(AT_FDCWD, src, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC);
+	struct mount_attr attr = {
+		.attr_set = MOUNT_ATTR_IDMAP | MOUNT_ATTR_NODEV | MOUNT_ATTR_RDONLY,
+		.userns_fd = (uint64_t)userns,
+	};
+
+	if (fd < 0)
+		return herr_sys(err, -errno, "open_tree %s", src);
+	if (mount_setattr(fd, "", AT_EMPTY_PATH, &attr, sizeof(attr)) < 0)
+		return herr_sys(err, -errno, "idmapping %s", src);
+	return attach_tree(fd, path, err);
+}
+
+/*
+ * Rebuilds, in CRIU's private mount namespace, what the sandbox's mounts
+ * were made from: the overlay root over the same idmapped layers and disk,
+ * the agent bundle and a sysfs of the sandbox's network namespace. The
+ * sandbox sees them through its own restored mount namespace; nothing here
+ * is visible on the host.
+ */
+static int build_restore_mounts(struct restore_ctx *c, const char *scratch, struct herr *err)
+{
+	struct rt *rt = c->rt;
+	char path[4096], opts[8192];
+	size_t off;
+	int r;
+
+	if (mkdir(scratch, 0700) < 0 && errno != EEXIST)
+		return herr_sys(err, -errno, "mkdir %s", scratch);
+	/* 0755: CRIU opens the external mounts below from inside the sandbox's
+	 * user namespace. Only CRIU's private mount namespace has this tmpfs. */
+	if (mount("hutch-restore", scratch, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755") < 0)
+		return herr_sys(err, -errno, "mount tmpfs on %s", scratch);
+	_cleanup_close_ int userns = make_userns(c->s->uid_base, err);
+	if (userns < 0)
+		return userns;
+
+	_cleanup_close_ int disk = rt_disk_mount_fd(rt, c->s->id, err);
+	if (disk < 0)
+		return disk;
+	struct mount_attr dattr = { .attr_set = MOUNT_ATTR_IDMAP | MOUNT_ATTR_NODEV,
+				    .userns_fd = (uint64_t)userns };
+	if (mount_setattr(disk, "", AT_EMPTY_PATH, &dattr, sizeof(dattr)) < 0)
+		return herr_sys(err, -errno, "idmapping the disk of '%s'", c->s->id);
+	snprintf(path, sizeof(path), "%.3900s/disk", scratch);
+	if ((r = attach_tree(disk, path, err)) < 0)
+		return r;
+
+	off = (size_t)snprintf(opts, sizeof(opts), "lowerdir=");
+	for (size_t i = c->spec->n_layers; i-- > 0;) {
+		snprintf(path, sizeof(path), "%.3900s/l%zu", scratch, i);
+		if ((r = attach_idmapped(c->spec->layers[i], userns, path, err)) < 0)
+			return r;
+		off += (size_t)snprintf(opts + off, sizeof(opts) - off, "%s%s",
+					i + 1 == c->spec->n_layers ? "" : ":", path);
+		if (off >= sizeof(opts))
+			return herr_set(err, -E2BIG, "overlay options");
+	}
+	off += (size_t)snprintf(opts + off, sizeof(opts) - off,
+				",upperdir=%s/disk/upper,workdir=%s/disk/work,userxattr",
+				scratch, scratch);
+	if (off >= sizeof(opts))
+		return herr_set(err, -E2BIG, "overlay options");
+	snprintf(path, sizeof(path), "%.3900s/root", scratch);
+	if (mkdir(path, 0755) < 0)
+		return herr_sys(err, -errno, "mkdir %s", path);
+	if (mount("overlay", path, "overlay", 0, opts) < 0)
+		return herr_sys(err, -errno, "mount overlay root at %s", path);
+
+	snprintf(path, sizeof(path), "%.3900s/agent", scratch);
+	if ((r = attach_idmapped(c->spec->agent_dir, userns, path, err)) < 0)
+		return r;
+
+	/* CRIU runs inside the sandbox's netns, as for the dump (see the
+	 * header); sysfs shows the devices of the netns that mounts it. */
+	if (setns(c->s->net.fd, CLONE_NEWNET) < 0)
+		return herr_sys(err, -errno, "setns into the netns of '%s'", c->s->id);
+	_cleanup_close_ int sys = rt_net_sysfs_fd(c->s->net.fd, err);
+	if (sys < 0)
+		return sys;
+	snprintf(path, sizeof(path), "%.3900s/sys", scratch);
+	return attach_tree(sys, path, err);
+}
+
+static void restore_args(struct restore_ctx *c, const char *scratch, struct argv_buf *a)
+{
+	const int first_inherit = 4; /* the netns, then the external files */
+
+	arg_add(a, "%s", criu_path(c->opts));
+	arg_add(a, "restore");
+	arg_add(a, "--images-dir=%s", c->dir);
+	arg_add(a, "--root=%s/root", scratch);
+	arg_add(a, "--restore-detached");
+	arg_add(a, "--pidfile=%s", c->pidfile);
+	arg_add(a, "--tcp-established");
+	for (size_t i = 0; i < N_EXT_MOUNTS; i++) {
+		const char *m = ext_mounts[i].mountpoint;
+		if (!strcmp(m, RT_AGENT_MOUNT))
+			arg_add(a, "--external=mnt[%s]:%s/agent", ext_mounts[i].key, scratch);
+		else if (!strcmp(m, "/sys"))
+			arg_add(a, "--external=mnt[%s]:%s/sys", ext_mounts[i].key, scratch);
+		else
+			arg_add(a, "--external=mnt[%s]:%s", ext_mounts[i].key, m);
+	}
+	for (int i = 0; i < c->n_files; i++)
+		arg_add(a, "--inherit-fd=fd[%d]:%s", first_inherit + 1 + i, c->files[i].key);
+	arg_add(a, "--log-file=restore.log");
+	arg_add(a, "%s", c->opts && c->opts->verbose_log ? "-v4" : "-v2");
+}
+
+/* The CRIU process: private mounts, the rebuilt root, then exec. */
+static __attribute__((noreturn)) void restore_criu_child(struct restore_ctx *c, int errfd)
+{
+	struct restore_report rep = { .code = 0 };
+	struct herr err;
+	char scratch[4096];
+	struct argv_buf *a = calloc(1, sizeof(*a));
+
+	herr_clear(&err);
+	snprintf(scratch, sizeof(scratch), "%s/%s.restore", c->rt->run_dir, c->s->id);
+	if (!a) {
+		rep.code = herr_set(&err, -ENOMEM, "criu arguments");
+	} else if ((rep.code = enter_private_mounts()) < 0) {
+		herr_sys(&err, rep.code, "private mount namespace for criu");
+	} else {
+		rep.code = build_restore_mounts(c, scratch, &err);
+	}
+	if (rep.code == 0) {
+		/* The keeper put the netns on 4 and the files on 5..: CRIU
+		 * finds them at fixed numbers (see restore_args). */
+		restore_args(c, scratch, a);
+		null_stdio();
+		close_range(5 + (unsigned)c->n_files, ~0u, 0);
+		close_range(3, 3, 0);
+		/* errfd is gone now: a failed exec is reported by exit 127. */
+		if (chdir(scratch) == 0)
+			execv(a->argv[0], (char *const *)a->argv);
+		_exit(127);
+	}
+	snprintf(rep.msg, sizeof(rep.msg), "%s", err.msg);
+	if (write(errfd, &rep, sizeof(rep)) < 0) {
+		/* the keeper reads the exit status instead */
+	}
+	_exit(126);
+}
+
+static void keeper_send(int fd, struct restore_report *rep)
+{
+	if (write(fd, rep, sizeof(*rep)) < 0) {
+		/* hutchd is gone; the sandbox goes on */
+	}
+}
+
+static pid_t read_pidfile(const char *path)
+{
+	_cleanup_fclose_ FILE *f = fopen(path, "re");
+	long v = 0;
+
+	if (!f || fscanf(f, "%ld", &v) != 1 || v <= 0)
+		return -1;
+	return (pid_t)v;
+}
+
+/* Records how the restored init ended, as the original keeper does. */
+static void keeper_record_exit(struct rt *rt, const char *id, int wstatus)
+{
+	char tmp[4200], path[4096], text[32];
+
+	snprintf(path, sizeof(path), "%s/%s/exit", rt->run_dir, id);
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	snprintf(text, sizeof(text), "%d\n", wstatus);
+	if (rt_write_file(tmp, text, NULL) == 0)
+		rename(tmp, path);
+}
+
+/*
+ * Keeps only what the keeper needs, at fixed numbers: 3 the report pipe,
+ * 4 the netns, 5.. the external files. Everything else hutchd had open (its
+ * listeners, the pause lock) must not live on in a long-lived keeper.
+ */
+static int keeper_own_fds(struct restore_ctx *c)
+{
+	int src[2 + MAX_EXT_FILES], n = 0;
+
+	src[n++] = c->report_fd;
+	src[n++] = c->s->net.fd;
+	for (int i = 0; i < c->n_files; i++)
+		src[n++] = c->file_fds[i];
+	/* Out of the way first, so that no target number clobbers a source. */
+	for (int i = 0; i < n; i++) {
+		src[i] = fcntl(src[i], F_DUPFD_CLOEXEC, 1000);
+		if (src[i] < 0)
+			return -errno;
+	}
+	for (int i = 0; i < n; i++)
+		if (dup2(src[i], 3 + i) < 0)
+			return -errno;
+	close_range(3 + (unsigned)n, ~0u, 0);
+	fcntl(3, F_SETFD, FD_CLOEXEC); /* the report pipe is not CRIU's */
+	c->report_fd = 3;
+	c->s->net.fd = 4;
+	for (int i = 0; i < c->n_files; i++)
+		c->file_fds[i] = 5 + i;
+	null_stdio();
+	return 0;
+}
+
+/*
+ * The new keeper: a child subreaper, so the init CRIU restores detached
+ * becomes its child once CRIU exits; from then on it does what the
+ * original keeper did: wait for the init and record how it ended.
+ */
+static __attribute__((noreturn)) void restore_keeper(struct restore_ctx *c)
+{
+	struct restore_report rep = { 0 };
+	int ep[2];
+	bool timed_out;
+
+	setsid();
+	prctl(PR_SET_CHILD_SUBREAPER, 1);
+	if (keeper_own_fds(c) < 0)
+		_exit(1);
+	if (pipe2(ep, O_CLOEXEC) < 0) {
+		rep.code = -errno;
+		snprintf(rep.msg, sizeof(rep.msg), "pipe: %s", strerror(errno));
+		keeper_send(c->report_fd, &rep);
+		_exit(1);
+	}
+	pid_t criu = fork();
+	if (criu == 0) {
+		close(ep[0]);
+		restore_criu_child(c, ep[1]);
+	}
+	close(ep[1]);
+	unsigned ms = c->opts && c->opts->timeout_ms ? c->opts->timeout_ms : DEFAULT_TIMEOUT_MS;
+	int status = criu < 0 ? 0 : wait_child(criu, ms, &timed_out);
+	ssize_t got = read(ep[0], &rep, sizeof(rep));
+	close(ep[0]);
+	if (criu < 0) {
+		rep.code = -errno;
+		snprintf(rep.msg, sizeof(rep.msg), "fork of criu: %s", strerror(errno));
+	} else if (got == (ssize_t)sizeof(rep) && rep.code < 0) {
+		rep.msg[sizeof(rep.msg) - 1] = '\0';
+	} else if (timed_out) {
+		rep.code = -ETIMEDOUT;
+		snprintf(rep.msg, sizeof(rep.msg), "criu restore ran over %u ms", ms);
+	} else if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+		rep.code = WIFEXITED(status) && WEXITSTATUS(status) == 127 ? -ENOEXEC : -EIO;
+		snprintf(rep.msg, sizeof(rep.msg), "criu restore failed (%s %d)",
+			 WIFEXITED(status) ? "exit" : "signal",
+			 WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
+	} else {
+		rep.init_pid = read_pidfile(c->pidfile);
+		if (rep.init_pid <= 0) {
+			rep.code = -EIO;
+			snprintf(rep.msg, sizeof(rep.msg), "criu left no pid in %.400s", c->pidfile);
+		}
+	}
+	keeper_send(c->report_fd, &rep);
+	close(c->report_fd);
+	if (rep.code < 0)
+		_exit(1);
+
+	/* Orphans of CRIU's helpers may land here too; only the init counts. */
+	for (;;) {
+		int ws;
+		pid_t p = waitpid(-1, &ws, 0);
+		if (p < 0 && errno == EINTR)
+			continue;
+		if (p < 0 || p == rep.init_pid) {
+			keeper_record_exit(c->rt, c->s->id, p < 0 ? (SIGKILL & 0x7f) : ws);
+			_exit(0);
+		}
+	}
+}
+
+static int wait_restore_report(int fd, struct restore_report *rep, unsigned ms,
+			       struct herr *err)
+{
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+	size_t got = 0;
+
+	while (got < sizeof(*rep)) {
+		int r = poll(&p, 1, (int)ms + 5000);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return herr_set(err, -ETIMEDOUT, "restore keeper did not report");
+		ssize_t n = read(fd, (char *)rep + got, sizeof(*rep) - got);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return herr_set(err, -EIO, "restore keeper exited before reporting");
+		got += (size_t)n;
+	}
+	rep->msg[sizeof(rep->msg) - 1] = '\0';
+	return rep->code < 0 ? herr_set(err, rep->code, "%s", rep->msg) : 0;
+}
+
+static int open_ext_files(struct rt *rt, struct restore_ctx *c, struct herr *err)
+{
+	char log[4096];
+
+	sbx_path(rt, c->s->id, "init.log", log, sizeof(log));
+	for (int i = 0; i < c->n_files; i++) {
+		if (c->files[i].kind == EXT_INIT_LOG)
+			c->file_fds[i] = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC |
+					      O_NOFOLLOW, 0600);
+		else
+			c->file_fds[i] = open("/dev/null", O_RDWR | O_CLOEXEC);
+		if (c->file_fds[i] < 0)
+			return herr_sys(err, -errno, "reopening %s",
+					c->files[i].kind == EXT_INIT_LOG ? log : "/dev/null");
+	}
+	return 0;
+}
+
+/* Starts the keeper and waits until CRIU has the tree running. */
+static int spawn_restore(struct rt *rt, struct restore_ctx *c, pid_t *keeper,
+			 struct restore_report *rep, struct herr *err)
+{
+	int rp[2];
+
+	if (pipe2(rp, O_CLOEXEC) < 0)
+		return herr_sys(err, -errno, "pipe for the restore keeper");
+	c->report_fd = rp[1];
+	pid_t pid = fork();
+	if (pid < 0) {
+		close(rp[0]);
+		close(rp[1]);
+		return herr_sys(err, -errno, "fork of the restore keeper");
+	}
+	if (pid == 0) {
+		sigset_t none;
+		sigemptyset(&none);
+		sigprocmask(SIG_SETMASK, &none, NULL);
+		signal(SIGPIPE, SIG_IGN);
+		close(rp[0]);
+		restore_keeper(c);
+	}
+	close(rp[1]);
+	*keeper = pid;
+	unsigned ms = c->opts && c->opts->timeout_ms ? c->opts->timeout_ms : DEFAULT_TIMEOUT_MS;
+	int r = wait_restore_report(rp[0], rep, ms, err);
+	close(rp[0]);
+	(void)rt;
+	return r;
+}
+
+/* Makes the images available again after an interrupted resume, unless the
+ * sandbox's processes are back (then the resume did complete). */
+static int recover_resume(struct rt *rt, const char *id, struct herr *err)
+{
+	char restoring[4096], fin[4096];
+
+	sbx_path(rt, id, CKPT_RESTORING, restoring, sizeof(restoring));
+	sbx_path(rt, id, CKPT_FINAL, fin, sizeof(fin));
+	if (!dir_exists(restoring))
+		return 0;
+	if (cgroup_has_tasks(rt, id))
+		return herr_set(err, -EBUSY, "sandbox '%s' has processes: it was resumed", id);
+	if (rename(restoring, fin) < 0)
+		return herr_sys(err, -errno, "rename %s to %s", restoring, fin);
+	return 0;
+}
+
+static void adopt_restored(struct rt *rt, struct rt_sandbox *s, pid_t keeper, pid_t init)
+{
+	s->keeper_pid = keeper;
+	s->init_pid = init;
+	s->init_start = rt_proc_starttime(init);
+	s->keeper_pidfd = pidfd_of(keeper);
+	s->init_pidfd = pidfd_of(init);
+	s->stop_requested = false;
+	memset(&s->last, 0, sizeof(s->last));
+	rt_state_write(rt, s, NULL);
+	pthread_mutex_lock(&rt->lock);
+	s->state = RT_STATE_RUNNING;
+	monitor_watch(rt, s);
+	pthread_mutex_unlock(&rt->lock);
+}
+
+int rt_restore(struct rt *rt, const char *id, const struct rt_restore_spec *spec,
+	       const struct rt_ckpt_opts *opts, struct rt_ckpt_stats *stats,
+	       struct herr *err)
+{
+	struct rt_ckpt_stats st = { 0 };
+	uint64_t t0 = now_ms();
+	char fin[4096], restoring[4096], path[4096];
+	struct restore_report rep = { 0 };
+	struct restore_ctx c = { .rt = rt, .spec = spec, .opts = opts };
+	pid_t keeper = -1;
+	int r;
+
+	if (!spec || !spec->n_layers || spec->n_layers > RT_MAX_LAYERS || !spec->agent_dir)
+		return herr_set(err, -EINVAL, "restore spec: layers (1-%d) and agent_dir needed",
+				RT_MAX_LAYERS);
+	struct rt_sandbox *s = sandbox_lock(rt, id, err);
+	if (!s)
+		return -ENOENT;
+	c.s = s;
+	for (int i = 0; i < MAX_EXT_FILES; i++)
+		c.file_fds[i] = -1;
+	_cleanup_close_ int lock = lock_sandbox(rt, id, err);
+	if (lock < 0) {
+		r = lock;
+		goto out;
+	}
+	if ((r = recover_resume(rt, id, err)) < 0)
+		goto out;
+	sbx_path(rt, id, CKPT_FINAL, fin, sizeof(fin));
+	sbx_path(rt, id, CKPT_RESTORING, restoring, sizeof(restoring));
+	if (!dir_exists(fin)) {
+		r = herr_set(err, -ENOENT, "sandbox '%s' has no checkpoint", id);
+		goto out;
+	}
+	if (s->state != RT_STATE_STOPPED || cgroup_has_tasks(rt, id)) {
+		r = herr_set(err, -EBUSY, "sandbox '%s' is running", id);
+		goto out;
+	}
+	if (s->net.fd < 0) {
+		r = herr_set(err, -ENOTSUP, "sandbox '%s': its network namespace is gone "
+			     "(hutchd restarted while paused)", id);
+		goto out;
+	}
+	c.n_files = read_ext_files(fin, c.files, MAX_EXT_FILES, err);
+	if (c.n_files < 0 || (r = open_ext_files(rt, &c, err)) < 0) {
+		r = c.n_files < 0 ? c.n_files : r;
+		goto out;
+	}
+	/* From here a second resume finds no images: it cannot run twice. */
+	if (rename(fin, restoring) < 0) {
+		r = herr_sys(err, -errno, "rename %s to %s", fin, restoring);
+		goto out;
+	}
+	/* Parts of CRIU's restore run inside the sandbox's user namespace and
+	 * open images then: the images become the sandbox root's (host uid
+	 * uid_base, whose memory it is) and readable, which exposes nothing:
+	 * <data_dir>/sandboxes is 0700, so no other host user can reach them. */
+	if ((r = chown_tree(restoring, s->uid_base, err)) < 0) {
+		rename(restoring, fin);
+		goto out;
+	}
+	c.dir = restoring;
+	snprintf(c.pidfile, sizeof(c.pidfile), "%s/%s.restored.pid", rt->run_dir, id);
+	unlink(c.pidfile); /* CRIU kills the tree if the pidfile exists */
+	snprintf(path, sizeof(path), "%s/%s/exit", rt->run_dir, id);
+	unlink(path);
+
+	uint64_t t1 = now_ms();
+	r = spawn_restore(rt, &c, &keeper, &rep, err);
+	st.criu_ms = now_ms() - t1;
+	unlink(c.pidfile);
+	if (r < 0) {
+		snprintf(path, sizeof(path), "%.3900s/restore.log", restoring);
+		append_log_tail(err, path);
+		if (keeper > 0)
+			waitpid(keeper, NULL, 0);
+		/* A half-restored tree must not survive; the images are kept. */
+		rt_cg_kill(rt, id, 0);
+		rt_cg_freeze(rt, id, false, NULL);
+		rename(restoring, fin);
+		log_warn("runtime", id, "resume failed, images kept: %s", err ? err->msg : "");
+		goto out;
+	}
+	adopt_restored(rt, s, keeper, rep.init_pid);
+	st.image_bytes = dir_bytes(restoring);
+	remove_tree(restoring);
+	st.total_ms = now_ms() - t0;
+	log_info("runtime", id, "resumed pid=%d criu_ms=%llu total_ms=%llu", rep.init_pid,
+		 (unsigned long long)st.criu_ms, (unsigned long long)st.total_ms);
+	if (stats)
+		*stats = st;
+out:
+	for (int i = 0; i < MAX_EXT_FILES; i++)
+		if (c.file_fds[i] >= 0)
+			close(c.file_fds[i]);
+	pthread_mutex_unlock(&s->lock);
+	return r;
+}
+
+/* ---------- housekeeping ---------- */
+
+bool rt_checkpoint_exists(struct rt *rt, const char *id)
+{
+	char path[4096];
+
+	if (!rt_id_valid(id))
+		return false;
+	sbx_path(rt, id, CKPT_FINAL, path, sizeof(path));
+	if (dir_exists(path))
+		return true;
+	sbx_path(rt, id, CKPT_RESTORING, path, sizeof(path));
+	return dir_exists(path) && !cgroup_has_tasks(rt, id);
+}
+
+int rt_checkpoint_remove(struct rt *rt, const char *id, struct herr *err)
+{
+	static const char *const names[] = { CKPT_FINAL, CKPT_TMP, CKPT_RESTORING };
+	char path[4096];
+
+	if (!rt_id_valid(id))
+		return herr_set(err, -EINVAL, "id: must be 1-%d of [A-Za-z0-9_-]", RT_ID_MAX);
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		sbx_path(rt, id, names[i], path, sizeof(path));
+		int r = remove_tree(path);
+		if (r < 0 && r != -ENOENT)
+			return herr_sys(err, r, "removing %s", path);
+	}
+	sbx_path(rt, id, CKPT_LOCK, path, sizeof(path));
+	unlink(path);
+	sbx_path(rt, id, "checkpoint-failed.log", path, sizeof(path));
+	unlink(path);
+	return 0;
+}
+
+int rt_criu_check(const char *criu, char *version, size_t len, struct herr *err)
+{
+	char cmd[4200], line[256];
+	int major = 0, minor = 0, patch = 0;
+
+	if (!criu)
+		criu = criu_path(NULL);
+	if (strchr(criu, '\'') || access(criu, X_OK) < 0)
+		return herr_sys(err, -errno ? -errno : -EINVAL, "criu binary %s", criu);
+	snprintf(cmd, sizeof(cmd), "'%s' --version 2>/dev/null", criu);
+	FILE *p = popen(cmd, "re");
+	while (p && fgets(line, sizeof(line), p))
+		if (sscanf(line, "Version: %d.%d.%d", &major, &minor, &patch) >= 2)
+			break;
+	if (p)
+		pclose(p);
+	if (major < 4 || (major == 4 && minor < 2))
+		return herr_set(err, -ENOTSUP, "%s is version %d.%d; 4.2 or newer is needed "
+				"(scripts/setup-criu)", criu, major, minor);
+	if (version)
+		snprintf(version, len, "%d.%d.%d", major, minor, patch);
+	snprintf(cmd, sizeof(cmd), "'%s' check >/dev/null 2>&1", criu);
+	int status = system(cmd);
+	if (status != 0)
+		return herr_set(err, -ENOTSUP, "`%s check` failed (status %d)", criu, status);
+	return 0;
+}

@@ -1,0 +1,79 @@
+/*
+ * Pause and resume of runtime sandboxes with CRIU (checkpoint.c).
+ *
+ * A pause writes the sandbox's processes to an image directory next to its
+ * disk (<data_dir>/sandboxes/<id>/checkpoint) and ends them; the writable
+ * layer and the cgroups stay, and so does the network namespace while this
+ * runtime holds it. A resume rebuilds the root from the same layers and disk
+ * and brings the processes back under a new keeper, with the same pids
+ * inside, memory, open files, listeners and established TCP connections.
+ * While paused, rt_query reports the sandbox as RT_STATE_STOPPED with reason
+ * RT_EXIT_KILLED; rt_checkpoint_exists tells the two apart.
+ *
+ * Crash safety: images are written to checkpoint.tmp while the processes
+ * are held stopped; only after the images are durable is the directory
+ * renamed and the processes ended. A crash before the rename leaves the
+ * sandbox running (the next call thaws it), after it the sandbox is paused
+ * and resumable. A resume renames the images to checkpoint.restoring before
+ * CRIU runs, so two resumes can never both succeed; a per-sandbox file lock
+ * serialises pause and resume across processes.
+ */
+#ifndef HUTCH_RT_CHECKPOINT_H
+#define HUTCH_RT_CHECKPOINT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "err.h"
+#include "rt.h"
+
+/* The CRIU binary scripts/setup-criu installs. */
+#define RT_CRIU_DEFAULT "/usr/local/lib/hutch/criu"
+
+struct rt_ckpt_opts {
+	const char *criu;      /* CRIU binary; NULL = $HUTCH_CRIU, else RT_CRIU_DEFAULT */
+	uint64_t ghost_limit;  /* bytes of deleted-but-open files kept; 0 = 64 MiB */
+	unsigned timeout_ms;   /* limit for one CRIU run; 0 = 120000 */
+	bool verbose_log;      /* -v4 in the CRIU logs (slower); default -v2 */
+};
+
+/* What a resume needs that the images do not hold: the same template layers
+ * and agent bundle the sandbox was created with (rt_spec's fields). */
+struct rt_restore_spec {
+	const char *const *layers;
+	size_t n_layers;
+	const char *agent_dir;
+};
+
+struct rt_ckpt_stats {
+	uint64_t criu_ms;      /* CRIU's run: dump, or restore until detached */
+	uint64_t sync_ms;      /* making the images durable (pause only) */
+	uint64_t total_ms;     /* the whole call */
+	uint64_t image_bytes;  /* size of the image directory */
+};
+
+/* Pauses a running sandbox. -EBUSY when a pause or resume of it is under
+ * way elsewhere; -EINVAL when it is not running. On failure the sandbox is
+ * left running (thawed). */
+int rt_checkpoint(struct rt *rt, const char *id, const struct rt_ckpt_opts *opts,
+		  struct rt_ckpt_stats *stats, struct herr *err);
+
+/* Resumes a paused sandbox. -ENOENT when it has no images, -EBUSY when its
+ * processes exist or another pause/resume runs. On failure the images are
+ * kept and the call may be repeated. */
+int rt_restore(struct rt *rt, const char *id, const struct rt_restore_spec *spec,
+	       const struct rt_ckpt_opts *opts, struct rt_ckpt_stats *stats,
+	       struct herr *err);
+
+/* True when the sandbox has complete images (it is paused). */
+bool rt_checkpoint_exists(struct rt *rt, const char *id);
+
+/* Removes the images and leftovers of an interrupted pause or resume. Call
+ * before rt_destroy of a paused sandbox. */
+int rt_checkpoint_remove(struct rt *rt, const char *id, struct herr *err);
+
+/* Runs `criu check` and the version test; fills version ("4.2.1"). */
+int rt_criu_check(const char *criu, char *version, size_t len, struct herr *err);
+
+#endif
