@@ -21,6 +21,10 @@
 
 #define CLAIM_TTL_MS 60000
 #define RETRY_MS 1000
+/* A refill starts this long after a claim, not at once: starting a sandbox
+ * takes a core for tens of ms, which the claimed sandbox's first commands
+ * would otherwise compete with. */
+#define REFILL_DELAY_MS 50
 
 struct warm_entry {
 	char id[SBX_ID_LEN + 1];
@@ -35,6 +39,7 @@ struct warm {
 	pthread_mutex_t lock;
 	pthread_cond_t wake;
 	bool stopping;
+	int64_t last_claim;
 	struct warm_entry *e;
 	size_t n, cap;
 };
@@ -154,10 +159,16 @@ static void *fill_main(void *arg)
 	while (!w->stopping) {
 		expire_claims(w);
 		pthread_mutex_lock(&w->lock);
-		if (!w->stopping && ready_count(w) < w->cfg->warm_pool && w->n < w->cap)
-			fill_one(w);
-		else
+		int64_t since_claim = now_ms() - w->last_claim;
+
+		if (w->stopping)
+			break;
+		if (ready_count(w) >= w->cfg->warm_pool || w->n == w->cap)
 			wait_ms(w, RETRY_MS);
+		else if (since_claim < REFILL_DELAY_MS)
+			wait_ms(w, (long)(REFILL_DELAY_MS - since_claim));
+		else
+			fill_one(w);
 	}
 	pthread_mutex_unlock(&w->lock);
 	return NULL;
@@ -226,8 +237,10 @@ bool warm_claim(struct warm *w, const char *tpl_name, char id[SBX_ID_LEN + 1])
 			found = true;
 		}
 	}
-	if (found)
-		pthread_cond_signal(&w->wake); /* refill */
+	if (found) {
+		w->last_claim = now_ms();
+		pthread_cond_signal(&w->wake); /* refill, after REFILL_DELAY_MS */
+	}
 	pthread_mutex_unlock(&w->lock);
 	return found;
 }
