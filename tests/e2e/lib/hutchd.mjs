@@ -7,7 +7,7 @@
 // its own so that it never touches another runtime's sandboxes.
 import { spawn, spawnSync } from 'node:child_process';
 import {
-  chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmdirSync, rmSync,
+  appendFileSync, chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmdirSync, rmSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -200,6 +200,8 @@ export async function startHutchd(opts = {}) {
         }
       }
       await terminate(cur.child);
+      // HUTCH_E2E_LOG=<file> keeps every hutchd's log (sanitizer reports too).
+      if (process.env.HUTCH_E2E_LOG) appendFileSync(process.env.HUTCH_E2E_LOG, cur.log);
       if (opts.runtime) removeRuntimeRoots();
       removeUnlessMounted(dir);
     },
