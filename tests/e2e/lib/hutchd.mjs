@@ -120,9 +120,9 @@ export async function startHutchd(opts = {}) {
   const apiPort = await freePort();
   const proxyPort = await freePort();
   const runtimeArgs = opts.runtime ?
-    [`--template-dir=${opts.templateDir ?? templateDir}`, `--cgroup-name=${cgroupName}`, '--veth-prefix=hte',
-      '--net-cidr=10.214.0.0/16',
-      '--pool-size=2', `--warm-pool=${opts.warmPool ?? 0}`] :
+    [`--template-dir=${opts.templateDir ?? templateDir}`, `--cgroup-name=${cgroupName}`,
+      '--veth-prefix=hte', '--net-cidr=10.214.0.0/16', '--pool-size=2',
+      `--warm-pool=${opts.warmPool ?? 0}`] :
     ['--no-runtime'];
   const args = [`--data-dir=${join(dir, 'data')}`, `--run-dir=${join(dir, 'run')}`,
     '--api-listen=127.0.0.1', `--api-port=${apiPort}`, `--proxy-port=${proxyPort}`,
