@@ -53,7 +53,7 @@ function readFirst(paths) {
   return readFileSync(p, 'utf8').trim();
 }
 
-function skipWithoutBase(t) { return !h && (t.skip('no base template'), true); }
+function skipWithoutBase(t) { return !h && (t.skip('no base template (see the message above)'), true); }
 
 async function assertNothingLeft() {
   assert.deepEqual(await h.liveIds(), []);

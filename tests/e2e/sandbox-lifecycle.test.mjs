@@ -18,7 +18,7 @@ before(async (t) => {
 });
 after(async () => { restore?.(); await h?.stop(); });
 
-function skipWithoutBase(t) { return !h && (t.skip('no base template'), true); }
+function skipWithoutBase(t) { return !h && (t.skip('no base template (see the message above)'), true); }
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 test('getInfo reports a running sandbox with its dates', async (t) => {

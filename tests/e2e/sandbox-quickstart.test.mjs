@@ -15,7 +15,7 @@ before(async (t) => {
 });
 after(async () => { restore?.(); await h?.stop(); });
 
-function skipWithoutBase(t) { return !h && (t.skip('no base template'), true); }
+function skipWithoutBase(t) { return !h && (t.skip('no base template (see the message above)'), true); }
 
 test('quick start: create, run, write, read, kill', async (t) => {
   if (skipWithoutBase(t)) return;
