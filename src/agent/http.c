@@ -12,11 +12,14 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -36,6 +39,16 @@
 #define INIT_BODY_MAX (1 << 20)
 /* Request line plus headers of one request (libmicrohttpd's per-connection pool). */
 #define CONNECTION_MEMORY (64 * 1024)
+/*
+ * Seconds a connection may stay silent while it owes us a request: before
+ * and while its request line and headers arrive, and when idle between
+ * keep-alive requests. Routed RPC and /files requests run without it.
+ */
+#define HTTP_IDLE_TIMEOUT_S 15
+/* TCP keepalive on every connection: long streams notice a vanished peer. */
+#define TCP_KEEPALIVE_IDLE_S 60
+#define TCP_KEEPALIVE_INTERVAL_S 10
+#define TCP_KEEPALIVE_COUNT 6
 
 #define UNAUTHORIZED_MESSAGE \
 	"unauthorized access, please provide a valid access token or method signing if supported"
@@ -43,6 +56,149 @@
 struct agent_server {
 	struct MHD_Daemon *daemon;
 };
+
+/*
+ * Connections that owe us a request. Anyone who can reach the port can open
+ * connections and send nothing, or drip a header byte just often enough to
+ * dodge the idle timeout; with one thread per connection and a connection
+ * limit, enough of them would lock every client out. So at most a quarter
+ * of the limit may be waiting for a request at once: when a new connection
+ * would pass that, the connection that has waited longest is shut down.
+ * Real clients send their request right after connecting and leave the
+ * waiting list within a round trip; connections doing authorized work
+ * (RPC, /files, /init) are never in it, so they keep the rest of the limit.
+ *
+ * The list holds socket descriptors, which libmicrohttpd closes after it
+ * reports the connection closed (notify_connection, which takes the slot
+ * out under slots_lock); shutting a socket down under the same lock can
+ * therefore never reach a descriptor number that was already reused.
+ */
+struct conn_slot {
+	struct conn_slot *prev, *next;
+	int fd;
+	int waiting;
+};
+
+static pthread_mutex_t slots_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct conn_slot *waiting_head, *waiting_tail;
+static unsigned int waiting_count;
+static unsigned int waiting_max = 128;
+static unsigned long long waiting_evicted;
+
+static void slot_unlink_locked(struct conn_slot *slot)
+{
+	if (!slot->waiting)
+		return;
+	if (slot->prev)
+		slot->prev->next = slot->next;
+	else
+		waiting_head = slot->next;
+	if (slot->next)
+		slot->next->prev = slot->prev;
+	else
+		waiting_tail = slot->prev;
+	slot->prev = slot->next = NULL;
+	slot->waiting = 0;
+	waiting_count--;
+}
+
+static void slot_append_locked(struct conn_slot *slot)
+{
+	if (slot->waiting)
+		return;
+	slot->prev = waiting_tail;
+	slot->next = NULL;
+	if (waiting_tail)
+		waiting_tail->next = slot;
+	else
+		waiting_head = slot;
+	waiting_tail = slot;
+	slot->waiting = 1;
+	waiting_count++;
+}
+
+static struct conn_slot *slot_of(struct MHD_Connection *c)
+{
+	const union MHD_ConnectionInfo *info =
+		MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+
+	return info ? info->socket_context : NULL;
+}
+
+/* waiting: 1 while the connection owes a request, 0 while it does work. */
+static void slot_set_waiting(struct MHD_Connection *c, int waiting)
+{
+	struct conn_slot *slot = slot_of(c);
+
+	if (!slot)
+		return;
+	pthread_mutex_lock(&slots_lock);
+	if (waiting)
+		slot_append_locked(slot);
+	else
+		slot_unlink_locked(slot);
+	pthread_mutex_unlock(&slots_lock);
+}
+
+static void set_keepalive(int fd)
+{
+	int on = 1, idle = TCP_KEEPALIVE_IDLE_S, intvl = TCP_KEEPALIVE_INTERVAL_S,
+	    cnt = TCP_KEEPALIVE_COUNT;
+
+	/* Best effort: a socket without keepalive still works. */
+	if (setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(on)) < 0 ||
+	    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle)) < 0 ||
+	    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl)) < 0 ||
+	    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt)) < 0)
+		log_debug("http", NULL, "keepalive on fd %d: %s", fd, strerror(errno));
+}
+
+static void connection_started(struct MHD_Connection *c, void **socket_context)
+{
+	const union MHD_ConnectionInfo *info =
+		MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+	struct conn_slot *slot = calloc(1, sizeof(*slot));
+
+	*socket_context = slot;
+	if (!slot || !info)
+		return; /* untracked: still served, and still under the idle timeout */
+	slot->fd = info->connect_fd;
+	set_keepalive(slot->fd);
+	pthread_mutex_lock(&slots_lock);
+	while (waiting_count >= waiting_max && waiting_head) {
+		struct conn_slot *old = waiting_head;
+
+		/* Its thread sees end of stream and closes it as usual. */
+		shutdown(old->fd, SHUT_RDWR);
+		slot_unlink_locked(old);
+		waiting_evicted++;
+		if (waiting_evicted == 1 || waiting_evicted % 1000 == 0)
+			log_warn("http", NULL, "connections waiting for a request passed %u; "
+				 "shut down the longest-waiting (evicted=%llu)", waiting_max,
+				 waiting_evicted);
+	}
+	slot_append_locked(slot);
+	pthread_mutex_unlock(&slots_lock);
+}
+
+static void notify_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+			      enum MHD_ConnectionNotificationCode code)
+{
+	struct conn_slot *slot = *socket_context;
+
+	(void)cls;
+	if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+		connection_started(c, socket_context);
+		return;
+	}
+	if (!slot)
+		return;
+	pthread_mutex_lock(&slots_lock);
+	slot_unlink_locked(slot);
+	pthread_mutex_unlock(&slots_lock);
+	free(slot);
+	*socket_context = NULL;
+}
 
 enum route_kind { ROUTE_FILES, ROUTE_RPC, ROUTE_INIT };
 
@@ -548,6 +704,82 @@ static enum MHD_Result run_route(struct MHD_Connection *c, struct route *rt, con
 	return MHD_NO;
 }
 
+/* Request checks ----------------------------------------------------------- */
+
+struct header_scan {
+	const char *content_length; /* the first one seen */
+	int length_conflict;        /* another Content-Length with a different value */
+	int chunked;                /* a Transfer-Encoding header */
+	char bad[80];               /* name of a header or parameter holding a NUL */
+	const char *bad_kind;
+};
+
+static enum MHD_Result scan_value(void *cls, enum MHD_ValueKind kind, const char *key,
+				  size_t key_size, const char *value, size_t value_size)
+{
+	struct header_scan *h = cls;
+
+	/*
+	 * Our handlers read values as C strings: a NUL inside would silently
+	 * cut a path or a token short, so such a request is refused instead.
+	 */
+	if (strlen(key) != key_size || (value && strlen(value) != value_size)) {
+		sanitize(key, h->bad, sizeof(h->bad));
+		h->bad_kind = kind == MHD_GET_ARGUMENT_KIND ? "query parameter" : "header";
+		return MHD_NO;
+	}
+	if (kind != MHD_HEADER_KIND)
+		return MHD_YES;
+	if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0) {
+		if (!h->content_length)
+			h->content_length = value;
+		else if (strcmp(h->content_length, value ? value : "") != 0)
+			h->length_conflict = 1;
+	} else if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0) {
+		h->chunked = 1;
+	}
+	return MHD_YES;
+}
+
+/*
+ * Framing a proxy in front of us might read differently from libmicrohttpd
+ * (conflicting lengths, a length beside chunked coding) is refused, so no
+ * request can be smuggled past whatever sits in between. Returns 0 when the
+ * request is acceptable, else the 400 it was answered with (1).
+ */
+static int refuse_bad_request(struct MHD_Connection *c, enum MHD_Result *ret)
+{
+	struct header_scan h = { 0 };
+
+	MHD_get_connection_values_n(c, MHD_HEADER_KIND, scan_value, &h);
+	if (!h.bad_kind)
+		MHD_get_connection_values_n(c, MHD_GET_ARGUMENT_KIND, scan_value, &h);
+	if (h.bad_kind)
+		*ret = http_send_error(c, MHD_HTTP_BAD_REQUEST, "%s '%s' contains a NUL byte",
+				       h.bad_kind, h.bad);
+	else if (h.length_conflict)
+		*ret = http_send_error(c, MHD_HTTP_BAD_REQUEST,
+				       "conflicting Content-Length headers");
+	else if (h.content_length && h.chunked)
+		*ret = http_send_error(c, MHD_HTTP_BAD_REQUEST,
+				       "Content-Length together with Transfer-Encoding");
+	else
+		return 0;
+	return 1;
+}
+
+/*
+ * Work that may rightly stay silent for long (a stream waiting for process
+ * output, a slow upload) runs without the idle timeout; the connection gets
+ * it back, and rejoins the waiting list, when the request completes.
+ */
+static void begin_work(struct MHD_Connection *c, enum route_kind kind)
+{
+	slot_set_waiting(c, 0);
+	if (kind != ROUTE_INIT)
+		MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT, (unsigned int)0);
+}
+
 /*
  * First call of a request: pick its route. Nothing is queued here for our
  * own routes: libmicrohttpd closes the connection after a response queued
@@ -559,8 +791,13 @@ static enum MHD_Result start_request(struct MHD_Connection *c, const char *url,
 				     void **con_cls)
 {
 	enum route_kind kind;
+	enum MHD_Result ret;
 	struct route *rt;
 
+	if (refuse_bad_request(c, &ret)) {
+		*con_cls = &answered_marker;
+		return ret;
+	}
 	if (strcmp(method, "OPTIONS") == 0) {
 		*con_cls = &simple_marker;
 		return MHD_YES;
@@ -589,6 +826,7 @@ static enum MHD_Result start_request(struct MHD_Connection *c, const char *url,
 	if (!rt)
 		return MHD_NO;
 	*con_cls = rt;
+	begin_work(c, kind);
 	if (kind == ROUTE_INIT)
 		return MHD_YES;
 	return run_route(c, rt, url, method, data, size);
@@ -623,6 +861,12 @@ static void request_completed(void *cls, struct MHD_Connection *c, void **con_cl
 {
 	struct route *rt = *con_cls;
 
+	(void)cls;
+	(void)why;
+	/* Between keep-alive requests the connection owes us one again. */
+	MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT,
+				  (unsigned int)HTTP_IDLE_TIMEOUT_S);
+	slot_set_waiting(c, 1);
 	*con_cls = NULL;
 	if (!rt || (void *)rt == &answered_marker || (void *)rt == &simple_marker ||
 	    (void *)rt == &unauthorized_marker)
@@ -693,14 +937,16 @@ int agent_server_start(const struct agent_server_opts *opts, struct agent_server
 		return r;
 	if (is_v6)
 		flags |= MHD_USE_IPv6;
+	waiting_max = limit / 4 > 0 ? limit / 4 : 1;
 	s->daemon = MHD_start_daemon(flags, (uint16_t)opts->port, NULL, NULL,
 		access_handler, NULL,
 		MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
 		MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
 		MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned int)1,
-		/* Streams can idle for long; the clients' own timeouts rule. */
-		MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)0,
+		/* Lifted per request for streams and transfers (begin_work). */
+		MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)HTTP_IDLE_TIMEOUT_S,
 		MHD_OPTION_CONNECTION_LIMIT, limit,
+		MHD_OPTION_NOTIFY_CONNECTION, notify_connection, NULL,
 		/* Bounds the request line and headers a client can make us hold. */
 		MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONNECTION_MEMORY,
 		MHD_OPTION_NOTIFY_COMPLETED, request_completed, NULL,
