@@ -969,10 +969,17 @@ void agent_server_quiesce(struct agent_server *s)
 		close(fd);
 }
 
+/* How long open streams get to deliver their end before connections close. */
+#define STREAM_END_GRACE_MS 2000
+
 void agent_server_stop(struct agent_server *s)
 {
+	struct rpc_status st;
+
 	if (!s)
 		return;
+	rpc_fail(&st, RPC_UNAVAILABLE, "agent shutting down");
+	rpc_streams_shutdown(&st, STREAM_END_GRACE_MS);
 	MHD_stop_daemon(s->daemon);
 	free(s);
 }

@@ -284,6 +284,7 @@ struct rpc_stream {
 	void (*on_close)(void *arg, enum rpc_close_reason why);
 	void *on_close_arg;
 	int64_t last_send_ms;
+	struct rpc_stream *next_open; /* in streams_open, under streams_lock */
 
 	/* Set at creation, then read-only. */
 	int wake_fd;
@@ -294,6 +295,44 @@ struct rpc_stream {
 	struct rpc_ctx ctx;
 };
 
+/*
+ * Every stream's queue counts against one budget, so many clients that stop
+ * reading cannot make the agent hold RPC_STREAM_QUEUE_MAX bytes each. A
+ * producer whose stream already has bytes queued waits while the budget is
+ * spent, exactly as it waits for its own full queue: its own reader wakes it.
+ * A stream with nothing queued may always add one message, so a stream whose
+ * client keeps reading is never starved by the stalled ones.
+ */
+static pthread_mutex_t streams_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t streams_gone = PTHREAD_COND_INITIALIZER;
+static size_t streams_queued;      /* bytes queued over all streams */
+static struct rpc_stream *streams_open; /* streams whose response MHD still holds */
+static unsigned int streams_responses;
+
+static void budget_add(size_t n)
+{
+	pthread_mutex_lock(&streams_lock);
+	streams_queued += n;
+	pthread_mutex_unlock(&streams_lock);
+}
+
+static void budget_sub(size_t n)
+{
+	pthread_mutex_lock(&streams_lock);
+	streams_queued -= n < streams_queued ? n : streams_queued;
+	pthread_mutex_unlock(&streams_lock);
+}
+
+static int budget_spent(void)
+{
+	int spent;
+
+	pthread_mutex_lock(&streams_lock);
+	spent = streams_queued >= RPC_STREAMS_QUEUED_MAX;
+	pthread_mutex_unlock(&streams_lock);
+	return spent;
+}
+
 static void stream_free(struct rpc_stream *s)
 {
 	while (s->head) {
@@ -302,6 +341,7 @@ static void stream_free(struct rpc_stream *s)
 		s->head = c->next;
 		free(c);
 	}
+	budget_sub(s->queued);
 	if (s->wake_fd >= 0)
 		close(s->wake_fd);
 	rpc_arena_free(s->ctx.arena);
@@ -366,6 +406,7 @@ static void queue_locked(struct rpc_stream *s, struct chunk *c)
 		s->head = c;
 	s->tail = c;
 	s->queued += c->len;
+	budget_add(c->len);
 }
 
 static struct chunk *end_envelope(const struct rpc_status *st)
@@ -430,6 +471,7 @@ static int stream_close(struct rpc_stream *s, enum rpc_close_reason why,
 			free(c);
 		}
 		s->tail = NULL;
+		budget_sub(s->queued);
 		s->queued = 0;
 	} else if (end) {
 		queue_locked(s, end);
@@ -484,7 +526,8 @@ static int wait_for_room(struct rpc_stream *s)
 {
 	int on_conn_thread = pthread_equal(pthread_self(), s->conn_thread);
 
-	while (!s->closed && s->queued >= RPC_STREAM_QUEUE_MAX && !on_conn_thread) {
+	while (!s->closed && !on_conn_thread &&
+	       (s->queued >= RPC_STREAM_QUEUE_MAX || (s->queued > 0 && budget_spent()))) {
 		int64_t deadline = s->ctx.deadline_ms;
 
 		if (!deadline) {
@@ -585,6 +628,7 @@ static size_t take_locked(struct rpc_stream *s, char *buf, size_t max)
 		}
 	}
 	s->queued -= n;
+	budget_sub(n);
 	return n;
 }
 
@@ -687,7 +731,72 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
 
 static void stream_response_free(void *cls)
 {
-	rpc_stream_unref(cls);
+	struct rpc_stream *s = cls;
+
+	pthread_mutex_lock(&streams_lock);
+	for (struct rpc_stream **p = &streams_open; *p; p = &(*p)->next_open) {
+		if (*p == s) {
+			*p = s->next_open;
+			break;
+		}
+	}
+	streams_responses--;
+	pthread_cond_broadcast(&streams_gone);
+	pthread_mutex_unlock(&streams_lock);
+	rpc_stream_unref(s);
+}
+
+static void stream_register(struct rpc_stream *s)
+{
+	pthread_mutex_lock(&streams_lock);
+	s->next_open = streams_open;
+	streams_open = s;
+	streams_responses++;
+	pthread_mutex_unlock(&streams_lock);
+}
+
+/* Takes a referenced snapshot of the open streams. */
+static struct rpc_stream **streams_snapshot(size_t *n)
+{
+	struct rpc_stream **v;
+	size_t i = 0;
+
+	pthread_mutex_lock(&streams_lock);
+	v = calloc(streams_responses + 1, sizeof(*v));
+	for (struct rpc_stream *s = streams_open; v && s; s = s->next_open) {
+		rpc_stream_ref(s);
+		v[i++] = s;
+	}
+	pthread_mutex_unlock(&streams_lock);
+	*n = i;
+	return v;
+}
+
+void rpc_streams_shutdown(const struct rpc_status *st, int wait_ms)
+{
+	struct timespec until;
+	size_t n;
+	struct rpc_stream **v = streams_snapshot(&n);
+
+	for (size_t i = 0; i < n; i++) {
+		rpc_stream_end(v[i], st);
+		rpc_stream_unref(v[i]);
+	}
+	free(v);
+
+	/* Give the clients that still read a moment to receive their end. */
+	clock_gettime(CLOCK_REALTIME, &until); /* streams_gone's clock */
+	until.tv_sec += wait_ms / 1000;
+	until.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
+	if (until.tv_nsec >= 1000000000L) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000L;
+	}
+	pthread_mutex_lock(&streams_lock);
+	while (streams_responses > 0 &&
+	       pthread_cond_timedwait(&streams_gone, &streams_lock, &until) != ETIMEDOUT)
+		;
+	pthread_mutex_unlock(&streams_lock);
 }
 
 /* ---- calls ------------------------------------------------------------- */
@@ -1031,6 +1140,7 @@ static enum MHD_Result queue_stream_response(struct rpc_stream *s, struct MHD_Co
 	if (!r)
 		return MHD_NO;
 	rpc_stream_ref(s); /* the response's, dropped by stream_response_free */
+	stream_register(s);
 	MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE,
 				s->codec == CODEC_PROTO ? "application/connect+proto"
 							: "application/connect+json");

@@ -154,9 +154,21 @@ void rpc_done(void *state);
  */
 void rpc_register_methods(const struct rpc_method *table);
 
-/* Limits: request body, bytes queued on a stream before senders block. */
+/*
+ * Limits: request body, bytes queued on a stream before senders block, and
+ * bytes queued over all streams before a sender whose stream already has
+ * some queued blocks too.
+ */
 #define RPC_BODY_MAX (16u << 20)
 #define RPC_STREAM_QUEUE_MAX (4u << 20)
+#define RPC_STREAMS_QUEUED_MAX (64u << 20)
+
+/*
+ * Ends every open stream with st (for the agent's shutdown: clients learn
+ * why their stream ended instead of seeing the connection drop), then waits
+ * up to wait_ms for their responses to finish.
+ */
+void rpc_streams_shutdown(const struct rpc_status *st, int wait_ms);
 
 /* Method tables of the services, each ending with a zeroed entry. */
 extern const struct rpc_method process_methods[];

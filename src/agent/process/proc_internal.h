@@ -25,8 +25,8 @@
  * no longer read (the kernel pipe fills and the process blocks on write, as
  * if it wrote to a slow terminal); below the low mark reading resumes.
  */
-#define PROC_QUEUE_HIGH (512 * 1024)
-#define PROC_QUEUE_LOW (128 * 1024)
+#define PROC_QUEUE_HIGH (128 * 1024)
+#define PROC_QUEUE_LOW (32 * 1024)
 
 /* A subscriber over the high mark that sends nothing for this long is dropped. */
 #define PROC_STALL_MS (30 * 1000)
