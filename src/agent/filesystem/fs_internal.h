@@ -14,6 +14,7 @@
 
 #include "err.h"
 #include "filesystem.h"
+#include "users.h"
 
 /*
  * Where message memory comes from: the call's arena when ctx is set, else
@@ -97,6 +98,11 @@ struct fs_watch_opts {
 	const char *path; /* absolute, an existing directory */
 	bool recursive;
 	bool include_entry;
+	/*
+	 * Whose file-system credentials the engine takes while it handles this
+	 * watcher's events (new subdirectories, entry info); NULL: the agent's.
+	 */
+	const struct agent_user *user;
 };
 
 /* An event as the queue hands it out: a packed Filesystem__FilesystemEvent. */
@@ -105,6 +111,12 @@ struct fs_event_blob {
 	size_t len;
 	unsigned char data[];
 };
+
+/*
+ * Starts the engine thread (idempotent). Call it with the agent's own
+ * credentials; fs_watcher_create starts it too when nobody did.
+ */
+int fs_watch_engine_start(struct herr *err);
 
 /* Starts watching; *out holds one reference for the caller. */
 int fs_watcher_create(const struct fs_watch_opts *opts, struct fs_watcher **out,

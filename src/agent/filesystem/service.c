@@ -7,6 +7,13 @@
  * are resolved with paths_resolve (home-relative, cleaned) and directories we
  * create (MakeDir, Move's missing parents) are given to that user, as envd
  * does, so the user can use what they asked for.
+ *
+ * Every method touches the file system with the user's file-system uid, gid
+ * and groups (the switch /files uses, files/creds.c explains why it is safe
+ * in a threaded server). Upstream envd runs these as root; here a user can
+ * only stat, list, move, remove or watch what the kernel lets that user
+ * reach, and a symlink the user swaps in mid-call cannot lead root's
+ * privileges elsewhere, because there are none to lead. Root stays root.
  */
 #include <errno.h>
 #include <limits.h>
@@ -18,6 +25,7 @@
 #include <sys/vfs.h>
 
 #include "cleanup.h"
+#include "files.h"
 #include "fs_internal.h"
 #include "log.h"
 #include "paths.h"
@@ -32,6 +40,12 @@ static int resolve(struct rpc_ctx *ctx, const char *in, char *out, struct rpc_st
 	if (paths_resolve(&ctx->user, in ? in : "", workdir, out, PATH_MAX, &err) < 0)
 		return rpc_fail(st, RPC_INVALID_ARGUMENT, "%s", err.msg);
 	return 0;
+}
+
+/* The kernel refused the caller (methods run with the caller's credentials). */
+static bool denied(int negative_errno)
+{
+	return negative_errno == -EACCES || negative_errno == -EPERM;
 }
 
 static Filesystem__EntryInfo *new_entry(struct rpc_ctx *ctx)
@@ -142,8 +156,8 @@ static int fs_move(struct rpc_ctx *ctx, const ProtobufCMessage *req_msg,
 		int e = errno;
 		if (e == ENOENT)
 			return rpc_fail(st, RPC_NOT_FOUND, "source file not found: %s", src);
-		return rpc_fail(st, RPC_INTERNAL, "error renaming '%s' to '%s': %s", src, dst,
-				strerror(e));
+		return rpc_fail(st, denied(-e) ? RPC_PERMISSION_DENIED : RPC_INTERNAL,
+				"error renaming '%s' to '%s': %s", src, dst, strerror(e));
 	}
 	return entry_or_fail(ctx, dst, &resp->entry, st);
 }
@@ -160,8 +174,8 @@ static int list_root(const char *path, char *real, struct rpc_status *st)
 		if (e == ELOOP)
 			return rpc_fail(st, RPC_FAILED_PRECONDITION,
 					"cyclic symlink or chain of too many links at '%s'", path);
-		return rpc_fail(st, RPC_INTERNAL, "error resolving symlink '%s': %s", path,
-				strerror(e));
+		return rpc_fail(st, denied(-e) ? RPC_PERMISSION_DENIED : RPC_INTERNAL,
+				"error resolving symlink '%s': %s", path, strerror(e));
 	}
 	if (stat(real, &sb) < 0)
 		return rpc_fail(st, errno == ENOENT ? RPC_NOT_FOUND : RPC_INTERNAL,
@@ -187,8 +201,8 @@ static int fs_list_dir_rpc(struct rpc_ctx *ctx, const ProtobufCMessage *req_msg,
 	if (r == -E2BIG)
 		return rpc_fail(st, RPC_INVALID_ARGUMENT, "%s", err.msg);
 	if (r < 0)
-		return rpc_fail(st, RPC_INTERNAL, "error reading directory %s: %s", path,
-				err.msg);
+		return rpc_fail(st, denied(r) ? RPC_PERMISSION_DENIED : RPC_INTERNAL,
+				"error reading directory %s: %s", path, err.msg);
 	return 0;
 }
 
@@ -205,8 +219,8 @@ static int fs_remove(struct rpc_ctx *ctx, const ProtobufCMessage *req_msg,
 	if (strcmp(path, "/") == 0)
 		return rpc_fail(st, RPC_INVALID_ARGUMENT, "refusing to remove '/'");
 	if (fs_remove_all(path, &err) < 0)
-		return rpc_fail(st, RPC_INTERNAL, "error removing file or directory: %s",
-				err.msg);
+		return rpc_fail(st, denied(err.code) ? RPC_PERMISSION_DENIED : RPC_INTERNAL,
+				"error removing file or directory: %s", err.msg);
 	return 0;
 }
 
@@ -239,7 +253,7 @@ static int watch_start(struct rpc_ctx *ctx, const char *req_path, bool recursive
 {
 	char path[PATH_MAX];
 	struct fs_watch_opts opts = { .path = path, .recursive = recursive,
-				      .include_entry = include_entry };
+				      .include_entry = include_entry, .user = &ctx->user };
 	struct herr err;
 
 	if (resolve(ctx, req_path, path, st) < 0 || watch_check(path, allow_network, st) < 0)
@@ -247,9 +261,32 @@ static int watch_start(struct rpc_ctx *ctx, const char *req_path, bool recursive
 	if (fs_watcher_create(&opts, out, &err) < 0) {
 		if (err.code == -ENOENT || err.code == -ENOTDIR)
 			return rpc_fail(st, RPC_NOT_FOUND, "path %s not found", path);
+		if (err.code == -EACCES || err.code == -EPERM)
+			return rpc_fail(st, RPC_PERMISSION_DENIED, "error creating watcher: %s",
+					err.msg);
 		return rpc_fail(st, RPC_INTERNAL, "error creating watcher: %s", err.msg);
 	}
 	return 0;
+}
+
+/*
+ * watch_start with the caller's credentials. Only the checks and the
+ * initial watches run switched: threads created while switched would
+ * inherit the user's credentials, so the WatchDir sender starts after.
+ */
+static int watch_start_as_caller(struct rpc_ctx *ctx, const char *req_path, bool recursive,
+				 bool include_entry, bool allow_network,
+				 struct fs_watcher **out, struct rpc_status *st)
+{
+	struct files_creds saved;
+	struct herr err;
+	int r;
+
+	if (files_creds_enter(&ctx->user, &saved, &err) < 0)
+		return rpc_fail(st, RPC_INTERNAL, "%s", err.msg);
+	r = watch_start(ctx, req_path, recursive, include_entry, allow_network, out, st);
+	files_creds_leave(&saved);
+	return r;
 }
 
 /*
@@ -363,8 +400,8 @@ static int fs_watch_dir(struct rpc_ctx *ctx, const ProtobufCMessage *req_msg,
 		FILESYSTEM__WATCH_DIR_RESPONSE__START_EVENT__INIT;
 	struct fs_watcher *w;
 
-	if (watch_start(ctx, req->path, req->recursive, req->include_entry,
-			req->allow_network_mounts, &w, st) < 0)
+	if (watch_start_as_caller(ctx, req->path, req->recursive, req->include_entry,
+				  req->allow_network_mounts, &w, st) < 0)
 		return -1;
 	/* From here the stream owns our reference; on_close drops it. */
 	rpc_stream_on_close(s, watch_on_close, w);
@@ -466,21 +503,51 @@ static const Filesystem__WatchDirResponse keepalive_msg = {
 	{ .keepalive = (Filesystem__WatchDirResponse__KeepAlive *)&keepalive_ev },
 };
 
+/* Runs a method with the caller's file-system credentials. */
+static int as_caller(rpc_unary_fn fn, struct rpc_ctx *ctx, const ProtobufCMessage *req,
+		     ProtobufCMessage *resp, struct rpc_status *st)
+{
+	struct files_creds saved;
+	struct herr err;
+	int r;
+
+	if (files_creds_enter(&ctx->user, &saved, &err) < 0)
+		return rpc_fail(st, RPC_INTERNAL, "%s", err.msg);
+	r = fn(ctx, req, resp, st);
+	files_creds_leave(&saved);
+	return r;
+}
+
+#define AS_CALLER(fn) \
+	static int fn##_as_caller(struct rpc_ctx *ctx, const ProtobufCMessage *req, \
+				  ProtobufCMessage *resp, struct rpc_status *st) \
+	{ \
+		return as_caller(fn, ctx, req, resp, st); \
+	}
+
+AS_CALLER(fs_stat)
+AS_CALLER(fs_make_dir)
+AS_CALLER(fs_move)
+AS_CALLER(fs_list_dir_rpc)
+AS_CALLER(fs_remove)
+AS_CALLER(fs_create_watcher)
+
 #define UNARY(name, fn, in, out) \
 	{ "/filesystem.Filesystem/" name, &in##__descriptor, &out##__descriptor, fn, NULL, NULL }
 
 const struct rpc_method filesystem_methods[] = {
-	UNARY("Stat", fs_stat, filesystem__stat_request, filesystem__stat_response),
-	UNARY("MakeDir", fs_make_dir, filesystem__make_dir_request,
+	UNARY("Stat", fs_stat_as_caller, filesystem__stat_request, filesystem__stat_response),
+	UNARY("MakeDir", fs_make_dir_as_caller, filesystem__make_dir_request,
 	      filesystem__make_dir_response),
-	UNARY("Move", fs_move, filesystem__move_request, filesystem__move_response),
-	UNARY("ListDir", fs_list_dir_rpc, filesystem__list_dir_request,
+	UNARY("Move", fs_move_as_caller, filesystem__move_request, filesystem__move_response),
+	UNARY("ListDir", fs_list_dir_rpc_as_caller, filesystem__list_dir_request,
 	      filesystem__list_dir_response),
-	UNARY("Remove", fs_remove, filesystem__remove_request, filesystem__remove_response),
+	UNARY("Remove", fs_remove_as_caller, filesystem__remove_request,
+	      filesystem__remove_response),
 	{ "/filesystem.Filesystem/WatchDir", &filesystem__watch_dir_request__descriptor,
 	  &filesystem__watch_dir_response__descriptor, NULL, fs_watch_dir,
 	  &keepalive_msg.base },
-	UNARY("CreateWatcher", fs_create_watcher, filesystem__create_watcher_request,
+	UNARY("CreateWatcher", fs_create_watcher_as_caller, filesystem__create_watcher_request,
 	      filesystem__create_watcher_response),
 	UNARY("GetWatcherEvents", fs_get_watcher_events,
 	      filesystem__get_watcher_events_request, filesystem__get_watcher_events_response),
@@ -491,5 +558,15 @@ const struct rpc_method filesystem_methods[] = {
 
 int filesystem_service_init(void)
 {
+	struct herr err;
+
+	/*
+	 * Started now, with the agent's own credentials: a thread inherits its
+	 * creator's, and the first watcher is created with a user's.
+	 */
+	if (fs_watch_engine_start(&err) < 0) {
+		log_error("filesystem", NULL, "%s", err.msg);
+		return err.code;
+	}
 	return 0;
 }

@@ -89,6 +89,7 @@ static int read_names(int fd, struct name_list *out)
 
 struct list_walk {
 	struct fs_mem *mem;
+	const char *root; /* the listed path as the client named it */
 	struct fs_path shown;
 	struct fs_path real;
 	unsigned depth;
@@ -128,7 +129,7 @@ static int list_entry(struct list_walk *w, int fd, const char *name, unsigned le
 
 	if (w->n >= FS_LIST_MAX_ENTRIES) {
 		r = herr_set(w->err, -E2BIG, "more than %d entries under '%s'; list with a "
-			     "smaller depth", FS_LIST_MAX_ENTRIES, w->shown.buf);
+			     "smaller depth", FS_LIST_MAX_ENTRIES, w->root);
 		goto out;
 	}
 	e = list_next_slot(w);
@@ -175,7 +176,8 @@ static int list_level(struct list_walk *w, int fd, unsigned level)
 int fs_list_dir(struct fs_mem *m, const char *shown, const char *real, unsigned depth,
 		Filesystem__EntryInfo ***entries, size_t *n, struct herr *err)
 {
-	struct list_walk w = { .mem = m, .depth = depth ? depth : 1, .err = err };
+	struct list_walk w = { .mem = m, .root = shown, .depth = depth ? depth : 1,
+			       .err = err };
 	_cleanup_close_ int fd = open(real, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	int r;
 

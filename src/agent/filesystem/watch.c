@@ -19,6 +19,17 @@
  * Recursive watchers add a watch for every directory below the root,
  * including ones created or moved in later; a directory moved away loses its
  * watches, since its names no longer fall under the root.
+ *
+ * Credentials. A watcher is created on the caller's thread with the
+ * caller's file-system credentials, so the kernel checks the initial
+ * watches as it would for that user. The engine thread is shared, so while
+ * it handles one watcher's events it takes that watcher's user credentials
+ * (files/creds.c, per thread): the watches it adds for new subdirectories
+ * and the entry info it reads are checked against the user too, and a
+ * root-only directory appearing under a watched one stays unwatched.
+ * Reading events from an inotify descriptor needs no permission: they come
+ * only from watches the user was allowed to add, which is what the user
+ * could have done with inotify directly.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -37,6 +48,7 @@
 #include <unistd.h>
 
 #include "cleanup.h"
+#include "files.h"
 #include "fs_internal.h"
 #include "log.h"
 
@@ -57,6 +69,8 @@ struct fs_watcher {
 	char *root;
 	bool recursive;
 	bool include_entry;
+	bool has_user;
+	struct agent_user user;
 
 	/* Only the engine (or creation, before registering) touches these. */
 	struct wd_entry *dirs;
@@ -404,6 +418,23 @@ static void drain(struct fs_watcher *w)
 	}
 }
 
+/* Handles a watcher's events with its user's file-system credentials. */
+static void drain_as_user(struct fs_watcher *w)
+{
+	struct files_creds saved;
+	struct herr err;
+
+	if (w->has_user && files_creds_enter(&w->user, &saved, &err) < 0) {
+		/* Not drained as root instead; out of epoll, so no busy loop. */
+		epoll_ctl(engine_epfd, EPOLL_CTL_DEL, w->ifd, NULL);
+		watcher_fail(w, "%s", err.msg);
+		return;
+	}
+	drain(w);
+	if (w->has_user)
+		files_creds_leave(&saved);
+}
+
 static struct fs_watcher *live_find(uint64_t serial)
 {
 	for (struct fs_watcher *w = engine_live; w; w = w->next_live)
@@ -431,7 +462,7 @@ static void *engine_main(void *arg)
 		for (int i = 0; i < n; i++) {
 			struct fs_watcher *w = live_find(evs[i].data.u64);
 			if (w)
-				drain(w);
+				drain_as_user(w);
 		}
 		pthread_mutex_unlock(&engine_lock);
 	}
@@ -462,6 +493,16 @@ static int engine_start(struct herr *err)
 	}
 	pthread_detach(t);
 	return 0;
+}
+
+int fs_watch_engine_start(struct herr *err)
+{
+	int r;
+
+	pthread_mutex_lock(&engine_lock);
+	r = engine_start(err);
+	pthread_mutex_unlock(&engine_lock);
+	return r;
 }
 
 static void random_id(char *out)
@@ -509,6 +550,10 @@ static struct fs_watcher *watcher_new(const struct fs_watch_opts *opts)
 		abort();
 	w->recursive = opts->recursive;
 	w->include_entry = opts->include_entry;
+	if (opts->user) {
+		w->has_user = true;
+		w->user = *opts->user;
+	}
 	random_id(w->id);
 	pthread_mutex_init(&w->lock, NULL);
 	pthread_condattr_init(&ca);

@@ -53,6 +53,33 @@ static void make_tree(struct fixture *fx)
 	assert_int_equal(symlink("b", fx_path(fx, "root/ln")), 0);
 }
 
+/* Past FS_LIST_MAX_ENTRIES the error names the listed path, not the entry reached. */
+static void test_list_limit_names_requested_path(void **state)
+{
+	struct fixture *fx = *state;
+	struct fs_mem m = { 0 };
+	Filesystem__EntryInfo **entries = NULL;
+	size_t n = 0;
+	struct herr err = { 0 };
+	char want[PATH_MAX + 64];
+
+	mkdir(fx_path(fx, "big"), 0755);
+	mkdir(fx_path(fx, "big/sub"), 0755);
+	for (int i = 0; i <= FS_LIST_MAX_ENTRIES; i++) {
+		int fd = open(fx_path(fx, "big/sub/f%06d", i), O_WRONLY | O_CREAT, 0644);
+
+		assert_true(fd >= 0);
+		close(fd);
+	}
+	assert_int_equal(fs_list_dir(&m, "/shown/big", fx_path(fx, "big"), 2, &entries, &n,
+				     &err), -E2BIG);
+	snprintf(want, sizeof(want), "more than %d entries under '/shown/big';",
+		 FS_LIST_MAX_ENTRIES);
+	assert_non_null(strstr(err.msg, want));
+	assert_null(strstr(err.msg, "/shown/big/sub"));
+	fs_mem_release(&m);
+}
+
 static void test_list_depth_and_order(void **state)
 {
 	struct fixture *fx = *state;
@@ -227,6 +254,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_remove_missing_and_file, fx_setup,
 						fx_teardown),
 		cmocka_unit_test_setup_teardown(test_remove_deep_tree, fx_setup, fx_teardown),
+		cmocka_unit_test_setup_teardown(test_list_limit_names_requested_path, fx_setup,
+						fx_teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
