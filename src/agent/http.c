@@ -37,8 +37,16 @@
 
 /* Largest POST /init body: a token, a few names and the sandbox's env vars. */
 #define INIT_BODY_MAX (1 << 20)
-/* Request line plus headers of one request (libmicrohttpd's per-connection pool). */
-#define CONNECTION_MEMORY (64 * 1024)
+/*
+ * libmicrohttpd's per-connection pool: it holds the request line and headers
+ * and the read buffer, which starts at half of the pool. The read buffer is
+ * what one recv() fills and one upload chunk holds, so its size sets the
+ * syscalls per MB of an upload (recv, poll and write each run once per
+ * chunk): 32 KiB chunks from a 64 KiB pool cost about 3 syscalls per 32 KiB.
+ * The pool is mapped, not touched, so an idle connection costs only the
+ * pages its headers use; the price is that headers may fill up to the pool.
+ */
+#define CONNECTION_MEMORY (512 * 1024)
 /*
  * Seconds a connection may stay silent while it owes us a request: before
  * and while its request line and headers arrive, and when idle between
@@ -923,8 +931,13 @@ int agent_server_start(const struct agent_server_opts *opts, struct agent_server
 {
 	struct sockaddr_storage ss;
 	/* MHD_USE_ITC lets agent_server_quiesce wake the listening thread. */
+	/*
+	 * MHD_USE_POLL: poll() rather than select(), so a connection whose fd
+	 * number passes FD_SETSIZE (1024; the agent holds pipes of many
+	 * processes) still works.
+	 */
 	unsigned int flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
-			     MHD_USE_ERROR_LOG | MHD_USE_ITC;
+			     MHD_USE_ERROR_LOG | MHD_USE_ITC | MHD_USE_POLL;
 	unsigned int limit = opts->max_connections > 0 ? (unsigned)opts->max_connections : 512;
 	const char *addr = opts->listen_addr ? opts->listen_addr : "0.0.0.0";
 	int is_v6, r;

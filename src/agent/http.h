@@ -25,6 +25,12 @@ typedef void (*http_done_fn)(void *state);
 enum MHD_Result files_handler(struct MHD_Connection *c, const char *method,
 			      const char *upload_data, size_t *upload_data_size, void **state);
 void files_done(void *state);
+/*
+ * Sets when downloads are gzip-compressed: "fallback" (only for clients that
+ * refuse identity; the default) or "negotiate" (whenever the client prefers
+ * gzip). Call before agent_server_start. -EINVAL names a bad value.
+ */
+int files_set_download_gzip(const char *mode, struct herr *err);
 
 /* Queues {"code":status,"message":...} with Content-Type application/json. */
 enum MHD_Result http_send_error(struct MHD_Connection *c, unsigned status, const char *fmt, ...)

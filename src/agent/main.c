@@ -40,6 +40,9 @@ static struct cfg_opt agent_opts[] = {
 	{ "access-token", CFG_STR, NULL,
 	  "token every request must carry in X-Access-Token (unset: open)" },
 	{ "max-connections", CFG_INT, "512", "simultaneous HTTP connections" },
+	{ "download-gzip", CFG_STR, "fallback",
+	  "gzip downloads only for clients that refuse identity (fallback), "
+	  "or whenever they prefer it (negotiate)" },
 	{ "log", CFG_STR, "info", "log levels, e.g. \"info,http=debug\"" },
 };
 #define N_OPTS ((int)(sizeof(agent_opts) / sizeof(agent_opts[0])))
@@ -102,6 +105,8 @@ static int apply_config(struct herr *err)
 				STATE_TOKEN_MAX - 1);
 	if (workdir && *workdir && workdir[0] != '/')
 		return herr_set(err, -EINVAL, "default-workdir: '%s' is not absolute", workdir);
+	if (files_set_download_gzip(opt("download-gzip"), err) < 0)
+		return err->code;
 	users_set_etc_dir(opt("etc-dir"));
 	choose_default_user();
 	state_set_default_workdir(workdir);

@@ -1,16 +1,25 @@
 /*
- * GET /files: streams one file to the client, gzip-compressed on the fly
- * when the client accepts it. The file is read to EOF in blocks and never
- * held whole in memory; its size from stat() is not trusted (procfs and
- * sysfs files report 0 or 4096), so non-empty bodies go out chunked.
- * Range and conditional requests are not supported: the whole file is sent
- * with 200, which HTTP allows.
+ * GET /files: sends one file to the client.
+ *
+ * A regular file on a disk-backed file system goes out zero-copy: its size
+ * from fstat() becomes Content-Length and libmicrohttpd sends it with
+ * sendfile(2). Everything else is streamed, read to EOF in blocks and never
+ * held whole in memory: files whose size stat() cannot be trusted (procfs
+ * and sysfs report 0 or 4096, FUSE may make sizes up), empty-looking files,
+ * and gzip-compressed answers.
+ *
+ * gzip is used only when the client refuses identity, unless the operator
+ * turned negotiation on (files_set_download_gzip). Range and conditional
+ * requests are not supported: the whole file is sent with 200, which HTTP
+ * allows.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
+#include <linux/magic.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -21,6 +30,26 @@
 #include "paths.h"
 
 #define BLOCK_SIZE (64 * 1024)
+/* files_guess_type() looks at no more than this many leading bytes. */
+#define SNIFF_SIZE 512
+
+/*
+ * Written once at start-up, before the HTTP server's threads exist, and
+ * only read afterwards.
+ */
+static enum files_gzip_mode gzip_mode = FILES_GZIP_FALLBACK;
+
+int files_set_download_gzip(const char *mode, struct herr *err)
+{
+	if (!mode || strcmp(mode, "fallback") == 0)
+		gzip_mode = FILES_GZIP_FALLBACK;
+	else if (strcmp(mode, "negotiate") == 0)
+		gzip_mode = FILES_GZIP_NEGOTIATE;
+	else
+		return herr_set(err, -EINVAL, "download-gzip: '%s' is not one of "
+				"fallback, negotiate", mode);
+	return 0;
+}
 
 /* Owned by the MHD response; freed by its free callback. */
 struct dl_stream {
@@ -123,6 +152,21 @@ static ssize_t dl_gzip(void *cls, uint64_t pos, char *buf, size_t max)
 	if (s->z.avail_out == max)
 		return MHD_CONTENT_READER_END_OF_STREAM;
 	return (ssize_t)(max - s->z.avail_out);
+}
+
+enum files_coding files_download_coding(const char *accept, enum files_gzip_mode mode)
+{
+	enum files_coding c = files_pick_coding(accept);
+
+	/*
+	 * files_pick_coding() honours the client's preference. In fallback
+	 * mode identity wins whenever it is acceptable at all: a client that
+	 * merely names gzip (Node's fetch always does) gets the bytes as they
+	 * are, and gzip is kept for the clients that refuse identity.
+	 */
+	if (mode == FILES_GZIP_FALLBACK && c == FILES_CODING_GZIP && files_identity_ok(accept))
+		return FILES_CODING_IDENTITY;
+	return c;
 }
 
 /*
@@ -228,6 +272,80 @@ static enum MHD_Result send_stream(struct MHD_Connection *c, struct dl_stream *s
 	return ret;
 }
 
+/*
+ * Whether fstat()'s size can be sent as Content-Length and the bytes left to
+ * sendfile(2). Only a regular, non-empty file qualifies, and only on a file
+ * system that stores what it reports: the pseudo file systems below make
+ * their contents up on read and report 0 or a page as the size, and FUSE
+ * servers may do the same (lxcfs does for /proc files). Those keep the
+ * streaming path, which reads to EOF whatever stat() said.
+ */
+static int size_is_trustworthy(int fd, const struct stat *st)
+{
+	struct statfs fs;
+
+	if (!S_ISREG(st->st_mode) || st->st_size <= 0)
+		return 0;
+	if (fstatfs(fd, &fs) < 0)
+		return 0;
+	switch ((unsigned long)fs.f_type) {
+	case PROC_SUPER_MAGIC:
+	case SYSFS_MAGIC:
+	case DEBUGFS_MAGIC:
+	case TRACEFS_MAGIC:
+	case SECURITYFS_MAGIC:
+	case SELINUX_MAGIC:
+	case SMACK_MAGIC:
+	case CGROUP_SUPER_MAGIC:
+	case CGROUP2_SUPER_MAGIC:
+	case PSTOREFS_MAGIC:
+	case EFIVARFS_MAGIC:
+	case BPF_FS_MAGIC:
+	case BINFMTFS_MAGIC:
+	case RDTGROUP_SUPER_MAGIC:
+	case FUSE_SUPER_MAGIC:
+	case 0x62656570: /* configfs */
+		return 0;
+	default:
+		return 1;
+	}
+}
+
+/*
+ * Zero-copy answer: libmicrohttpd reads the file by offset (sendfile, or
+ * pread where sendfile is refused), so the few bytes read here for the
+ * Content-Type leave nothing to rewind. The size is the one at open time:
+ * bytes appended later are not sent, and a file truncated meanwhile ends
+ * the connection early, which the client sees as a short body rather than
+ * as a complete file.
+ */
+static enum MHD_Result send_fd(struct MHD_Connection *c, int *fd, const char *abs,
+			       const struct stat *st)
+{
+	unsigned char head[SNIFF_SIZE];
+	struct MHD_Response *resp;
+	enum MHD_Result ret;
+	ssize_t n;
+
+	do
+		n = pread(*fd, head, sizeof(head), 0);
+	while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return http_send_error(c, 500, "reading '%s': %s", abs, strerror(errno));
+	resp = MHD_create_response_from_fd_at_offset64((uint64_t)st->st_size, *fd, 0);
+	if (!resp)
+		return http_send_error(c, 500, "cannot build the response for '%s'", abs);
+	*fd = -1; /* the response owns it now and closes it */
+	if (add_headers(resp, abs, st, files_guess_type(abs, head, (size_t)n), 0) < 0) {
+		MHD_destroy_response(resp);
+		return http_send_error(c, 500, "cannot build the response for '%s'", abs);
+	}
+	http_add_common_headers(resp);
+	ret = MHD_queue_response(c, MHD_HTTP_OK, resp);
+	MHD_destroy_response(resp);
+	return ret;
+}
+
 enum MHD_Result files_download(struct MHD_Connection *c, struct files_request *req)
 {
 	const char *accept = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
@@ -257,9 +375,11 @@ enum MHD_Result files_download(struct MHD_Connection *c, struct files_request *r
 	if (!S_ISREG(st.st_mode))
 		return http_send_error(c, 400, "path '%s' is not a regular file", abs);
 
-	coding = files_pick_coding(accept);
+	coding = files_download_coding(accept, gzip_mode);
 	if (coding == FILES_CODING_NONE)
 		return http_send_error(c, 406, "no acceptable encoding found, supported: [gzip]");
+	if (coding == FILES_CODING_IDENTITY && size_is_trustworthy(fd, &st))
+		return send_fd(c, &fd, abs, &st);
 
 	s = calloc(1, sizeof(*s));
 	if (!s || !(s->head = malloc(BLOCK_SIZE))) {

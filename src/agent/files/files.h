@@ -74,6 +74,16 @@ enum files_coding files_pick_coding(const char *accept_encoding);
 /* 1 when identity (no coding) is acceptable to the client. */
 int files_identity_ok(const char *accept_encoding);
 
+/* When a download may be gzip-compressed (the agent's --download-gzip). */
+enum files_gzip_mode {
+	FILES_GZIP_FALLBACK,  /* only for clients that refuse identity */
+	FILES_GZIP_NEGOTIATE, /* whenever the client prefers it */
+};
+
+/* The coding a download is sent with, for an Accept-Encoding and a mode. */
+enum files_coding files_download_coding(const char *accept_encoding,
+					enum files_gzip_mode mode);
+
 /*
  * Content-Encoding of an upload body: 0 for none/identity, 1 for gzip,
  * -EINVAL for anything else (message in msg).
