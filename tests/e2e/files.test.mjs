@@ -168,7 +168,9 @@ test('makeDir: true, then false; parents created and owned by the user', async (
   const rootMade = join(agent.root, 'root-made');
   assert.equal(await sbx.files.makeDir(rootMade, { user: 'root' }), true);
   assert.equal(statSync(rootMade).uid, 0);
-  await sbx.files.remove(rootMade);
+  // The user may not remove what root made outside the user's reach.
+  await assert.rejects(sbx.files.remove(rootMade), /permission denied/i);
+  await sbx.files.remove(rootMade, { user: 'root' });
   assert.equal(existsSync(rootMade), false);
 
   const raw = await rpc('MakeDir', { path: 'made' });
@@ -204,6 +206,9 @@ test('remove: recursive, never through symlinks, quiet when missing', async () =
   writeFileSync(home('doomed/sub/f'), 'x');
   symlinkSync(home('outside'), home('doomed/sub/to-outside'));
   symlinkSync(home('outside/precious'), home('doomed/to-file'));
+  // The user's own tree (the agent removes it with the user's permissions).
+  for (const p of ['outside', 'outside/precious', 'doomed', 'doomed/sub', 'doomed/sub/f'])
+    chownSync(home(p), 1000, 1000);
 
   await sbx.files.remove('doomed');
   assert.equal(existsSync(home('doomed')), false);
@@ -231,4 +236,37 @@ test('hostile paths: very long names are refused cleanly', async () => {
   assert.equal(nul.body.code, 'invalid_argument'); // never silently cut at the NUL
   // The agent is still serving.
   assert.equal(await sbx.files.exists('.'), true);
+});
+
+test('filesystem calls run with the user\'s permissions; root keeps root\'s', async () => {
+  // A root-only folder beside the home: the user may neither look in nor touch it.
+  const secret = join(agent.root, 'secret');
+  mkdirSync(secret, { mode: 0o700 });
+  chmodSync(secret, 0o700);
+  writeFileSync(join(secret, 'key'), 'k');
+  // A root-owned file in a folder the user can read but not write.
+  const shelf = join(agent.root, 'shelf');
+  mkdirSync(shelf, { mode: 0o755 });
+  writeFileSync(join(shelf, 'book'), 'b');
+  // A symlink the user planted in their home, pointing at the root-only folder.
+  symlinkSync(secret, home('planted'));
+
+  await assert.rejects(sbx.files.list(secret), /permission denied|Permission denied/i);
+  await assert.rejects(sbx.files.list('~/planted'), /permission denied|Permission denied/i);
+  await assert.rejects(sbx.files.getInfo(join(secret, 'key')), SandboxError);
+  await assert.rejects(sbx.files.remove(join(shelf, 'book')), /permission denied/i);
+  assert.ok(existsSync(join(shelf, 'book')));
+  await assert.rejects(sbx.files.rename(join(shelf, 'book'), home('stolen')),
+    /permission denied/i);
+  await assert.rejects(sbx.files.makeDir(join(shelf, 'new')), SandboxError);
+  assert.ok(!existsSync(join(shelf, 'new')));
+  await assert.rejects(sbx.files.watchDir(secret, () => {}), /permission denied|denied/i);
+
+  // What the user made is the user's; root still reaches everything.
+  assert.equal(await sbx.files.makeDir(home('mine')), true);
+  assert.equal(statSync(home('mine')).uid, 1000);
+  const listed = await sbx.files.list(secret, { user: 'root' });
+  assert.deepEqual(listed.map((e) => e.name), ['key']);
+  await sbx.files.remove(join(shelf, 'book'), { user: 'root' });
+  assert.ok(!existsSync(join(shelf, 'book')));
 });

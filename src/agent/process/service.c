@@ -401,18 +401,21 @@ static int list_fn(struct rpc_ctx *ctx, const ProtobufCMessage *req, ProtobufCMe
 /*
  * Writes everything, waiting while the pipe or terminal is full. A process
  * that reads nothing for STDIN_STALL_MS fails the call rather than holding
- * an RPC thread forever.
+ * an RPC thread forever; *written says how much got through before that, so
+ * the error can tell the client what a retry must leave out.
  */
-static int write_all(int fd, const uint8_t *d, size_t n)
+static int write_all(int fd, const uint8_t *d, size_t n, size_t *written)
 {
 	int64_t last = rpc_now_ms();
 
+	*written = 0;
 	while (n > 0) {
 		ssize_t w = write(fd, d, n);
 
 		if (w > 0) {
 			d += w;
 			n -= (size_t)w;
+			*written += (size_t)w;
 			last = rpc_now_ms();
 			continue;
 		}
@@ -437,6 +440,7 @@ static int send_input_fn(struct rpc_ctx *ctx, const ProtobufCMessage *req,
 	struct proc *p = get_proc(r->process, st);
 	const ProtobufCBinaryData *data;
 	int want_pty, rc = 0;
+	size_t written = 0;
 
 	if (!p)
 		return -1;
@@ -451,14 +455,22 @@ static int send_input_fn(struct rpc_ctx *ctx, const ProtobufCMessage *req,
 	if (want_pty != p->pty || p->in_fd < 0)
 		rc = -EBADF;
 	else
-		rc = write_all(p->in_fd, data->data, data->len);
+		rc = write_all(p->in_fd, data->data, data->len, &written);
 	pthread_mutex_unlock(&p->in_lock);
 
 	if (rc == -EBADF)
 		rpc_fail(st, RPC_INTERNAL, "stdin not enabled or closed");
+	else if (rc == -ETIMEDOUT && written == 0)
+		rpc_fail(st, RPC_UNAVAILABLE, "pid %d read no input for %d s; nothing was "
+			 "written, the input may be sent again", (int)p->pid,
+			 STDIN_STALL_MS / 1000);
+	else if (rc == -ETIMEDOUT)
+		rpc_fail(st, RPC_ABORTED, "pid %d stopped reading its input for %d s; wrote "
+			 "%zu of %zu bytes, resend only the remaining %zu", (int)p->pid,
+			 STDIN_STALL_MS / 1000, written, data->len, data->len - written);
 	else if (rc < 0)
-		rpc_fail(st, RPC_INTERNAL, "writing input of pid %d: %s", (int)p->pid,
-			 strerror(-rc));
+		rpc_fail(st, RPC_INTERNAL, "writing input of pid %d: %s (wrote %zu of %zu "
+			 "bytes)", (int)p->pid, strerror(-rc), written, data->len);
 	put_proc(p);
 	return rc < 0 ? -1 : 0;
 }
