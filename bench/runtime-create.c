@@ -22,6 +22,7 @@
 
 #include "log.h"
 #include "rt.h"
+#include "rt_internal.h"
 #include "rt_test_env.h"
 
 static double now_ms(void)
@@ -79,6 +80,43 @@ static int create_one(struct bench *b, const char *id, struct herr *err)
 	return r < 0 ? r : rt_wait_port(b->rt, id, 7000, 10000, err);
 }
 
+/* Per create: ms spent in each step (the time from the previous mark present
+ * to this one); the last column is from rt_create's return to readiness. */
+#define N_STEPS (RT_M_COUNT + 1)
+static double (*steps)[N_STEPS];
+
+static void record_steps(struct bench *b, int i, double ready_ms)
+{
+	struct rt_marks m;
+
+	rt_last_marks(b->rt, &m);
+	for (int k = 1; k < RT_M_COUNT; k++) {
+		uint64_t from = m.ns[rt_mark_from((enum rt_mark)k)];
+		steps[i][k] = m.ns[k] && from && m.ns[k] >= from ?
+			(double)(m.ns[k] - from) / 1e6 : -1;
+	}
+	steps[i][RT_M_COUNT] = ready_ms - (double)(m.ns[RT_M_DONE] - m.ns[RT_M_START]) / 1e6;
+}
+
+static void print_steps(int n)
+{
+	double *col = calloc((size_t)n, sizeof(double));
+
+	printf("step medians (ms, from the step before; c_start from k_clone, c_recv from k_mounts)\n");
+	for (int k = 1; col && k < N_STEPS; k++) {
+		int got = 0;
+		for (int i = 0; i < n; i++)
+			if (steps[i][k] >= 0)
+				col[got++] = steps[i][k];
+		if (!got)
+			continue;
+		printf("  %-12s %8.3f  p90 %8.3f\n",
+		       k < RT_M_COUNT ? rt_mark_name((enum rt_mark)k) : "agent_ready",
+		       pct(col, got, .5), pct(col, got, .9));
+	}
+	free(col);
+}
+
 static void latency(struct bench *b, int n, double *ready, double *created, double *gone)
 {
 	struct herr err;
@@ -94,6 +132,7 @@ static void latency(struct bench *b, int n, double *ready, double *created, doub
 		}
 		ready[i] = now_ms() - t0;
 		created[i] = ready[i];
+		record_steps(b, i, ready[i]);
 		double t1 = now_ms();
 		if (rt_destroy(b->rt, id, &err) < 0)
 			fprintf(stderr, "destroy %s: %s\n", id, err.msg);
@@ -188,7 +227,8 @@ int main(int argc, char **argv)
 	double *created = calloc((size_t)n, sizeof(double));
 	double *gone = calloc((size_t)n, sizeof(double));
 	double *bw = calloc((size_t)n, sizeof(double));
-	if (!ready || !created || !gone || !bw)
+	steps = calloc((size_t)n, sizeof(*steps));
+	if (!ready || !created || !gone || !bw || !steps)
 		return 1;
 	latency(&b, n, ready, created, gone);
 	bwrap_runs(b.rootfs, n, bw);
@@ -199,6 +239,7 @@ int main(int argc, char **argv)
 	printf("%-26s %10.2f %10.2f\n", "bwrap --unshare-all true", pct(bw, n, .5),
 	       pct(bw, n, .99));
 	printf("%-26s %10.2f %10.2f\n", "hutch destroy", pct(gone, n, .5), pct(gone, n, .99));
+	print_steps(n);
 	fflush(stdout);
 	if (n_idle > 0)
 		idle(&b, n_idle);

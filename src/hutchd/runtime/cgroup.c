@@ -18,6 +18,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <dirent.h>
 #include <inttypes.h>
 #include <linux/magic.h>
 #include <signal.h>
@@ -30,6 +31,7 @@
 #include <unistd.h>
 
 #include "cleanup.h"
+#include "log.h"
 #include "rt_internal.h"
 
 #define CG_ROOT "/sys/fs/cgroup"
@@ -376,4 +378,126 @@ void rt_cg_stats(struct rt *rt, const char *id, struct rt_info *info)
 		info->cpu_usec = read_in(path, "cpuacct.usage") / 1000;
 	}
 	info->oom_kills = rt_cg_oom_kills(rt, id);
+}
+
+/* ---------- pooled cgroups (see prep.c) ---------- */
+
+/* The v1 directories a sandbox has in this mode: the controllers, and the
+ * freezer on legacy hosts. Returns how many names were put in out[]. */
+static size_t v1_dirs(const struct rt *rt, const char *out[5])
+{
+	size_t n = 0;
+
+	if (rt->cg_mode == RT_CG_UNIFIED)
+		return 0;
+	for (size_t i = 0; i < sizeof(v1_ctrls) / sizeof(v1_ctrls[0]); i++)
+		out[n++] = v1_ctrls[i];
+	if (rt->cg_mode == RT_CG_LEGACY)
+		out[n++] = "freezer";
+	return n;
+}
+
+int rt_cg_pool_create(struct rt *rt, const char *name, struct herr *err)
+{
+	const char *ctrls[5];
+	size_t n = v1_dirs(rt, ctrls);
+	char path[512];
+
+	for (size_t i = 0; i < n; i++) {
+		v1_path(path, sizeof(path), ctrls[i], rt->cg_name, name);
+		int r = make_dir(path, err);
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
+int rt_cg_attach_thread(struct rt *rt, const char *name, pid_t tid)
+{
+	const char *ctrls[5];
+	size_t n = v1_dirs(rt, ctrls);
+	char path[512], val[32];
+
+	snprintf(val, sizeof(val), "%d", tid);
+	for (size_t i = 0; i < n; i++) {
+		v1_path(path, sizeof(path), ctrls[i], rt->cg_name, name);
+		int r = write_in(path, "tasks", val, NULL);
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
+/* pids.max while the keeper still sits in the sandbox's cgroups: it and the
+ * runner thread that forked it count as tasks for a moment. */
+#define PIDS_SPAWN_MIN 3
+
+int rt_cg_from_pool(struct rt *rt, const char *name, const char *id,
+		    const struct rt_limits *lim, struct herr *err)
+{
+	const char *ctrls[5];
+	size_t n = v1_dirs(rt, ctrls);
+	char from[512], to[512];
+	int r;
+
+	for (size_t i = 0; i < n; i++) {
+		v1_path(from, sizeof(from), ctrls[i], rt->cg_name, name);
+		v1_path(to, sizeof(to), ctrls[i], rt->cg_name, id);
+		/* v1 cgroups can be renamed within their parent; the tasks
+		 * in them stay. */
+		if (rename(from, to) < 0)
+			return herr_sys(err, -errno, "rename %s to %s", from, to);
+	}
+	if (rt->cg_mode == RT_CG_HYBRID) {
+		v2_path(rt, to, sizeof(to), id);
+		r = make_dir(to, err);
+		if (r < 0)
+			return r;
+	}
+	struct rt_limits spawn_lim = *lim;
+	if (spawn_lim.pids && spawn_lim.pids < PIDS_SPAWN_MIN)
+		spawn_lim.pids = PIDS_SPAWN_MIN;
+	for (size_t i = 0; i < n; i++) {
+		v1_path(to, sizeof(to), ctrls[i], rt->cg_name, id);
+		r = limits_v1(ctrls[i], to, &spawn_lim, err);
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
+void rt_cg_keeper_leave(struct rt *rt, const char *id, const struct rt_limits *lim)
+{
+	const char *ctrls[5];
+	size_t n = v1_dirs(rt, ctrls);
+	char path[512];
+
+	/* Into our own parent directories: the keeper's memory and tasks then
+	 * count for the runtime, not for the sandbox. */
+	for (size_t i = 0; i < n; i++) {
+		v1_path(path, sizeof(path), ctrls[i], rt->cg_name, NULL);
+		write_in(path, "cgroup.procs", "0", NULL);
+	}
+	if (lim->pids && lim->pids < PIDS_SPAWN_MIN) {
+		v1_path(path, sizeof(path), "pids", rt->cg_name, id);
+		limits_v1("pids", path, lim, NULL);
+	}
+}
+
+void rt_cg_pool_leftovers(struct rt *rt)
+{
+	const char *ctrls[5];
+	size_t n = v1_dirs(rt, ctrls);
+	char path[512];
+
+	for (size_t i = 0; i < n; i++) {
+		v1_path(path, sizeof(path), ctrls[i], rt->cg_name, NULL);
+		_cleanup_closedir_ DIR *d = opendir(path);
+		struct dirent *e;
+		while (d && (e = readdir(d)))
+			if (strncmp(e->d_name, ".pool-", 6) == 0 &&
+			    unlinkat(dirfd(d), e->d_name, AT_REMOVEDIR) < 0)
+				log_warn("runtime", NULL, "cannot remove %s/%s: %s", path,
+					 e->d_name, strerror(errno));
+	}
 }

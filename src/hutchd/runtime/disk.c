@@ -55,17 +55,8 @@ static int run_mkfs(const char *image, struct herr *err)
 	return 0;
 }
 
-int rt_disk_create(struct rt *rt, const char *id, uint64_t mb, bool reuse, struct herr *err)
+int rt_disk_format(const char *path, uint64_t mb, struct herr *err)
 {
-	char path[4096];
-	struct stat st;
-
-	disk_path(rt, id, path, sizeof(path));
-	if (stat(path, &st) == 0) {
-		if (reuse)
-			return 0;
-		return herr_set(err, -EEXIST, "disk %s already exists", path);
-	}
 	_cleanup_close_ int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	if (fd < 0)
 		return herr_sys(err, -errno, "creating %s", path);
@@ -78,6 +69,31 @@ int rt_disk_create(struct rt *rt, const char *id, uint64_t mb, bool reuse, struc
 	if (r < 0)
 		unlink(path);
 	return r;
+}
+
+int rt_disk_create(struct rt *rt, const char *id, uint64_t mb, bool reuse, int *mount_fd,
+		   struct herr *err)
+{
+	char path[4096];
+	struct stat st;
+
+	*mount_fd = -1;
+	disk_path(rt, id, path, sizeof(path));
+	if (stat(path, &st) == 0) {
+		if (reuse)
+			return 0;
+		return herr_set(err, -EEXIST, "disk %s already exists", path);
+	}
+	/* A formatted and mounted disk from the pool, if one of this size is
+	 * ready: mkfs and the mount are then off the request path. */
+	int fd = rt_prep_take_disk(rt, path, mb ? mb : RT_DEFAULT_DISK_MB, err);
+	if (fd >= 0) {
+		*mount_fd = fd;
+		return 0;
+	}
+	if (fd != -ENOENT)
+		return fd;
+	return rt_disk_format(path, mb, err);
 }
 
 /* Attaches the image to a free loop device that frees itself on last close. */
@@ -110,11 +126,10 @@ static int loop_attach(const char *image, char *dev, size_t len, struct herr *er
 	return herr_set(err, -EBUSY, "no loop device could be claimed");
 }
 
-int rt_disk_mount_fd(struct rt *rt, const char *id, struct herr *err)
+int rt_disk_mount_path(const char *path, struct herr *err)
 {
-	char path[4096], dev[64];
+	char dev[64];
 
-	disk_path(rt, id, path, sizeof(path));
 	_cleanup_close_ int lfd = loop_attach(path, dev, sizeof(dev), err);
 	if (lfd < 0)
 		return lfd;
@@ -130,6 +145,14 @@ int rt_disk_mount_fd(struct rt *rt, const char *id, struct herr *err)
 		return herr_sys(err, -errno, "fsmount %s", path);
 	/* The superblock now holds the loop device; closing lfd arms autoclear. */
 	return m;
+}
+
+int rt_disk_mount_fd(struct rt *rt, const char *id, struct herr *err)
+{
+	char path[4096];
+
+	disk_path(rt, id, path, sizeof(path));
+	return rt_disk_mount_path(path, err);
 }
 
 int rt_disk_remove(struct rt *rt, const char *id, struct herr *err)

@@ -246,6 +246,17 @@ void rt_net_slot_mark(struct rt *rt, unsigned slot, bool used)
 	pthread_mutex_unlock(&rt->lock);
 }
 
+static void veth_name(const struct rt *rt, unsigned slot, unsigned gen, char out[16])
+{
+	char name[32];
+
+	/* At most 4 + 5 + 1 + 5 characters: always fits IFNAMSIZ. */
+	snprintf(name, sizeof(name), "%.4s%ug%u", rt->veth_prefix, slot % 100000,
+		 gen % 100000);
+	memcpy(out, name, 15);
+	out[15] = '\0';
+}
+
 /* Makes one prepared namespace; called from any thread, with no lock held. */
 static int net_prepare(struct rt *rt, struct rt_netns *out, struct herr *err)
 {
@@ -263,12 +274,7 @@ static int net_prepare(struct rt *rt, struct rt_netns *out, struct herr *err)
 
 	out->slot = slot;
 	slot_addrs(rt, slot, &out->host_ip, &out->sbx_ip);
-	/* At most 4 + 5 + 1 + 5 characters: always fits IFNAMSIZ. */
-	char name[32];
-	snprintf(name, sizeof(name), "%.4s%ug%u", rt->veth_prefix, slot % 100000,
-		 gen % 100000);
-	memcpy(out->host_if, name, sizeof(out->host_if) - 1);
-	out->host_if[sizeof(out->host_if) - 1] = '\0';
+	veth_name(rt, slot, gen, out->host_if);
 
 	/* The new namespace is this thread's until we switch back. */
 	if (unshare(CLONE_NEWNET) < 0) {
@@ -293,6 +299,16 @@ static int net_prepare(struct rt *rt, struct rt_netns *out, struct herr *err)
 		goto fail_ns;
 	}
 	r = veth_create(&nl, out->host_if, out->fd);
+	/* A previous process of ours numbered its generations from 1 too, and
+	 * the kernel may still be removing its veths (seconds under load):
+	 * move on to the next generation rather than fail the create. */
+	for (int tries = 0; r == -EEXIST && tries < 16; tries++) {
+		pthread_mutex_lock(&rt->lock);
+		gen = ++rt->net_gen[slot] % 100000;
+		pthread_mutex_unlock(&rt->lock);
+		veth_name(rt, slot, gen, out->host_if);
+		r = veth_create(&nl, out->host_if, out->fd);
+	}
 	if (r < 0) {
 		herr_sys(err, r, "creating veth %s", out->host_if);
 		goto fail_nl;

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -323,8 +324,23 @@ static void drop_slot(struct rt *rt, struct rt_sandbox *s)
 	free_sandbox(s);
 }
 
+/* What prepare_host_side hands to rt_spawn: prepared-pool objects. */
+struct host_prep {
+	int disk_fd;               /* mounted disk from the pool, or -1 */
+	struct rt_runner *runner;  /* cgroup runner from the pool, or NULL */
+};
+
+static void host_prep_drop(struct host_prep *hp)
+{
+	rt_runner_cancel(hp->runner);
+	hp->runner = NULL;
+	if (hp->disk_fd >= 0)
+		close(hp->disk_fd);
+	hp->disk_fd = -1;
+}
+
 static int prepare_host_side(struct rt *rt, struct rt_sandbox *s, const struct rt_spec *spec,
-			     struct herr *err)
+			     struct host_prep *hp, struct rt_marks *marks, struct herr *err)
 {
 	char path[4096];
 	int r;
@@ -335,44 +351,95 @@ static int prepare_host_side(struct rt *rt, struct rt_sandbox *s, const struct r
 	snprintf(path, sizeof(path), "%s/sandboxes/%s", rt->data_dir, s->id);
 	if (mkdir(path, 0700) < 0 && errno != EEXIST)
 		return herr_sys(err, -errno, "mkdir %s", path);
+	rt_mark(marks, RT_M_DIRS);
 
-	r = rt_disk_create(rt, s->id, spec->limits.disk_mb, spec->reuse_upper, err);
+	r = rt_disk_create(rt, s->id, spec->limits.disk_mb, spec->reuse_upper, &hp->disk_fd,
+			   err);
 	if (r < 0)
 		return r;
-	r = rt_cg_create(rt, s->id, &spec->limits, err);
+	rt_mark(marks, RT_M_DISK);
+	hp->runner = rt_prep_take_runner(rt, s->id, &spec->limits, err, &r);
+	if (r == 0 && !hp->runner)
+		r = rt_cg_create(rt, s->id, &spec->limits, err);
 	if (r < 0)
 		return r;
 	s->oom_base = rt_cg_oom_kills(rt, s->id);
+	rt_mark(marks, RT_M_CGROUP);
 	r = rt_net_take(rt, &s->net, err);
 	if (r < 0)
 		return r;
+	rt_mark(marks, RT_M_NET);
 	if (rt->nft_ok) {
 		r = rt_nft_sandbox_add(rt, &s->net, &spec->net, err);
 		if (r < 0)
 			return r;
 	}
+	rt_mark(marks, RT_M_NFT);
 	/* Intent first: a crash from here on leaves a state file to clean up. */
-	return rt_state_write(rt, s, err);
+	r = rt_state_write(rt, s, err);
+	rt_mark(marks, RT_M_STATE);
+	return r;
+}
+
+/* One debug line with the time between consecutive marks, in µs. */
+static void log_marks(const char *id, const struct rt_marks *m)
+{
+	char text[1024];
+	size_t off = 0;
+
+	if (!log_enabled("runtime", LOG_DEBUG))
+		return;
+	for (int i = 1; i < RT_M_COUNT && off < sizeof(text); i++) {
+		uint64_t from = m->ns[rt_mark_from((enum rt_mark)i)];
+		if (!m->ns[i] || !from || m->ns[i] < from)
+			continue;
+		off += (size_t)snprintf(text + off, sizeof(text) - off, " %s=%" PRIu64,
+					rt_mark_name((enum rt_mark)i),
+					(m->ns[i] - from) / 1000);
+	}
+	log_debug("runtime", id, "create steps (us):%s", text);
+}
+
+void rt_last_marks(struct rt *rt, struct rt_marks *out)
+{
+	pthread_mutex_lock(&rt->lock);
+	*out = rt->last_marks;
+	pthread_mutex_unlock(&rt->lock);
 }
 
 int rt_create(struct rt *rt, const struct rt_spec *spec, struct herr *err)
 {
 	struct rt_sandbox *s = NULL;
 	struct rt_spawn_result res = { 0 };
+	struct host_prep hp = { .disk_fd = -1 };
 	int r;
 
 	r = check_spec(spec, err);
 	if (r < 0)
 		return r;
+	/* Shared with the keeper and the init (until its execve). */
+	struct rt_marks *marks = mmap(NULL, sizeof(*marks), PROT_READ | PROT_WRITE,
+				      MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (marks == MAP_FAILED)
+		marks = NULL;
+	rt_mark(marks, RT_M_START);
 	r = reserve_slot(rt, spec, &s, err);
 	if (r < 0)
-		return r;
+		goto out;
 
 	pthread_mutex_lock(&s->lock);
-	r = prepare_host_side(rt, s, spec, err);
-	if (r == 0)
+	r = prepare_host_side(rt, s, spec, &hp, marks, err);
+	res.marks = marks;
+	res.disk_fd = hp.disk_fd;
+	res.runner = hp.runner;
+	if (r == 0) {
+		hp.disk_fd = -1;
+		hp.runner = NULL;
 		r = rt_spawn(rt, s, spec, &res, err);
+	}
 	if (r < 0) {
+		/* The runner leaves the cgroups before they are removed. */
+		host_prep_drop(&hp);
 		log_warn("runtime", s->id, "create failed: %s", err ? err->msg : "");
 		s->stop_requested = true;
 		rt_cg_kill(rt, s->id, 0);
@@ -381,7 +448,7 @@ int rt_create(struct rt *rt, const struct rt_spec *spec, struct herr *err)
 			rt_state_remove(rt, s->id);
 		pthread_mutex_unlock(&s->lock);
 		drop_slot(rt, s);
-		return r;
+		goto out;
 	}
 
 	s->keeper_pid = res.keeper_pid;
@@ -390,15 +457,23 @@ int rt_create(struct rt *rt, const struct rt_spec *spec, struct herr *err)
 	s->keeper_pidfd = pidfd_open_checked(res.keeper_pid, 0);
 	s->init_pidfd = pidfd_open_checked(res.init_pid, 0);
 	rt_state_write(rt, s, NULL);
+	rt_mark(marks, RT_M_DONE);
 
 	pthread_mutex_lock(&rt->lock);
 	s->state = RT_STATE_RUNNING;
 	mon_watch(rt, s);
+	if (marks)
+		rt->last_marks = *marks;
 	pthread_mutex_unlock(&rt->lock);
 	pthread_mutex_unlock(&s->lock);
 	log_info("runtime", s->id, "sandbox started pid=%d slot=%u if=%s", s->init_pid,
 		 s->slot, s->net.host_if);
-	return 0;
+	if (marks)
+		log_marks(spec->id, marks);
+out:
+	if (marks)
+		munmap(marks, sizeof(*marks));
+	return r;
 }
 
 /* ---------- lookups ---------- */
@@ -586,6 +661,7 @@ int rt_wait_port(struct rt *rt, const char *id, uint16_t port, unsigned timeout_
 		 struct herr *err)
 {
 	struct timespec start, now;
+	long pause_us = 100;
 
 	clock_gettime(CLOCK_MONOTONIC, &start);
 	for (;;) {
@@ -602,8 +678,13 @@ int rt_wait_port(struct rt *rt, const char *id, uint16_t port, unsigned timeout_
 		if (el >= (long)timeout_ms)
 			return herr_set(err, -ETIMEDOUT, "port %u in sandbox %s not ready in %u ms",
 					port, id, timeout_ms);
-		struct timespec ts = { 0, 2 * 1000 * 1000 };
+		/* Short pauses first: an agent is usually listening within a few
+		 * ms of its exec, and every ms here is create latency. A refused
+		 * connect costs ~50 us, so the early polling stays cheap. */
+		struct timespec ts = { 0, pause_us * 1000 };
 		nanosleep(&ts, NULL);
+		if (pause_us < 2000)
+			pause_us *= 2;
 	}
 }
 
@@ -872,8 +953,12 @@ int rt_init(const struct rt_config *cfg, struct rt **out, struct herr *err)
 
 	adopt_all(rt);
 	r = rt_net_init(rt, err);
-	if (r < 0)
+	if (r == 0)
+		r = rt_prep_init(rt, err);
+	if (r < 0) {
+		rt_net_shutdown(rt);
 		goto fail;
+	}
 	if (pthread_create(&rt->mon_thread, NULL, mon_main, rt) != 0) {
 		r = herr_set(err, -EAGAIN, "starting the exit monitor thread");
 		rt_net_shutdown(rt);
@@ -900,6 +985,7 @@ void rt_shutdown(struct rt *rt)
 			pthread_join(rt->mon_thread, NULL);
 		rt_net_shutdown(rt);
 	}
+	rt_prep_shutdown(rt);
 	for (unsigned i = 0; rt->by_slot && i < rt->max_sandboxes; i++) {
 		struct rt_sandbox *s = rt->by_slot[i];
 		if (!s)

@@ -23,6 +23,52 @@
 
 enum rt_cg_mode { RT_CG_UNIFIED, RT_CG_HYBRID, RT_CG_LEGACY };
 
+/*
+ * Timestamps along one create, for measuring where the time goes. hutchd,
+ * the keeper and the init (until its execve) write into one shared page, so
+ * steps in all three processes land on one clock (CLOCK_MONOTONIC, ns).
+ */
+enum rt_mark {
+	RT_M_START,      /* rt_create entered */
+	RT_M_DIRS,       /* run/data folders made */
+	RT_M_DISK,       /* disk image ready (pool or mkfs) */
+	RT_M_CGROUP,     /* cgroups made, limits written */
+	RT_M_NET,        /* netns taken */
+	RT_M_NFT,        /* firewall entries added */
+	RT_M_STATE,      /* state file written */
+	RT_M_MOUNT,      /* disk mounted (loop + ext4), fsmount fd */
+	RT_M_K_START,    /* keeper running */
+	RT_M_K_CLONE,    /* keeper: clone3 of the init returned */
+	RT_M_K_MAPS,     /* keeper: uid/gid maps written */
+	RT_M_K_ATTACH,   /* keeper: v1 cgroup attach done */
+	RT_M_K_MOUNTS,   /* keeper: idmapped mounts sent */
+	RT_M_C_START,    /* init: first instruction after clone3 */
+	RT_M_C_RECV,     /* init: mounts received */
+	RT_M_C_ROOTED,   /* init: cgroupns, root of its user namespace */
+	RT_M_C_OVERLAY,  /* init: overlay root mounted */
+	RT_M_C_SPECIAL,  /* init: /proc, /dev, /sys, agent bundle */
+	RT_M_C_ETC,      /* init: /etc files, hostname */
+	RT_M_C_PIVOT,    /* init: pivot_root and detach */
+	RT_M_C_PRIVS,    /* init: seccomp loaded, capabilities dropped */
+	RT_M_C_EXEC,     /* init: about to execve */
+	RT_M_K_EXECD,    /* keeper: execve seen to succeed */
+	RT_M_REPORT,     /* hutchd: keeper report read */
+	RT_M_DONE,       /* rt_create returning */
+	RT_M_COUNT
+};
+
+struct rt_marks {
+	uint64_t ns[RT_M_COUNT];
+};
+
+void rt_mark(struct rt_marks *m, enum rt_mark which);
+const char *rt_mark_name(enum rt_mark which);
+/* The mark a step's time is counted from (steps of the init overlap the
+ * keeper's). */
+enum rt_mark rt_mark_from(enum rt_mark which);
+/* The marks of the last successful create (for bench/runtime-create). */
+void rt_last_marks(struct rt *rt, struct rt_marks *out);
+
 /* A prepared network namespace: veth pair, addresses and route in place. */
 struct rt_netns {
 	int fd;                 /* the namespace */
@@ -86,6 +132,20 @@ struct rt {
 	void *exit_arg;
 
 	int nft_ok;
+
+	struct rt_marks last_marks;     /* under lock */
+
+	/* prepared disks and cgroup runners (prep.c), under prep_lock */
+	pthread_mutex_t prep_lock;
+	pthread_cond_t prep_cond;
+	pthread_t prep_thread;
+	bool prep_inited, prep_running, prep_thread_on, runners_on;
+	unsigned prep_size, prep_disks;
+	struct rt_runner **runners;     /* prep_size entries, NULL = empty */
+	bool *index_busy;               /* ".pool-<i>" names in use */
+	struct rt_prep_disk *disks;     /* prep_disks entries, mount_fd -1 = empty */
+	bool *disk_index_busy;          /* "pool/disk-<i>.img" names in use */
+	uint64_t disk_mb_wanted;        /* size of the last disk asked for */
 };
 
 /* seccomp.c */
@@ -109,6 +169,34 @@ uint64_t rt_cg_oom_kills(struct rt *rt, const char *id);
 bool rt_cg_pids_hit(struct rt *rt, const char *id);
 bool rt_cg_exists(struct rt *rt, const char *id);
 
+int rt_cg_pool_create(struct rt *rt, const char *name, struct herr *err);
+/* Puts one thread (tid) into the v1 directories <name>. */
+int rt_cg_attach_thread(struct rt *rt, const char *name, pid_t tid);
+/* Renames pooled v1 directories to the sandbox id, makes the rest, writes
+ * the limits. */
+int rt_cg_from_pool(struct rt *rt, const char *name, const char *id,
+		    const struct rt_limits *lim, struct herr *err);
+/* Called by a keeper born in the sandbox's cgroups, once it has reported. */
+void rt_cg_keeper_leave(struct rt *rt, const char *id, const struct rt_limits *lim);
+void rt_cg_pool_leftovers(struct rt *rt);
+
+/* prep.c: disks and cgroup runners prepared ahead */
+struct rt_runner;
+struct rt_prep_disk;
+int rt_prep_init(struct rt *rt, struct herr *err);
+void rt_prep_shutdown(struct rt *rt);
+/* The pooled disk of mb MiB renamed to target; its mount fd, or -ENOENT. */
+int rt_prep_take_disk(struct rt *rt, const char *target, uint64_t mb, struct herr *err);
+/* A runner whose cgroups are now the sandbox's (limits written), or NULL
+ * (then *res is 0 when the pool was only empty, else the error). */
+struct rt_runner *rt_prep_take_runner(struct rt *rt, const char *id,
+				      const struct rt_limits *lim, struct herr *err,
+				      int *res);
+/* Runs job on the runner's thread (it forks the keeper there) and ends the
+ * runner; returns what job returned. */
+pid_t rt_runner_run(struct rt_runner *run, pid_t (*job)(void *arg), void *arg);
+void rt_runner_cancel(struct rt_runner *run);
+
 /* net.c */
 int rt_net_init(struct rt *rt, struct herr *err);
 void rt_net_shutdown(struct rt *rt);
@@ -128,9 +216,15 @@ int rt_nft_sandbox_policy(struct rt *rt, const struct rt_netns *ns,
 int rt_nft_sandbox_del(struct rt *rt, const struct rt_netns *ns, struct herr *err);
 
 /* disk.c */
-int rt_disk_create(struct rt *rt, const char *id, uint64_t mb, bool reuse, struct herr *err);
+/* Makes the sandbox's disk image, from the pool when one of that size is
+ * ready (then *mount_fd is its mounted fsmount fd, else -1). */
+int rt_disk_create(struct rt *rt, const char *id, uint64_t mb, bool reuse, int *mount_fd,
+		   struct herr *err);
+/* A new sparse image of mb MiB (0 = default), formatted ext4. */
+int rt_disk_format(const char *path, uint64_t mb, struct herr *err);
 /* Returns an fsmount fd of the sandbox's disk (attached to a loop device). */
 int rt_disk_mount_fd(struct rt *rt, const char *id, struct herr *err);
+int rt_disk_mount_path(const char *path, struct herr *err);
 int rt_disk_remove(struct rt *rt, const char *id, struct herr *err);
 uint64_t rt_disk_used(struct rt *rt, const char *id, pid_t init_pid);
 
@@ -144,6 +238,10 @@ int rt_state_remove(struct rt *rt, const char *id);
 struct rt_spawn_result {
 	pid_t keeper_pid;
 	pid_t init_pid;
+	struct rt_marks *marks; /* in: a shared page for timestamps, or NULL */
+	int disk_fd;            /* in: the mounted disk from the pool, or -1 */
+	struct rt_runner *runner; /* in: pooled cgroup runner, or NULL */
+	/* rt_spawn always consumes disk_fd and runner (sets them to -1/NULL). */
 };
 int rt_spawn(struct rt *rt, struct rt_sandbox *s, const struct rt_spec *spec,
 	     struct rt_spawn_result *res, struct herr *err);

@@ -36,6 +36,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -291,17 +292,20 @@ static void child_drop_privileges(int errfd, const struct rt *rt)
 }
 
 static __attribute__((noreturn))
-void child_main(const struct rt *rt, const struct rt_spec *spec, int sock, int errfd)
+void child_main(const struct rt *rt, const struct rt_spec *spec, int sock, int errfd,
+		struct rt_marks *marks)
 {
 	int fds[N_FIXED_FDS + RT_MAX_LAYERS];
 	char scratch[4096];
 	const char *hostname = spec->hostname ? spec->hostname : spec->id;
 	int r;
 
+	rt_mark(marks, RT_M_C_START);
 	r = recv_fds(sock, fds, N_FIXED_FDS + spec->n_layers);
 	if (r < 0)
 		child_fail(errfd, r, "receiving mounts from keeper");
 	close(sock);
+	rt_mark(marks, RT_M_C_RECV);
 	/* The cgroup namespace is made only now that the keeper has put us in
 	 * the sandbox's v1 cgroups too (clone3 places us only in the v2 one):
 	 * rooted there, it hides every host cgroup path, and CRIU can
@@ -315,14 +319,18 @@ void child_main(const struct rt *rt, const struct rt_spec *spec, int sock, int e
 	/* Nothing we mount from here on may propagate back to the host. */
 	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
 		child_fail(errfd, -errno, "making / private");
+	rt_mark(marks, RT_M_C_ROOTED);
 
 	snprintf(scratch, sizeof(scratch), "%s/mnt", rt->run_dir);
 	child_build_overlay(errfd, scratch, fds, spec->n_layers);
+	rt_mark(marks, RT_M_C_OVERLAY);
 	child_mount_specials(errfd, fds);
+	rt_mark(marks, RT_M_C_SPECIAL);
 	child_write_etc(errfd, rt, spec, hostname);
 
 	if (sethostname(hostname, strlen(hostname)) < 0)
 		child_fail(errfd, -errno, "sethostname");
+	rt_mark(marks, RT_M_C_ETC);
 
 	/* pivot_root(".", ".") stacks the old root on top; detaching it leaves
 	 * no path back to any host file. */
@@ -332,10 +340,12 @@ void child_main(const struct rt *rt, const struct rt_spec *spec, int sock, int e
 		child_fail(errfd, -errno, "detaching the old root");
 	if (chdir("/") < 0)
 		child_fail(errfd, -errno, "chdir /");
+	rt_mark(marks, RT_M_C_PIVOT);
 
 	if (setsid() < 0)
 		child_fail(errfd, -errno, "setsid");
 	child_drop_privileges(errfd, rt);
+	rt_mark(marks, RT_M_C_PRIVS);
 
 	/* Only the exec-error pipe (close-on-exec) survives past here. */
 	if (dup3(errfd, 3, O_CLOEXEC) < 0)
@@ -345,6 +355,7 @@ void child_main(const struct rt *rt, const struct rt_spec *spec, int sock, int e
 
 	static const char *const default_env[] = {
 		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", NULL };
+	rt_mark(marks, RT_M_C_EXEC);
 	execve(spec->argv[0], (char *const *)spec->argv,
 	       (char *const *)(spec->env ? spec->env : default_env));
 	child_fail(errfd, -errno, "execve %s", spec->argv[0]);
@@ -459,6 +470,10 @@ struct keeper_ctx {
 	int disk_fd;    /* fsmount of the sandbox disk */
 	int cg_fd;      /* cgroup2 leaf for CLONE_INTO_CGROUP, or -1 */
 	int log_fd;     /* init's stdout/stderr */
+	struct rt_marks *marks; /* shared timestamps page, or NULL */
+	/* Forked by a pooled runner: the keeper is already in the sandbox's v1
+	 * cgroups, so the init is born there; the keeper leaves afterwards. */
+	bool in_cgroups;
 };
 
 static pid_t keeper_clone_init(struct keeper_ctx *k, int sock_child, int err_w)
@@ -476,7 +491,7 @@ static pid_t keeper_clone_init(struct keeper_ctx *k, int sock_child, int err_w)
 	pid_t pid = (pid_t)syscall(SYS_clone3, &args, sizeof(args));
 	if (pid == 0) {
 		prctl(PR_SET_PDEATHSIG, SIGKILL); /* if the keeper dies during setup */
-		child_main(k->rt, k->spec, sock_child, err_w);
+		child_main(k->rt, k->spec, sock_child, err_w, k->marks);
 	}
 	return pid;
 }
@@ -508,6 +523,7 @@ static __attribute__((noreturn)) void keeper_main(struct keeper_ctx *k)
 	pid_t child;
 
 	herr_clear(&err);
+	rt_mark(k->marks, RT_M_K_START);
 	if (setns(k->s->net.fd, CLONE_NEWNET) < 0) {
 		rep.code = herr_sys(&err, -errno, "setns into sandbox netns");
 		goto fail;
@@ -530,21 +546,27 @@ static __attribute__((noreturn)) void keeper_main(struct keeper_ctx *k)
 	close(sv[1]);
 	close(ep[1]);
 	rep.init_pid = child;
+	rt_mark(k->marks, RT_M_K_CLONE);
 
 	if (write_id_map(child, "uid_map", k->s->uid_base) < 0 ||
 	    write_id_map(child, "gid_map", k->s->uid_base) < 0) {
 		rep.code = herr_sys(&err, -errno, "writing id maps of pid %d", child);
 		goto kill;
 	}
+	rt_mark(k->marks, RT_M_K_MAPS);
 	/* v1 hierarchies have no CLONE_INTO_CGROUP: attach before the child
-	 * runs a single instruction of its own. */
-	rep.code = rt_cg_attach(k->rt, k->s->id, child, &err);
-	if (rep.code < 0)
-		goto kill;
+	 * runs a single instruction of its own (unless it was born there). */
+	if (!k->in_cgroups) {
+		rep.code = rt_cg_attach(k->rt, k->s->id, child, &err);
+		if (rep.code < 0)
+			goto kill;
+	}
+	rt_mark(k->marks, RT_M_K_ATTACH);
 	rep.code = keeper_send_mounts(k->rt, k->s, k->spec, child, sv[0], k->disk_fd, &err);
 	if (rep.code < 0)
 		goto kill;
 	close(sv[0]);
+	rt_mark(k->marks, RT_M_K_MOUNTS);
 
 	/* EOF on the pipe means execve succeeded; a report means it failed. */
 	struct spawn_report child_rep;
@@ -556,8 +578,14 @@ static __attribute__((noreturn)) void keeper_main(struct keeper_ctx *k)
 		snprintf(err.msg, sizeof(err.msg), "%s", child_rep.msg);
 		goto kill;
 	}
+	rt_mark(k->marks, RT_M_K_EXECD);
 	keeper_report(k->report_fd, &rep);
 	close(k->report_fd);
+	if (k->marks)
+		munmap(k->marks, sizeof(*k->marks));
+	/* Off the request path now: hutchd already has its answer. */
+	if (k->in_cgroups)
+		rt_cg_keeper_leave(k->rt, k->s->id, &k->spec->limits);
 
 	int wstatus;
 	while (waitpid(child, &wstatus, 0) < 0 && errno == EINTR)
@@ -629,33 +657,23 @@ static int wait_report(int fd, struct spawn_report *rep, struct herr *err)
 	return 0;
 }
 
-int rt_spawn(struct rt *rt, struct rt_sandbox *s, const struct rt_spec *spec,
-	     struct rt_spawn_result *res, struct herr *err)
-{
-	_cleanup_close_ int disk_fd = rt_disk_mount_fd(rt, s->id, err);
-	_cleanup_close_ int cg_fd = -1, log_fd = -1;
+struct keeper_fork {
+	struct keeper_ctx *k;
 	int rp[2];
-	pid_t keeper;
+};
 
-	if (disk_fd < 0)
-		return disk_fd;
-	cg_fd = rt_cg_open_leaf(rt, s->id);
-	log_fd = open_log(rt, s->id);
-	if (pipe2(rp, O_CLOEXEC) < 0)
-		return herr_sys(err, -errno, "pipe for keeper report");
+/* Forks the keeper; runs on a pooled runner's thread or the caller's.
+ * Returns its pid or a negative errno. */
+static pid_t fork_keeper(void *arg)
+{
+	struct keeper_fork *f = arg;
+	struct keeper_ctx *k = f->k;
+	pid_t keeper = fork();
 
-	struct keeper_ctx k = {
-		.rt = rt, .s = s, .spec = spec, .report_fd = rp[1],
-		.disk_fd = disk_fd, .cg_fd = cg_fd, .log_fd = log_fd,
-	};
-	keeper = fork();
-	if (keeper < 0) {
-		close(rp[0]);
-		close(rp[1]);
-		return herr_sys(err, -errno, "fork of sandbox keeper");
-	}
+	if (keeper < 0)
+		return -errno;
 	if (keeper == 0) {
-		int keep[] = { rp[1], disk_fd, cg_fd, log_fd, s->net.fd };
+		int keep[] = { f->rp[1], k->disk_fd, k->cg_fd, k->log_fd, k->s->net.fd };
 		sigset_t all;
 
 		sigemptyset(&all);
@@ -666,20 +684,59 @@ int rt_spawn(struct rt *rt, struct rt_sandbox *s, const struct rt_spec *spec,
 		int null = open("/dev/null", O_RDWR);
 		if (null >= 0) {
 			dup2(null, 0);
-			if (log_fd < 0) {
+			if (k->log_fd < 0) {
 				dup2(null, 1);
 				dup2(null, 2);
 			}
 			if (null > 2)
 				close(null);
 		}
-		keeper_main(&k);
+		keeper_main(k);
 	}
-	close(rp[1]);
+	return keeper;
+}
+
+int rt_spawn(struct rt *rt, struct rt_sandbox *s, const struct rt_spec *spec,
+	     struct rt_spawn_result *res, struct herr *err)
+{
+	struct rt_runner *runner = res->runner;
+	_cleanup_close_ int disk_fd = res->disk_fd;
+	_cleanup_close_ int cg_fd = -1, log_fd = -1;
+	pid_t keeper;
+
+	res->runner = NULL;
+	res->disk_fd = -1;
+	if (disk_fd < 0)
+		disk_fd = rt_disk_mount_fd(rt, s->id, err);
+	if (disk_fd < 0) {
+		rt_runner_cancel(runner);
+		return disk_fd;
+	}
+	rt_mark(res->marks, RT_M_MOUNT);
+	cg_fd = rt_cg_open_leaf(rt, s->id);
+	log_fd = open_log(rt, s->id);
+
+	struct keeper_ctx k = {
+		.rt = rt, .s = s, .spec = spec, .disk_fd = disk_fd, .cg_fd = cg_fd,
+		.log_fd = log_fd, .marks = res->marks, .in_cgroups = runner != NULL,
+	};
+	struct keeper_fork f = { .k = &k };
+	if (pipe2(f.rp, O_CLOEXEC) < 0) {
+		rt_runner_cancel(runner);
+		return herr_sys(err, -errno, "pipe for keeper report");
+	}
+	k.report_fd = f.rp[1];
+	keeper = runner ? rt_runner_run(runner, fork_keeper, &f) : fork_keeper(&f);
+	close(f.rp[1]);
+	if (keeper < 0) {
+		close(f.rp[0]);
+		return herr_sys(err, keeper, "fork of sandbox keeper");
+	}
 
 	struct spawn_report rep;
-	int r = wait_report(rp[0], &rep, err);
-	close(rp[0]);
+	int r = wait_report(f.rp[0], &rep, err);
+	close(f.rp[0]);
+	rt_mark(res->marks, RT_M_REPORT);
 	res->keeper_pid = keeper;
 	res->init_pid = rep.init_pid;
 	if (r < 0) {

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cleanup.h"
@@ -193,4 +194,41 @@ int rt_state_remove(struct rt *rt, const char *id)
 	if (rmdir(path) < 0 && errno != ENOENT)
 		return -errno;
 	return 0;
+}
+
+void rt_mark(struct rt_marks *m, enum rt_mark which)
+{
+	struct timespec ts;
+
+	if (!m || (unsigned)which >= RT_M_COUNT)
+		return;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	m->ns[which] = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+const char *rt_mark_name(enum rt_mark which)
+{
+	static const char *const names[RT_M_COUNT] = {
+		"start", "dirs", "disk", "cgroup", "net", "nft", "state", "mount",
+		"k_start", "k_clone", "k_maps", "k_attach", "k_mounts", "c_start",
+		"c_recv", "c_rooted", "c_overlay", "c_special", "c_etc", "c_pivot",
+		"c_privs", "c_exec", "k_execd", "report", "done",
+	};
+	return (unsigned)which < RT_M_COUNT ? names[which] : "unknown";
+}
+
+/* The mark a step is timed from: the init starts right after clone3 (while
+ * the keeper goes on), and receives its mounts once the keeper sent them. */
+enum rt_mark rt_mark_from(enum rt_mark which)
+{
+	switch (which) {
+	case RT_M_C_START:
+		return RT_M_K_CLONE;
+	case RT_M_K_MAPS:
+		return RT_M_K_CLONE;
+	case RT_M_C_RECV:
+		return RT_M_K_MOUNTS;
+	default:
+		return which > 0 ? which - 1 : RT_M_START;
+	}
 }
