@@ -319,6 +319,16 @@ static int start_proxy(struct store *st, struct lifecycle *lc,
 	return rc;
 }
 
+/* Sandbox hosts are served on the API port too: one wildcard name and one
+ * port can front both. */
+static int start_api(struct api_config *ac, struct proxy *proxy, struct store *st,
+		     struct lifecycle *lc, const unsigned char *secret, struct api **out,
+		     struct herr *err)
+{
+	ac->proxy = proxy;
+	return api_start(ac, st, lc, secret, out, err);
+}
+
 static void print_exports(unsigned api_port, unsigned proxy_port, const char *key_line)
 {
 	const char *host = strcmp(S("api-listen"), "0.0.0.0") == 0 ?
@@ -354,7 +364,7 @@ static int serve(void)
 	if (server_secret_load(secret_path, secret, &err) < 0 ||
 	    lc_start(st, &lcc, &lc, &err) < 0 ||
 	    start_proxy(st, lc, secret, &be, &proxy, &err) < 0 ||
-	    api_start(&ac, st, lc, secret, &api, &err) < 0) {
+	    start_api(&ac, proxy, st, lc, secret, &api, &err) < 0) {
 		log_error("hutchd", NULL, "%s", err.msg);
 		goto out;
 	}
@@ -370,6 +380,9 @@ static int serve(void)
 		 (int)stop_signal);
 	rc = 0;
 out:
+	/* Proxied streams through the API port end first, or its connection
+	 * threads would hold api_stop() until their sandboxes spoke. */
+	proxy_close_sandbox(proxy, NULL);
 	api_stop(api);
 	if (lc)
 		lc_set_end_hook(lc, NULL, NULL);

@@ -25,6 +25,8 @@ struct api_plan {
 	int64_t max_timeout_s;    /* longest timeout, from the start of a run */
 };
 
+struct proxy;
+
 struct api_config {
 	const char *listen;       /* IPv4 address to bind */
 	unsigned port;            /* 0 picks a free port (see api_port) */
@@ -36,6 +38,9 @@ struct api_config {
 	size_t max_body;
 	unsigned max_connections;
 	struct api_plan plan;
+	/* Requests whose Host names a sandbox ("<port>-<id>.<domain>") go to
+	 * this proxy; NULL answers them as API requests. */
+	struct proxy *proxy;
 };
 
 struct api;

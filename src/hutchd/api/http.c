@@ -2,6 +2,10 @@
  * The API's server core: libmicrohttpd plumbing (bodies, chunked uploads,
  * replies), CORS, authentication, the per-team request budget, routing, and
  * /health and /metrics. Handlers live in sandboxes.c.
+ *
+ * A request whose Host names a sandbox ("<port>-<id>.<domain>", so that one
+ * wildcard DNS name and one port serve both) is not an API request: it is
+ * handed whole to the sandbox proxy, WebSocket upgrades included.
  */
 #include "api_internal.h"
 
@@ -15,8 +19,13 @@
 #include "buf.h"
 #include "cleanup.h"
 #include "log.h"
+#include "proxy.h"
 
+/* Per request, made when its request line is read. */
 struct conn_state {
+	char *uri;         /* the request target as sent (for the proxy) */
+	bool started;      /* the API's first call (head complete) was made */
+	void *proxy_req;   /* the proxy's request context when it took over */
 	struct hbuf body;
 	bool too_big;
 	int64_t start_us;
@@ -311,9 +320,13 @@ static bool route_public(struct api_req *r, const char *url)
 	}
 	if (is(url, "/metrics") && is(r->method, "GET")) {
 		struct hbuf out;
+		int rc;
 
 		hbuf_init(&out, 1 << 20);
-		if (metrics_render(&r->api->metrics, r->api->store, &out) < 0) {
+		rc = metrics_render(&r->api->metrics, r->api->store, &out);
+		if (rc == 0 && r->api->cfg.proxy)
+			rc = proxy_metrics_render(r->api->cfg.proxy, &out);
+		if (rc < 0) {
 			hbuf_free(&out);
 			api_error(r, 503, "metrics unavailable");
 			return true;
@@ -341,6 +354,33 @@ static void handle(struct api_req *r, const char *url, struct conn_state *cs)
 		api_error(r, 500, "internal error: no reply was made");
 }
 
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
+{
+	struct api *a = cls;
+	struct conn_state *cs = calloc(1, sizeof(*cs));
+
+	if (!cs)
+		return NULL;
+	cs->uri = strdup(uri ? uri : "/");
+	if (!cs->uri) {
+		free(cs);
+		return NULL;
+	}
+	hbuf_init(&cs->body, a->cfg.max_body);
+	cs->start_us = mono_us();
+	return cs;
+}
+
+/* Host is read once the head is complete: a sandbox host is never the API. */
+static bool for_proxy(struct api *a, struct conn_state *cs, struct MHD_Connection *conn)
+{
+	if (cs->proxy_req)
+		return true;
+	if (cs->started || !a->cfg.proxy)
+		return false;
+	return proxy_wants(MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Host"));
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
 				  const char *method, const char *version,
 				  const char *upload_data, size_t *upload_size, void **con_cls)
@@ -351,13 +391,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 	enum MHD_Result ret;
 	bool preflight = is(method, "OPTIONS");
 
-	if (!cs) {
-		cs = calloc(1, sizeof(*cs));
-		if (!cs)
-			return MHD_NO;
-		hbuf_init(&cs->body, a->cfg.max_body);
-		cs->start_us = mono_us();
-		*con_cls = cs;
+	if (!cs)
+		return MHD_NO; /* out of memory when the request line came */
+	if (for_proxy(a, cs, conn))
+		return (enum MHD_Result)proxy_access(a->cfg.proxy, conn, cs->uri, method,
+						     upload_data, upload_size,
+						     &cs->proxy_req);
+	if (!cs->started) {
+		cs->started = true;
 		return MHD_YES;
 	}
 	if (*upload_size) {
@@ -384,12 +425,32 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 			 enum MHD_RequestTerminationCode toe)
 {
+	struct api *a = cls;
 	struct conn_state *cs = *con_cls;
 
-	if (cs) {
-		hbuf_free(&cs->body);
-		free(cs);
-		*con_cls = NULL;
+	if (!cs)
+		return;
+	if (cs->proxy_req)
+		proxy_completed(a->cfg.proxy, &cs->proxy_req);
+	hbuf_free(&cs->body);
+	free(cs->uri);
+	free(cs);
+	*con_cls = NULL;
+}
+
+/* Each connection keeps its upstream connection for proxied requests. */
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+			  enum MHD_ConnectionNotificationCode toe)
+{
+	struct api *a = cls;
+
+	if (!a->cfg.proxy)
+		return;
+	if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+		*socket_context = proxy_conn_new(a->cfg.proxy);
+	} else {
+		proxy_conn_free(*socket_context);
+		*socket_context = NULL;
 	}
 }
 
@@ -446,11 +507,14 @@ int api_start(const struct api_config *cfg, struct store *st, struct lifecycle *
 	a->lc = lc;
 	memcpy(a->secret, secret, SERVER_SECRET_LEN);
 	a->daemon = MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION |
-				     MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG,
+				     MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG |
+				     MHD_ALLOW_UPGRADE,
 				     0, NULL, NULL, on_request, a,
+				     MHD_OPTION_URI_LOG_CALLBACK, on_uri, a,
 				     MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, a,
 				     MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
 				     MHD_OPTION_NOTIFY_COMPLETED, on_completed, a,
+				     MHD_OPTION_NOTIFY_CONNECTION, on_connection, a,
 				     MHD_OPTION_CONNECTION_LIMIT, cfg->max_connections,
 				     MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
 				     MHD_OPTION_END);

@@ -77,6 +77,7 @@ struct each_ctx {
 	struct hutchd_backend *b;
 	proxy_sandbox_fn fn;
 	void *arg;
+	int stopped_with; /* what fn returned to stop the walk */
 };
 
 static int each_row(const struct store_sandbox *sb, void *arg)
@@ -87,14 +88,18 @@ static int each_row(const struct store_sandbox *sb, void *arg)
 	if (!reachable(sb) || !sb->access_token || !*sb->access_token)
 		return 0;
 	fill(c->b, sb, &s);
-	return c->fn(c->arg, &s);
+	c->stopped_with = c->fn(c->arg, &s);
+	return c->stopped_with;
 }
 
 static int each_secure(void *ctx, proxy_sandbox_fn fn, void *arg, struct herr *err)
 {
 	struct each_ctx c = { .b = ctx, .fn = fn, .arg = arg };
+	int rc = store_sandbox_each(c.b->st, SBX_RUNNING, each_row, &c, err);
 
-	return store_sandbox_each(c.b->st, SBX_RUNNING, each_row, &c, err);
+	/* The store tells only that the walk stopped early, not the value
+	 * that stopped it, which is ours to return. */
+	return rc < 0 ? rc : c.stopped_with;
 }
 
 static int dial(void *ctx, const char *id, uint16_t port, struct herr *err)

@@ -13,7 +13,6 @@
 #include <string.h>
 #include <time.h>
 
-#include <curl/curl.h>
 #include <jansson.h>
 
 #include "cleanup.h"
@@ -82,9 +81,74 @@ int proxy_metrics_render(struct proxy *p, struct hbuf *out)
 
 /* ---- replies the proxy makes itself ---- */
 
+/*
+ * A person who opens a sandbox URL in a browser gets a page, scripts and
+ * SDKs get JSON: a navigation is what browsers mark with Sec-Fetch-Mode
+ * "navigate", or (older browsers) an Accept that asks for HTML and not
+ * JSON. fetch() and XMLHttpRequest send another mode, so code always
+ * gets JSON.
+ */
+static bool wants_html(struct preq *q)
+{
+	const char *mode = MHD_lookup_connection_value(q->conn, MHD_HEADER_KIND,
+						       "Sec-Fetch-Mode");
+	const char *accept = MHD_lookup_connection_value(q->conn, MHD_HEADER_KIND,
+							 "Accept");
+
+	if (mode)
+		return strcmp(mode, "navigate") == 0;
+	return accept && strstr(accept, "text/html") && !strstr(accept, "json");
+}
+
+/* Text from the request (the path) is escaped: the page cannot carry markup
+ * or script that a client put in its URL. */
+static int html_escaped(struct hbuf *out, const char *s)
+{
+	int rc = 0;
+
+	for (; rc == 0 && *s; s++) {
+		switch (*s) {
+		case '<': rc = hbuf_append_str(out, "&lt;"); break;
+		case '>': rc = hbuf_append_str(out, "&gt;"); break;
+		case '&': rc = hbuf_append_str(out, "&amp;"); break;
+		case '"': rc = hbuf_append_str(out, "&quot;"); break;
+		case '\'': rc = hbuf_append_str(out, "&#39;"); break;
+		default: rc = hbuf_append(out, s, 1);
+		}
+	}
+	return rc;
+}
+
+static char *html_page(unsigned status, json_t *body)
+{
+	const char *msg = json_string_value(json_object_get(body, "message"));
+	const char *id = json_string_value(json_object_get(body, "sandboxId"));
+	struct hbuf out;
+	int rc;
+
+	hbuf_init(&out, 16 * 1024);
+	rc = hbuf_printf(&out, "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
+			 "<title>%u</title></head>\n<body><h1>%u</h1>\n<p>", status, status);
+	if (rc == 0)
+		rc = html_escaped(&out, msg ? msg : "");
+	if (rc == 0 && id)
+		rc = hbuf_append_str(&out, "</p>\n<p>Sandbox: ");
+	if (rc == 0 && id)
+		rc = html_escaped(&out, id);
+	if (rc == 0)
+		rc = hbuf_append_str(&out, "</p>\n</body></html>\n");
+	if (rc < 0) {
+		hbuf_free(&out);
+		return NULL;
+	}
+	return hbuf_steal(&out, NULL);
+}
+
 static enum MHD_Result queue_json(struct preq *q, unsigned status, json_t *body)
 {
-	_cleanup_free_ char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+	bool html = body && wants_html(q);
+	_cleanup_free_ char *text = !body ? NULL : html ? html_page(status, body) :
+		json_dumps(body, JSON_COMPACT);
 	struct MHD_Response *resp;
 	enum MHD_Result ret;
 
@@ -94,7 +158,8 @@ static enum MHD_Result queue_json(struct preq *q, unsigned status, json_t *body)
 	resp = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_COPY);
 	if (!resp)
 		return MHD_NO;
-	MHD_add_response_header(resp, "Content-Type", "application/json; charset=utf-8");
+	MHD_add_response_header(resp, "Content-Type", html ? "text/html; charset=utf-8" :
+				"application/json; charset=utf-8");
 	ret = MHD_queue_response(q->conn, status, resp);
 	MHD_destroy_response(resp);
 	q->head_us = proxy_mono_us();
@@ -432,18 +497,27 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
 	*req_cls = NULL;
 }
 
+void *proxy_conn_new(struct proxy *p)
+{
+	struct pconn *pc = calloc(1, sizeof(*pc));
+
+	if (pc) {
+		pc->fd = -1;
+		pc->p = p;
+	}
+	return pc;
+}
+
+void proxy_conn_free(void *conn_ctx)
+{
+	pconn_free(conn_ctx);
+}
+
 static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
 			  enum MHD_ConnectionNotificationCode toe)
 {
-	struct pconn *pc;
-
 	if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
-		pc = calloc(1, sizeof(*pc));
-		if (pc) {
-			pc->fd = -1;
-			pc->p = cls;
-		}
-		*socket_context = pc;
+		*socket_context = proxy_conn_new(cls);
 	} else {
 		pconn_free(*socket_context);
 		*socket_context = NULL;
@@ -471,57 +545,23 @@ bool proxy_wants(const char *host)
 	return r.kind == ROUTE_HOST || r.kind == ROUTE_ERROR;
 }
 
-bool proxy_owns(void *req_cls)
-{
-	return req_cls && ((struct preq *)req_cls)->magic == PROXY_REQ_MAGIC;
-}
-
-static enum MHD_Result add_arg(void *cls, enum MHD_ValueKind kind, const char *key,
-			       const char *value)
-{
-	struct hbuf *out = cls;
-	char *k = curl_easy_escape(NULL, key, 0);
-	char *v = value ? curl_easy_escape(NULL, value, 0) : NULL;
-
-	hbuf_printf(out, "%s%s%s%s", out->len ? "&" : "?", k ? k : "", v ? "=" : "",
-		    v ? v : "");
-	curl_free(k);
-	curl_free(v);
-	return MHD_YES;
-}
-
-/* The other server gave us the decoded path and arguments: the arguments
- * are encoded again; the path is passed as decoded. */
-static char *rebuild_uri(struct MHD_Connection *conn, const char *url)
-{
-	struct hbuf q;
-	char *out = NULL;
-
-	hbuf_init(&q, 64 * 1024);
-	MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, add_arg, &q);
-	if (asprintf(&out, "%s%s", url, q.data ? q.data : "") < 0)
-		out = NULL;
-	hbuf_free(&q);
-	return out;
-}
-
-int proxy_access(struct proxy *p, struct MHD_Connection *conn, const char *url,
+int proxy_access(struct proxy *p, struct MHD_Connection *conn, const char *uri,
 		 const char *method, const char *upload_data, size_t *upload_size,
 		 void **req_cls)
 {
+	const union MHD_ConnectionInfo *ci;
 	struct preq *q = *req_cls;
 
 	if (!q) {
-		_cleanup_free_ char *uri = rebuild_uri(conn, url);
-
-		q = uri ? preq_new(p, uri) : NULL;
+		q = preq_new(p, uri);
 		if (!q)
 			return MHD_NO;
 		q->conn = conn;
 		snprintf(q->method, sizeof(q->method), "%s", method);
 		*req_cls = q;
 	}
-	return on_call(p, q, NULL, upload_data, upload_size);
+	ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+	return on_call(p, q, ci ? ci->socket_context : NULL, upload_data, upload_size);
 }
 
 void proxy_completed(struct proxy *p, void **req_cls)
@@ -533,7 +573,7 @@ void proxy_completed(struct proxy *p, void **req_cls)
 
 void proxy_close_sandbox(struct proxy *p, const char *id)
 {
-	if (!p || !id)
+	if (!p)
 		return;
 	log_debug("proxy", id, "closing proxied connections");
 	registry_shutdown(&p->reg, id);

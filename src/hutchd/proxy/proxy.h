@@ -57,7 +57,8 @@ unsigned proxy_port(struct proxy *p);
 /* Closes every connection, waits for relays to end, frees. NULL is fine. */
 void proxy_stop(struct proxy *p);
 
-/* Closes every proxied connection into sandbox id (it was killed or paused). */
+/* Closes every proxied connection into sandbox id (it was killed or paused),
+ * or into any sandbox when id is NULL (shutting down). */
 void proxy_close_sandbox(struct proxy *p, const char *id);
 
 /* Appends the proxy's Prometheus metrics (text format) to out. */
@@ -66,13 +67,20 @@ int proxy_metrics_render(struct proxy *p, struct hbuf *out);
 /*
  * For another libmicrohttpd server (the API port): proxy_wants() is true
  * when the request's Host names a sandbox; the server then hands every call
- * of that request to proxy_access() and its completion to proxy_completed().
- * proxy_owns() tells whether a request context is the proxy's.
+ * of that request to proxy_access(), with the request target exactly as the
+ * client sent it (from MHD_OPTION_URI_LOG_CALLBACK: the decoded url would
+ * change what reaches the sandbox), and its end to proxy_completed().
+ * *req_cls starts NULL and is the proxy's. The server must run with
+ * MHD_ALLOW_UPGRADE for WebSocket.
  */
 struct MHD_Connection;
 bool proxy_wants(const char *host);
-bool proxy_owns(void *req_cls);
-int proxy_access(struct proxy *p, struct MHD_Connection *conn, const char *url,
+/* A client connection's context (its kept upstream connection): the other
+ * server makes one per connection it accepts, stores it as that
+ * connection's socket context, and frees it when the connection closes. */
+void *proxy_conn_new(struct proxy *p);
+void proxy_conn_free(void *conn_ctx);
+int proxy_access(struct proxy *p, struct MHD_Connection *conn, const char *uri,
 		 const char *method, const char *upload_data, size_t *upload_size,
 		 void **req_cls);
 void proxy_completed(struct proxy *p, void **req_cls);

@@ -114,7 +114,7 @@ void ring_free(struct ring *r);
 size_t ring_put(struct ring *r, const char *p, size_t n);
 size_t ring_get(struct ring *r, char *p, size_t n);
 
-/* upstream.c: the libcurl side of a request */
+/* upstream.c: the sandbox side of a plain HTTP request */
 int upstream_start(struct preq *q, struct pconn *pc, struct herr *err);
 void upstream_push(struct preq *q, const char *data, size_t n);
 /* Ends the request body and waits for the response head or a failure. */
