@@ -5,6 +5,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
+import net from 'node:net';
 import { spawn, spawnSync } from 'node:child_process';
 import {
   chmodSync, chownSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync,
@@ -423,5 +424,111 @@ test('the agent bundle runs in an empty chroot with only busybox', async (t) => 
       await exited;
     }
     rmSync(root, { recursive: true, force: true });
+  }
+});
+
+// Raw bytes on a socket: the answer's status line and body, or '' when closed.
+function rawRequest(port, data) {
+  return new Promise((ok, fail) => {
+    const s = net.connect(port, '127.0.0.1', () => s.end(data));
+    let out = '';
+    s.on('data', (d) => { out += d; });
+    s.on('close', () => ok(out));
+    s.on('error', fail);
+    s.setTimeout(5000, () => s.destroy());
+  });
+}
+
+test('ambiguous framing and NUL bytes in values are refused with 400', async () => {
+  const agent = await startAgent();
+  try {
+    const list = 'POST /process.Process/List HTTP/1.1\r\nHost: x\r\n' +
+      'Content-Type: application/json\r\n';
+    let r = await rawRequest(agent.port,
+      `${list}Content-Length: 2\r\nContent-Length: 40\r\n\r\n{}`);
+    assert.match(r, /^HTTP\/1\.1 400 /);
+    assert.match(r, /conflicting Content-Length headers/);
+    r = await rawRequest(agent.port,
+      `${list}Content-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n`);
+    assert.match(r, /^HTTP\/1\.1 400 /);
+    assert.match(r, /Content-Length together with Transfer-Encoding/);
+    for (const q of ['path=%00', 'path=/tmp/a%00b', 'username=us%00er']) {
+      r = await rawRequest(agent.port, `GET /files?${q} HTTP/1.1\r\nHost: x\r\n\r\n`);
+      assert.match(r, /^HTTP\/1\.1 400 /, q);
+      assert.match(r, /query parameter '(path|username)' contains a NUL byte/, q);
+    }
+    // the same duplicate with equal values is plain HTTP and still served
+    r = await rawRequest(agent.port,
+      `${list}Content-Length: 2\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}`);
+    assert.match(r, /^HTTP\/1\.1 200 /);
+  } finally {
+    await agent.stop();
+  }
+});
+
+test('connections that never send a request cannot lock clients out', async () => {
+  const agent = await startAgent({ args: ['--max-connections=64'] });
+  const socks = [];
+  try {
+    // Twice the connection limit, silent or with half a request each.
+    for (let i = 0; i < 128; i++) {
+      const s = net.connect(agent.port, '127.0.0.1');
+      s.on('error', () => {});
+      s.gone = new Promise((ok) => s.on('close', ok));
+      if (i % 2) s.write('GET /health HTTP/1.1\r\nHost: x\r\n');
+      socks.push(s);
+    }
+    await new Promise((ok) => setTimeout(ok, 500));
+    const t0 = Date.now();
+    const res = await fetch(`${agent.url}/health`);
+    assert.equal(res.status, 204);
+    const list = await rpc(agent.url, '/process.Process/List');
+    assert.equal(list.status, 200);
+    assert.ok(Date.now() - t0 < 3000, `answers took ${Date.now() - t0} ms`);
+    // Each of them is shut down: evicted by newer ones, or after the idle timeout.
+    const all = Promise.all(socks.map((s) => s.gone));
+    const limit = new Promise((_, fail) => setTimeout(() => fail(new Error('still open')),
+      25000));
+    await Promise.race([all, limit]);
+  } finally {
+    for (const s of socks) s.destroy();
+    await agent.stop();
+  }
+});
+
+test('SIGTERM ends open streams with unavailable before the agent stops', async () => {
+  const agent = await startAgent();
+  try {
+    const body = JSON.stringify({ path: agent.home });
+    const frame = Buffer.alloc(5 + Buffer.byteLength(body));
+    frame.writeUInt32BE(Buffer.byteLength(body), 1);
+    frame.write(body, 5);
+    const res = await fetch(`${agent.url}/filesystem.Filesystem/WatchDir`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/connect+json' },
+      body: frame,
+    });
+    assert.equal(res.status, 200);
+    const reader = res.body.getReader();
+    let buf = Buffer.alloc(0);
+    const first = await reader.read(); // the start event
+    buf = Buffer.concat([buf, Buffer.from(first.value)]);
+    agent.child.kill('SIGTERM');
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      buf = Buffer.concat([buf, Buffer.from(value)]);
+    }
+    const frames = [];
+    for (let off = 0; off + 5 <= buf.length;) {
+      const len = buf.readUInt32BE(off + 1);
+      frames.push({ flags: buf[off], msg: JSON.parse(buf.subarray(off + 5, off + 5 + len)) });
+      off += 5 + len;
+    }
+    const end = frames.at(-1);
+    assert.equal(end.flags, 2);
+    assert.deepEqual(end.msg.error, { code: 'unavailable', message: 'agent shutting down' });
+  } finally {
+    await agent.stop();
   }
 });
