@@ -359,3 +359,43 @@ test('traffic access token: 403 without it or with a wrong one, through with it'
       await sb.kill();
     }
   });
+
+test('/metrics: sandboxes by state, create and proxy histograms, 429s, errors', async (t) => {
+  if (skipWithoutBase(t)) return;
+  const sb = await Sandbox.create();
+  const res = await fetch(`${h.apiUrl}/metrics`);
+  await sb.kill();
+  assert.equal(res.status, 200);
+  assert.match(res.headers.get('content-type'), /^text\/plain; version=0\.0\.4/);
+  const text = await res.text();
+  const value = (name) => {
+    const line = text.split('\n').find((l) => l.startsWith(`${name} `));
+    assert.ok(line, `${name} is in /metrics`);
+    return Number(line.slice(name.length + 1));
+  };
+  assert.equal(value('hutch_sandboxes{state="running"}'), 1);
+  for (const s of ['creating', 'paused', 'ended']) value(`hutch_sandboxes{state="${s}"}`);
+  // Every create in this file succeeded; the histogram counts them all.
+  const creates = value('hutch_sandbox_create_seconds_count');
+  assert.ok(creates >= 6, `${creates} creates`);
+  assert.equal(value('hutch_sandbox_creates_total{result="ok"}'), creates);
+  assert.equal(value('hutch_sandbox_create_seconds_bucket{le="+Inf"}'), creates);
+  assert.ok(value('hutch_sandbox_create_seconds_sum') > 0);
+  assert.equal(value('hutch_sandbox_creates_total{result="failed"}'), 0);
+  // Histogram buckets never decrease.
+  const buckets = text.split('\n').filter((l) => l.startsWith('hutch_proxy_response_head_seconds_bucket'))
+    .map((l) => Number(l.split(' ')[1]));
+  assert.equal(buckets.length, 13);
+  assert.deepEqual([...buckets].sort((a, b) => a - b), buckets);
+  const proxied = value('hutch_proxy_response_head_seconds_count');
+  assert.equal(buckets.at(-1), proxied);
+  // The proxy's own answers of this file are counted by status.
+  assert.ok(value('hutch_proxy_requests_total{status="502"}') >= 4);
+  assert.ok(value('hutch_proxy_requests_total{status="403"}') >= 4);
+  assert.ok(value('hutch_proxy_requests_total{status="404"}') >= 2);
+  assert.ok(value('hutch_proxy_websockets_total') >= 3);
+  assert.equal(value('hutch_proxy_websockets_open'), 0);
+  assert.equal(value('hutch_api_rate_limited_total'), 0);
+  assert.equal(value('hutch_api_errors_total'), 0);
+  value('hutch_api_request_duration_seconds_count');
+});

@@ -348,7 +348,7 @@ static void finish_create(struct api_req *r, struct store_sandbox *sb)
 	}
 }
 
-void sbx_create(struct api_req *r)
+static void create_sandbox(struct api_req *r)
 {
 	_cleanup_sandbox_ struct store_sandbox sb = { 0 };
 	struct create_args ca = { 0 };
@@ -357,8 +357,6 @@ void sbx_create(struct api_req *r)
 	json_t *body;
 	int rc;
 
-	if (!api_rate_check(r, RL_CREATE))
-		return;
 	body = api_body_object(r, false);
 	if (!body)
 		return;
@@ -379,6 +377,16 @@ void sbx_create(struct api_req *r)
 	tpl_clear(&tpl);
 	free_create_args(&ca);
 	json_decref(body);
+}
+
+void sbx_create(struct api_req *r)
+{
+	int64_t start = metrics_now_us();
+
+	if (!api_rate_check(r, RL_CREATE))
+		return;
+	create_sandbox(r);
+	metrics_create(&r->api->metrics, r->status, metrics_now_us() - start);
 }
 
 /* ---- get, kill, timeouts ---- */
