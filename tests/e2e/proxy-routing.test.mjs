@@ -399,3 +399,21 @@ test('/metrics: sandboxes by state, create and proxy histograms, 429s, errors', 
   assert.equal(value('hutch_api_errors_total'), 0);
   value('hutch_api_request_duration_seconds_count');
 });
+
+test('pause and resume answer honestly: 501 JSON, the sandbox keeps running', async (t) => {
+  if (skipWithoutBase(t)) return;
+  const sb = await Sandbox.create();
+  try {
+    const p = await h.api('POST', `/sandboxes/${sb.sandboxId}/pause`, {});
+    assert.equal(p.status, 501);
+    assert.equal(p.json.code, 501);
+    assert.match(p.json.message, /pausing is not available/);
+    await assert.rejects(sb.betaPause ? sb.betaPause() : sb.pause(), /not available/);
+    const r = await h.api('POST', `/sandboxes/${sb.sandboxId}/resume`, {});
+    assert.equal(r.status, 409, 'a running sandbox is not resumed');
+    assert.equal((await sb.getInfo()).state, 'running');
+    assert.equal((await sb.commands.run('echo still here')).stdout, 'still here\n');
+  } finally {
+    await sb.kill();
+  }
+});
