@@ -175,7 +175,8 @@ static int read_answer(int fd, http_parser *hp, struct answer *a, char **extra,
 			*extra = *extra_len ? malloc(*extra_len) : NULL;
 			if (*extra_len && !*extra)
 				return -1;
-			memcpy(*extra, buf + used, *extra_len);
+			if (*extra_len)
+				memcpy(*extra, buf + used, *extra_len);
 			return 0;
 		}
 		if (HTTP_PARSER_ERRNO(hp) != HPE_OK || used != (size_t)n)
