@@ -10,9 +10,13 @@
  * 2. the same number of `bwrap --unshare-all` runs of `true`, for scale;
  * 3. IDLE sandboxes kept running at once: MemAvailable per sandbox, then the
  *    time to destroy them all.
+ * With RT_AGENT_BUNDLE (a folder made by scripts/agent-bundle) and
+ * RT_AGENT_ROOTFS (a template root such as a base image's rootfs), the init
+ * is the real agent and "ready" means it accepts on 127.0.0.1:49983.
  * Figures are printed side by side; nothing here is a pass/fail test.
  */
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,21 +67,34 @@ static long mem_available_kb(void)
 struct bench {
 	struct rt *rt;
 	char rootfs[4200], agent[4200];
+	const char *agent_rootfs; /* the real agent's template root, or NULL */
+	const char *bundle;
 };
 
 static int create_one(struct bench *b, const char *id, struct herr *err)
 {
-	static const char *const argv[] = { RT_AGENT_MOUNT "/rt-probe", "serve", "7000",
-					    NULL };
-	const char *layers[] = { b->rootfs };
+	static const char *const probe_argv[] = { RT_AGENT_MOUNT "/rt-probe", "serve", "7000",
+						  NULL };
+	/* As hutchd starts the bundled agent (src/hutchd/lifecycle/rt_glue.c). */
+	static const char *const agent_argv[] = {
+		RT_AGENT_MOUNT "/ld.so", "--library-path", RT_AGENT_MOUNT "/lib",
+		RT_AGENT_MOUNT "/hutch-agent", "--listen=127.0.0.1", "--port=49983",
+		"--default-user=root", "--default-workdir=/", NULL };
+	static const char *const agent_env[] = {
+		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", NULL };
+	bool real = b->bundle != NULL;
+	const char *layers[] = { real ? b->agent_rootfs : b->rootfs };
 	struct rt_spec spec = {
-		.id = id, .layers = layers, .n_layers = 1, .agent_dir = b->agent,
-		.argv = argv, .limits = { .memory_mb = 64, .pids = 64, .disk_mb = 16 },
+		.id = id, .layers = layers, .n_layers = 1,
+		.agent_dir = real ? b->bundle : b->agent,
+		.argv = real ? agent_argv : probe_argv, .env = real ? agent_env : NULL,
+		.limits = { .memory_mb = real ? 512 : 64, .pids = real ? 4096 : 64,
+			    .disk_mb = 16 },
 		.net = { .allow_internet = true },
 	};
 	int r = rt_create(b->rt, &spec, err);
 
-	return r < 0 ? r : rt_wait_port(b->rt, id, 7000, 10000, err);
+	return r < 0 ? r : rt_wait_port(b->rt, id, real ? 49983 : 7000, 10000, err);
 }
 
 /* Per create: ms spent in each step (the time from the previous mark present
@@ -210,6 +227,14 @@ int main(int argc, char **argv)
 	if (rt_test_tree(tmp, argv[1]) < 0)
 		return 1;
 	snprintf(b.rootfs, sizeof(b.rootfs), "%s/rootfs", tmp);
+	b.bundle = getenv("RT_AGENT_BUNDLE");
+	b.agent_rootfs = getenv("RT_AGENT_ROOTFS");
+	if (b.bundle && !b.agent_rootfs) {
+		fprintf(stderr, "RT_AGENT_BUNDLE needs RT_AGENT_ROOTFS (a template root)\n");
+		return 2;
+	}
+	printf("init: %s\n", b.bundle ? "the real agent (bundle), ready = port 49983" :
+	       "rt-probe, ready = port 7000");
 	snprintf(b.agent, sizeof(b.agent), "%s/agent", tmp);
 	snprintf(data, sizeof(data), "%s/data", tmp);
 	snprintf(run, sizeof(run), "%s/run", tmp);
@@ -233,7 +258,9 @@ int main(int argc, char **argv)
 	latency(&b, n, ready, created, gone);
 	bwrap_runs(b.rootfs, n, bw);
 
-	printf("%-26s %10s %10s\n", "(ms, n=", "p50", "p99");
+	char head[32];
+	snprintf(head, sizeof(head), "(ms, n=%d)", n);
+	printf("%-26s %10s %10s\n", head, "p50", "p99");
 	printf("%-26s %10.2f %10.2f\n", "hutch create-to-ready", pct(ready, n, .5),
 	       pct(ready, n, .99));
 	printf("%-26s %10.2f %10.2f\n", "bwrap --unshare-all true", pct(bw, n, .5),

@@ -412,25 +412,21 @@ int rt_cg_pool_create(struct rt *rt, const char *name, struct herr *err)
 	return 0;
 }
 
-int rt_cg_attach_thread(struct rt *rt, const char *name, pid_t tid)
+int rt_cg_attach_self(struct rt *rt, const char *name)
 {
 	const char *ctrls[5];
 	size_t n = v1_dirs(rt, ctrls);
-	char path[512], val[32];
+	char path[512];
 
-	snprintf(val, sizeof(val), "%d", tid);
 	for (size_t i = 0; i < n; i++) {
 		v1_path(path, sizeof(path), ctrls[i], rt->cg_name, name);
-		int r = write_in(path, "tasks", val, NULL);
+		int r = write_in(path, "cgroup.procs", "0", NULL);
 		if (r < 0)
 			return r;
 	}
 	return 0;
 }
 
-/* pids.max while the keeper still sits in the sandbox's cgroups: it and the
- * runner thread that forked it count as tasks for a moment. */
-#define PIDS_SPAWN_MIN 3
 
 int rt_cg_from_pool(struct rt *rt, const char *name, const char *id,
 		    const struct rt_limits *lim, struct herr *err)
@@ -454,9 +450,11 @@ int rt_cg_from_pool(struct rt *rt, const char *name, const char *id,
 		if (r < 0)
 			return r;
 	}
+	/* The pooled keeper counts as a task until it leaves; it then writes
+	 * the exact limit (rt_cg_keeper_leave). */
 	struct rt_limits spawn_lim = *lim;
-	if (spawn_lim.pids && spawn_lim.pids < PIDS_SPAWN_MIN)
-		spawn_lim.pids = PIDS_SPAWN_MIN;
+	if (spawn_lim.pids)
+		spawn_lim.pids++;
 	for (size_t i = 0; i < n; i++) {
 		v1_path(to, sizeof(to), ctrls[i], rt->cg_name, id);
 		r = limits_v1(ctrls[i], to, &spawn_lim, err);
@@ -472,15 +470,17 @@ void rt_cg_keeper_leave(struct rt *rt, const char *id, const struct rt_limits *l
 	size_t n = v1_dirs(rt, ctrls);
 	char path[512];
 
+	/* The exact pids limit first: written after the move, the sandbox
+	 * could take the freed place in between and end up one over. */
+	if (lim->pids) {
+		v1_path(path, sizeof(path), "pids", rt->cg_name, id);
+		limits_v1("pids", path, lim, NULL);
+	}
 	/* Into our own parent directories: the keeper's memory and tasks then
 	 * count for the runtime, not for the sandbox. */
 	for (size_t i = 0; i < n; i++) {
 		v1_path(path, sizeof(path), ctrls[i], rt->cg_name, NULL);
 		write_in(path, "cgroup.procs", "0", NULL);
-	}
-	if (lim->pids && lim->pids < PIDS_SPAWN_MIN) {
-		v1_path(path, sizeof(path), "pids", rt->cg_name, id);
-		limits_v1("pids", path, lim, NULL);
 	}
 }
 

@@ -7,16 +7,16 @@
  *    detached fsmount. A create renames the image into the sandbox's folder
  *    (the loop device follows the inode, not the name) and hands the mount
  *    on, so rt_disk_mount_fd() by id still finds the same file later.
- *  - runners (v1 and hybrid cgroup hosts): a set of cgroup directories in
+ *  - keepers (v1 and hybrid cgroup hosts): a set of cgroup directories in
  *    every v1 controller, named ".pool-<i>" (ids cannot contain a dot), and a
- *    parked thread of ours already attached to them. Attaching a task to a v1
- *    cgroup takes cgroup_threadgroup_rwsem for writing, which after an idle
- *    spell waits for an RCU grace period (7-11 ms on our hosts); the runner
- *    pays that here. A create renames the directories to the sandbox id and
- *    lets the runner fork the keeper: the keeper, and the init it clones,
- *    are born in the sandbox's cgroups with no attach on the request path.
- *    The keeper moves itself out to our parent cgroup once it has reported.
- *
+ *    keeper process forked ahead that moved itself into them. Attaching a
+ *    task to a v1 cgroup takes cgroup_threadgroup_rwsem for writing, which
+ *    after an idle spell waits for an RCU grace period (7-11 ms on our
+ *    hosts); the pooled keeper pays that here, and the fork of hutchd too.
+ *    A create renames the directories to the sandbox id and hands the
+ *    sandbox to the keeper (spawn.c): the init it clones is born in the
+ *    sandbox's cgroups, with no attach on the request path. The keeper
+ *    moves itself out to our parent cgroups once it has reported.
  * Both pools reuse the lowest free index, so a full pool always has the same
  * names (the leak tests compare pictures of the host). rt_shutdown removes
  * everything here; rt_init removes what a crashed process left.
@@ -39,21 +39,6 @@
 
 #define PREP_DISKS_MAX 8
 
-enum runner_state { RUNNER_ATTACHING, RUNNER_PARKED, RUNNER_JOB, RUNNER_DONE, RUNNER_EXIT };
-
-struct rt_runner {
-	struct rt *rt;
-	unsigned index;
-	pthread_t thread;
-	pthread_mutex_t lock;
-	pthread_cond_t cond;
-	enum runner_state state;
-	int attach_err;               /* negative errno of the self-attach */
-	pid_t (*job)(void *arg);
-	void *job_arg;
-	pid_t job_result;
-};
-
 struct rt_prep_disk {
 	unsigned index;
 	uint64_t mb;
@@ -70,157 +55,53 @@ static void disk_pool_path(const struct rt *rt, char *buf, size_t len, unsigned 
 	snprintf(buf, len, "%s/pool/disk-%u.img", rt->data_dir, index);
 }
 
-/* ---------- runners ---------- */
+/* ---------- pooled keepers ---------- */
 
-static void *runner_main(void *arg)
+/* Makes the directories and a keeper waiting in them. */
+static int zygote_make(struct rt *rt, unsigned index, struct rt_zygote *z, struct herr *err)
 {
-	struct rt_runner *run = arg;
 	char name[32];
 
-	pool_name(name, sizeof(name), run->index);
-	int r = rt_cg_attach_thread(run->rt, name, (pid_t)syscall(SYS_gettid));
-
-	pthread_mutex_lock(&run->lock);
-	run->attach_err = r;
-	run->state = r < 0 ? RUNNER_EXIT : RUNNER_PARKED;
-	pthread_cond_broadcast(&run->cond);
-	while (run->state == RUNNER_PARKED)
-		pthread_cond_wait(&run->cond, &run->lock);
-	if (run->state == RUNNER_JOB) {
-		pthread_mutex_unlock(&run->lock);
-		pid_t pid = run->job(run->job_arg);
-		pthread_mutex_lock(&run->lock);
-		run->job_result = pid;
-		run->state = RUNNER_DONE;
-		pthread_cond_broadcast(&run->cond);
-	}
-	pthread_mutex_unlock(&run->lock);
-	/* Leaving: the thread's exit takes it out of the cgroups. */
-	return NULL;
-}
-
-static void runner_free(struct rt_runner *run)
-{
-	pthread_join(run->thread, NULL);
-	pthread_cond_destroy(&run->cond);
-	pthread_mutex_destroy(&run->lock);
-	free(run);
-}
-
-/* Makes the directories and a thread attached to them; NULL on failure. */
-static struct rt_runner *runner_make(struct rt *rt, unsigned index, struct herr *err)
-{
-	struct rt_runner *run = calloc(1, sizeof(*run));
-	char name[32];
-	pthread_attr_t attr;
-
-	if (!run) {
-		herr_set(err, -ENOMEM, "out of memory");
-		return NULL;
-	}
 	pool_name(name, sizeof(name), index);
-	if (rt_cg_pool_create(rt, name, err) < 0) {
+	int r = rt_cg_pool_create(rt, name, err);
+	if (r == 0)
+		r = rt_zygote_start(rt, name, z, err);
+	if (r < 0)
 		rt_cg_destroy(rt, name, NULL);
-		free(run);
-		return NULL;
-	}
-	run->rt = rt;
-	run->index = index;
-	run->state = RUNNER_ATTACHING;
-	pthread_mutex_init(&run->lock, NULL);
-	pthread_cond_init(&run->cond, NULL);
-	pthread_attr_init(&attr);
-	pthread_attr_setstacksize(&attr, 1024 * 1024);
-	int pr = pthread_create(&run->thread, &attr, runner_main, run);
-	pthread_attr_destroy(&attr);
-	if (pr != 0) {
-		herr_set(err, -pr, "starting a cgroup runner thread");
-		rt_cg_destroy(rt, name, NULL);
-		pthread_cond_destroy(&run->cond);
-		pthread_mutex_destroy(&run->lock);
-		free(run);
-		return NULL;
-	}
-	pthread_mutex_lock(&run->lock);
-	while (run->state == RUNNER_ATTACHING)
-		pthread_cond_wait(&run->cond, &run->lock);
-	int r = run->attach_err;
-	pthread_mutex_unlock(&run->lock);
-	if (r < 0) {
-		herr_sys(err, r, "attaching a runner to cgroup %s", name);
-		runner_free(run);
-		rt_cg_destroy(rt, name, NULL);
-		return NULL;
-	}
-	return run;
+	return r;
 }
 
-/* Ends a runner that will get no job; its directories are the caller's. */
-static void runner_end(struct rt_runner *run)
+int rt_prep_take_zygote(struct rt *rt, const char *id, const struct rt_limits *lim,
+			struct rt_zygote *out, struct herr *err)
 {
-	pthread_mutex_lock(&run->lock);
-	if (run->state == RUNNER_PARKED)
-		run->state = RUNNER_EXIT;
-	pthread_cond_broadcast(&run->cond);
-	pthread_mutex_unlock(&run->lock);
-	runner_free(run);
-}
-
-pid_t rt_runner_run(struct rt_runner *run, pid_t (*job)(void *arg), void *arg)
-{
-	pthread_mutex_lock(&run->lock);
-	run->job = job;
-	run->job_arg = arg;
-	run->state = RUNNER_JOB;
-	pthread_cond_broadcast(&run->cond);
-	while (run->state != RUNNER_DONE)
-		pthread_cond_wait(&run->cond, &run->lock);
-	pid_t pid = run->job_result;
-	pthread_mutex_unlock(&run->lock);
-	runner_free(run);
-	return pid;
-}
-
-void rt_runner_cancel(struct rt_runner *run)
-{
-	if (run)
-		runner_end(run);
-}
-
-/*
- * Gives the sandbox a pooled runner: its directories are renamed to the id
- * and the limits written. Returns NULL when the pool is empty (or off) and
- * the caller makes the cgroups the ordinary way.
- */
-struct rt_runner *rt_prep_take_runner(struct rt *rt, const char *id,
-				      const struct rt_limits *lim, struct herr *err,
-				      int *res)
-{
-	struct rt_runner *run = NULL;
+	struct rt_zygote z = { 0 };
+	unsigned index = 0;
 	char name[32];
 
-	*res = 0;
 	pthread_mutex_lock(&rt->prep_lock);
-	for (unsigned i = 0; i < rt->prep_size && !run; i++)
-		if (rt->runners[i]) {
-			run = rt->runners[i];
-			rt->runners[i] = NULL;
+	for (unsigned i = 0; i < rt->prep_size && !z.pid; i++)
+		if (rt->zygotes[i].pid) {
+			z = rt->zygotes[i];
+			index = rt->zygote_index[i];
+			rt->zygotes[i] = (struct rt_zygote){ .sock = -1 };
 		}
 	pthread_cond_signal(&rt->prep_cond);
 	pthread_mutex_unlock(&rt->prep_lock);
-	if (!run)
-		return NULL;
+	if (!z.pid)
+		return -ENOENT;
 
-	pool_name(name, sizeof(name), run->index);
-	*res = rt_cg_from_pool(rt, name, id, lim, err);
-	if (*res < 0) {
-		runner_end(run);
+	pool_name(name, sizeof(name), index);
+	int r = rt_cg_from_pool(rt, name, id, lim, err);
+	if (r < 0) {
+		rt_zygote_stop(&z);
 		rt_cg_destroy(rt, name, NULL); /* what was not renamed yet */
 	}
 	pthread_mutex_lock(&rt->prep_lock);
-	rt->index_busy[run->index] = false;
+	rt->index_busy[index] = false;
 	pthread_mutex_unlock(&rt->prep_lock);
-	return *res < 0 ? NULL : run;
+	if (r == 0)
+		*out = z;
+	return r;
 }
 
 /* ---------- disks ---------- */
@@ -300,23 +181,25 @@ static int free_index(bool *busy, unsigned n)
 static bool refill_one(struct rt *rt)
 {
 	struct herr err;
-	int slot = -1, index;
+	int index;
 
-	for (unsigned i = 0; i < rt->prep_size && rt->runners_on; i++)
-		if (!rt->runners[i] && (index = free_index(rt->index_busy, rt->prep_size)) >= 0) {
-			slot = (int)i;
+	for (unsigned i = 0; i < rt->prep_size && rt->zygotes_on; i++) {
+		if (rt->zygotes[i].pid)
+			continue;
+		index = free_index(rt->index_busy, rt->prep_size);
+		if (index < 0)
 			break;
-		}
-	if (slot >= 0) {
+		struct rt_zygote z;
 		pthread_mutex_unlock(&rt->prep_lock);
-		struct rt_runner *run = runner_make(rt, (unsigned)index, &err);
+		int r = zygote_make(rt, (unsigned)index, &z, &err);
 		pthread_mutex_lock(&rt->prep_lock);
-		if (!run) {
+		if (r < 0) {
 			rt->index_busy[index] = false;
-			log_warn("runtime", NULL, "cgroup pool: %s", err.msg);
+			log_warn("runtime", NULL, "keeper pool: %s", err.msg);
 			return false;
 		}
-		rt->runners[slot] = run;
+		rt->zygotes[i] = z;
+		rt->zygote_index[i] = (unsigned)index;
 		return true;
 	}
 
@@ -362,20 +245,132 @@ static bool refill_one(struct rt *rt)
 	return false;
 }
 
+/* ---------- keepers leaving the sandbox cgroups ---------- */
+
+/*
+ * Keepers leave some time after their create: a sandbox destroyed before
+ * then never pays the attach at all (the keeper ends with it), and the
+ * leaves of a burst of creates are batched into one grace period.
+ */
+#define LEAVE_AFTER_MS 200
+
+static uint64_t mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+void rt_prep_keeper_leave(struct rt *rt, int leave_fd)
+{
+	pthread_mutex_lock(&rt->prep_lock);
+	if (rt->n_leave == 0)
+		rt->leave_due_ms = mono_ms() + LEAVE_AFTER_MS;
+	if (rt->n_leave == rt->cap_leave) {
+		unsigned cap = rt->cap_leave ? rt->cap_leave * 2 : 16;
+		int *grown = realloc(rt->leave_fds, cap * sizeof(*grown));
+		if (!grown) {
+			pthread_mutex_unlock(&rt->prep_lock);
+			close(leave_fd); /* EOF: the keeper leaves at once */
+			return;
+		}
+		rt->leave_fds = grown;
+		rt->cap_leave = cap;
+	}
+	rt->leave_fds[rt->n_leave++] = leave_fd;
+	pthread_cond_signal(&rt->prep_cond);
+	pthread_mutex_unlock(&rt->prep_lock);
+}
+
+/* Called with prep_lock held; drops it while writing. */
+static void let_keepers_leave(struct rt *rt)
+{
+	unsigned n = rt->n_leave;
+	int *fds = rt->leave_fds;
+
+	rt->leave_fds = NULL;
+	rt->n_leave = rt->cap_leave = 0;
+	pthread_mutex_unlock(&rt->prep_lock);
+	/* All at once: their attach writes then share one grace period. */
+	for (unsigned i = 0; i < n; i++) {
+		if (write(fds[i], "L", 1) < 0) {
+			/* the keeper is gone; nothing to move */
+		}
+		close(fds[i]);
+	}
+	free(fds);
+	pthread_mutex_lock(&rt->prep_lock);
+}
+
+void rt_prep_create_begin(struct rt *rt)
+{
+	if (!rt->prep_inited)
+		return;
+	pthread_mutex_lock(&rt->prep_lock);
+	rt->creating++;
+	pthread_mutex_unlock(&rt->prep_lock);
+}
+
+void rt_prep_create_end(struct rt *rt)
+{
+	if (!rt->prep_inited)
+		return;
+	pthread_mutex_lock(&rt->prep_lock);
+	rt->creating--;
+	pthread_cond_signal(&rt->prep_cond);
+	pthread_mutex_unlock(&rt->prep_lock);
+}
+
+static void wait_ms(struct rt *rt, long ms)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_nsec += ms * 1000000;
+	ts.tv_sec += ts.tv_nsec / 1000000000;
+	ts.tv_nsec %= 1000000000;
+	pthread_cond_timedwait(&rt->prep_cond, &rt->prep_lock, &ts);
+}
+
+/*
+ * Pool work (forks, cgroup mkdir and attach, mkfs, mounts) competes with
+ * creates for the CPU and for cgroup_mutex, so it waits while a create is
+ * running, for at most ~100 ms at a stretch so a steady stream of creates
+ * cannot starve the pools.
+ */
+#define QUIET_WAIT_MS 20
+#define QUIET_WAITS_MAX 5
+
 static void *prep_main(void *arg)
 {
 	struct rt *rt = arg;
+	int waited = 0;
 
 	pthread_mutex_lock(&rt->prep_lock);
 	while (rt->prep_running) {
+		if (rt->creating && waited < QUIET_WAITS_MAX) {
+			wait_ms(rt, QUIET_WAIT_MS);
+			waited++;
+			continue;
+		}
+		waited = 0;
+		uint64_t now = mono_ms();
+		if (rt->n_leave && now >= rt->leave_due_ms) {
+			let_keepers_leave(rt);
+			continue;
+		}
 		if (refill_one(rt))
 			continue;
-		/* Nothing to do, or it failed: wait for a take, or a second. */
-		struct timespec ts;
-		clock_gettime(CLOCK_REALTIME, &ts);
-		ts.tv_sec += 1;
-		pthread_cond_timedwait(&rt->prep_cond, &rt->prep_lock, &ts);
+		/* Nothing to do, or it failed: wait for a take, the next leave,
+		 * or a second. */
+		long pause = 1000;
+		if (rt->n_leave && rt->leave_due_ms - now < (uint64_t)pause)
+			pause = (long)(rt->leave_due_ms - now);
+		wait_ms(rt, pause);
 	}
+	if (rt->n_leave)
+		let_keepers_leave(rt);
 	pthread_mutex_unlock(&rt->prep_lock);
 	return NULL;
 }
@@ -405,7 +400,7 @@ int rt_prep_init(struct rt *rt, struct herr *err)
 	rt->prep_disks = rt->pool_size < PREP_DISKS_MAX ? rt->pool_size : PREP_DISKS_MAX;
 	rt->disk_mb_wanted = RT_DEFAULT_DISK_MB;
 	/* Only where a v1 attach would otherwise sit on the request path. */
-	rt->runners_on = rt->cg_mode != RT_CG_UNIFIED;
+	rt->zygotes_on = rt->cg_mode != RT_CG_UNIFIED;
 
 	snprintf(path, sizeof(path), "%s/pool", rt->data_dir);
 	int r = rt_mkdir_p(path, 0700, err);
@@ -414,12 +409,16 @@ int rt_prep_init(struct rt *rt, struct herr *err)
 	remove_leftovers(rt);
 	if (!rt->pool_size)
 		return 0;
-	rt->runners = calloc(rt->prep_size, sizeof(*rt->runners));
+	rt->zygotes = calloc(rt->prep_size, sizeof(*rt->zygotes));
+	rt->zygote_index = calloc(rt->prep_size, sizeof(*rt->zygote_index));
 	rt->index_busy = calloc(rt->prep_size, sizeof(*rt->index_busy));
 	rt->disks = calloc(rt->prep_disks, sizeof(*rt->disks));
 	rt->disk_index_busy = calloc(rt->prep_disks, sizeof(*rt->disk_index_busy));
-	if (!rt->runners || !rt->index_busy || !rt->disks || !rt->disk_index_busy)
+	if (!rt->zygotes || !rt->zygote_index || !rt->index_busy || !rt->disks ||
+	    !rt->disk_index_busy)
 		return herr_set(err, -ENOMEM, "prepared pools: out of memory");
+	for (unsigned i = 0; i < rt->prep_size; i++)
+		rt->zygotes[i].sock = -1;
 	for (unsigned i = 0; i < rt->prep_disks; i++)
 		rt->disks[i].mount_fd = -1;
 	rt->prep_running = true;
@@ -445,13 +444,12 @@ void rt_prep_shutdown(struct rt *rt)
 		pthread_join(rt->prep_thread, NULL);
 	rt->prep_thread_on = false;
 
-	for (unsigned i = 0; rt->runners && i < rt->prep_size; i++) {
-		struct rt_runner *run = rt->runners[i];
+	for (unsigned i = 0; rt->zygotes && i < rt->prep_size; i++) {
 		char name[32];
-		if (!run)
+		if (!rt->zygotes[i].pid)
 			continue;
-		pool_name(name, sizeof(name), run->index);
-		runner_end(run);
+		pool_name(name, sizeof(name), rt->zygote_index[i]);
+		rt_zygote_stop(&rt->zygotes[i]);
 		rt_cg_destroy(rt, name, NULL);
 	}
 	for (unsigned i = 0; rt->disks && i < rt->prep_disks; i++)
@@ -459,11 +457,17 @@ void rt_prep_shutdown(struct rt *rt)
 			disk_drop(rt, &rt->disks[i]);
 	snprintf(path, sizeof(path), "%s/pool", rt->data_dir);
 	rmdir(path);
-	free(rt->runners);
+	for (unsigned i = 0; i < rt->n_leave; i++)
+		close(rt->leave_fds[i]); /* EOF: they leave */
+	free(rt->leave_fds);
+	rt->leave_fds = NULL;
+	rt->n_leave = 0;
+	free(rt->zygotes);
+	free(rt->zygote_index);
 	free(rt->index_busy);
 	free(rt->disks);
 	free(rt->disk_index_busy);
-	rt->runners = NULL;
+	rt->zygotes = NULL;
 	rt->disks = NULL;
 	pthread_cond_destroy(&rt->prep_cond);
 	pthread_mutex_destroy(&rt->prep_lock);

@@ -327,13 +327,15 @@ static void drop_slot(struct rt *rt, struct rt_sandbox *s)
 /* What prepare_host_side hands to rt_spawn: prepared-pool objects. */
 struct host_prep {
 	int disk_fd;               /* mounted disk from the pool, or -1 */
-	struct rt_runner *runner;  /* cgroup runner from the pool, or NULL */
+	bool has_zygote;
+	struct rt_zygote zygote;   /* pooled keeper already in the cgroups */
 };
 
 static void host_prep_drop(struct host_prep *hp)
 {
-	rt_runner_cancel(hp->runner);
-	hp->runner = NULL;
+	if (hp->has_zygote)
+		rt_zygote_stop(&hp->zygote);
+	hp->has_zygote = false;
 	if (hp->disk_fd >= 0)
 		close(hp->disk_fd);
 	hp->disk_fd = -1;
@@ -358,8 +360,9 @@ static int prepare_host_side(struct rt *rt, struct rt_sandbox *s, const struct r
 	if (r < 0)
 		return r;
 	rt_mark(marks, RT_M_DISK);
-	hp->runner = rt_prep_take_runner(rt, s->id, &spec->limits, err, &r);
-	if (r == 0 && !hp->runner)
+	r = rt_prep_take_zygote(rt, s->id, &spec->limits, &hp->zygote, err);
+	hp->has_zygote = r == 0;
+	if (r == -ENOENT)
 		r = rt_cg_create(rt, s->id, &spec->limits, err);
 	if (r < 0)
 		return r;
@@ -417,12 +420,17 @@ int rt_create(struct rt *rt, const struct rt_spec *spec, struct herr *err)
 	r = check_spec(spec, err);
 	if (r < 0)
 		return r;
-	/* Shared with the keeper and the init (until its execve). */
-	struct rt_marks *marks = mmap(NULL, sizeof(*marks), PROT_READ | PROT_WRITE,
-				      MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	/* Shared with the keeper and the init (until its execve); a memfd so
+	 * that a keeper forked ahead can map it too. */
+	_cleanup_close_ int marks_fd = memfd_create("hutch-marks", MFD_CLOEXEC);
+	struct rt_marks *marks = NULL;
+	if (marks_fd >= 0 && ftruncate(marks_fd, sizeof(*marks)) == 0)
+		marks = mmap(NULL, sizeof(*marks), PROT_READ | PROT_WRITE, MAP_SHARED,
+			     marks_fd, 0);
 	if (marks == MAP_FAILED)
 		marks = NULL;
 	rt_mark(marks, RT_M_START);
+	rt_prep_create_begin(rt);
 	r = reserve_slot(rt, spec, &s, err);
 	if (r < 0)
 		goto out;
@@ -430,15 +438,18 @@ int rt_create(struct rt *rt, const struct rt_spec *spec, struct herr *err)
 	pthread_mutex_lock(&s->lock);
 	r = prepare_host_side(rt, s, spec, &hp, marks, err);
 	res.marks = marks;
+	res.marks_fd = marks ? marks_fd : -1;
+	res.leave_fd = -1;
 	res.disk_fd = hp.disk_fd;
-	res.runner = hp.runner;
+	res.zygote = hp.has_zygote ? &hp.zygote : NULL;
 	if (r == 0) {
 		hp.disk_fd = -1;
-		hp.runner = NULL;
 		r = rt_spawn(rt, s, spec, &res, err);
+		/* rt_spawn used the pooled keeper, or let it go on failure */
+		hp.has_zygote = false;
 	}
 	if (r < 0) {
-		/* The runner leaves the cgroups before they are removed. */
+		/* An unused pooled keeper leaves the cgroups before they go. */
 		host_prep_drop(&hp);
 		log_warn("runtime", s->id, "create failed: %s", err ? err->msg : "");
 		s->stop_requested = true;
@@ -470,7 +481,10 @@ int rt_create(struct rt *rt, const struct rt_spec *spec, struct herr *err)
 		 s->slot, s->net.host_if);
 	if (marks)
 		log_marks(spec->id, marks);
+	if (res.leave_fd >= 0)
+		rt_prep_keeper_leave(rt, res.leave_fd);
 out:
+	rt_prep_create_end(rt);
 	if (marks)
 		munmap(marks, sizeof(*marks));
 	return r;

@@ -139,13 +139,18 @@ struct rt {
 	pthread_mutex_t prep_lock;
 	pthread_cond_t prep_cond;
 	pthread_t prep_thread;
-	bool prep_inited, prep_running, prep_thread_on, runners_on;
+	bool prep_inited, prep_running, prep_thread_on, zygotes_on;
 	unsigned prep_size, prep_disks;
-	struct rt_runner **runners;     /* prep_size entries, NULL = empty */
+	struct rt_zygote *zygotes;      /* prep_size entries, pid 0 = empty */
+	unsigned *zygote_index;         /* the ".pool-<i>" of each entry */
 	bool *index_busy;               /* ".pool-<i>" names in use */
 	struct rt_prep_disk *disks;     /* prep_disks entries, mount_fd -1 = empty */
 	bool *disk_index_busy;          /* "pool/disk-<i>.img" names in use */
 	uint64_t disk_mb_wanted;        /* size of the last disk asked for */
+	unsigned creating;              /* creates in flight */
+	int *leave_fds;                 /* pooled keepers to let out of the cgroups */
+	unsigned n_leave, cap_leave;
+	uint64_t leave_due_ms;          /* CLOCK_MONOTONIC ms when they leave */
 };
 
 /* seccomp.c */
@@ -170,8 +175,8 @@ bool rt_cg_pids_hit(struct rt *rt, const char *id);
 bool rt_cg_exists(struct rt *rt, const char *id);
 
 int rt_cg_pool_create(struct rt *rt, const char *name, struct herr *err);
-/* Puts one thread (tid) into the v1 directories <name>. */
-int rt_cg_attach_thread(struct rt *rt, const char *name, pid_t tid);
+/* Moves the calling process into the v1 directories <name>. */
+int rt_cg_attach_self(struct rt *rt, const char *name);
 /* Renames pooled v1 directories to the sandbox id, makes the rest, writes
  * the limits. */
 int rt_cg_from_pool(struct rt *rt, const char *name, const char *id,
@@ -180,22 +185,22 @@ int rt_cg_from_pool(struct rt *rt, const char *name, const char *id,
 void rt_cg_keeper_leave(struct rt *rt, const char *id, const struct rt_limits *lim);
 void rt_cg_pool_leftovers(struct rt *rt);
 
-/* prep.c: disks and cgroup runners prepared ahead */
-struct rt_runner;
+/* prep.c: disks and keepers in cgroups prepared ahead */
 struct rt_prep_disk;
 int rt_prep_init(struct rt *rt, struct herr *err);
 void rt_prep_shutdown(struct rt *rt);
 /* The pooled disk of mb MiB renamed to target; its mount fd, or -ENOENT. */
 int rt_prep_take_disk(struct rt *rt, const char *target, uint64_t mb, struct herr *err);
-/* A runner whose cgroups are now the sandbox's (limits written), or NULL
- * (then *res is 0 when the pool was only empty, else the error). */
-struct rt_runner *rt_prep_take_runner(struct rt *rt, const char *id,
-				      const struct rt_limits *lim, struct herr *err,
-				      int *res);
-/* Runs job on the runner's thread (it forks the keeper there) and ends the
- * runner; returns what job returned. */
-pid_t rt_runner_run(struct rt_runner *run, pid_t (*job)(void *arg), void *arg);
-void rt_runner_cancel(struct rt_runner *run);
+/* A pooled keeper whose cgroups are now the sandbox's (limits written): 0
+ * and *out filled; -ENOENT when the pool is empty; else the error. */
+int rt_prep_take_zygote(struct rt *rt, const char *id, const struct rt_limits *lim,
+			struct rt_zygote *out, struct herr *err);
+/* Queues a started pooled keeper's leave_fd: the pool thread tells it to
+ * leave the sandbox's cgroups once no create is running. Takes the fd. */
+void rt_prep_keeper_leave(struct rt *rt, int leave_fd);
+/* Brackets a create, so that pool work waits for quiet moments. */
+void rt_prep_create_begin(struct rt *rt);
+void rt_prep_create_end(struct rt *rt);
 
 /* net.c */
 int rt_net_init(struct rt *rt, struct herr *err);
@@ -240,9 +245,22 @@ struct rt_spawn_result {
 	pid_t init_pid;
 	struct rt_marks *marks; /* in: a shared page for timestamps, or NULL */
 	int disk_fd;            /* in: the mounted disk from the pool, or -1 */
-	struct rt_runner *runner; /* in: pooled cgroup runner, or NULL */
-	/* rt_spawn always consumes disk_fd and runner (sets them to -1/NULL). */
+	struct rt_zygote *zygote; /* in: a pooled keeper in the sandbox's cgroups, or NULL */
+	int marks_fd;           /* in: memfd behind marks (for a pooled keeper), or -1 */
+	int leave_fd;           /* out: for rt_prep_keeper_leave (pooled keeper), or -1 */
+	/* rt_spawn always consumes disk_fd and zygote (sets them to -1/NULL). */
 };
+
+/* A keeper forked ahead, waiting in pooled v1 cgroups for its sandbox. */
+struct rt_zygote {
+	pid_t pid;
+	int sock;
+};
+/* Forks a pooled keeper that joins the v1 cgroups <name>; returns once it
+ * is there. */
+int rt_zygote_start(struct rt *rt, const char *name, struct rt_zygote *z, struct herr *err);
+/* Lets an unused pooled keeper go and reaps it. */
+void rt_zygote_stop(struct rt_zygote *z);
 int rt_spawn(struct rt *rt, struct rt_sandbox *s, const struct rt_spec *spec,
 	     struct rt_spawn_result *res, struct herr *err);
 

@@ -474,6 +474,7 @@ struct keeper_ctx {
 	/* Forked by a pooled runner: the keeper is already in the sandbox's v1
 	 * cgroups, so the init is born there; the keeper leaves afterwards. */
 	bool in_cgroups;
+	int leave_fd;   /* pooled keeper: readable when it is time to move out */
 };
 
 static pid_t keeper_clone_init(struct keeper_ctx *k, int sock_child, int err_w)
@@ -513,6 +514,31 @@ static void keeper_record_exit(struct rt *rt, const char *id, int wstatus)
 	snprintf(text, sizeof(text), "%d\n", wstatus);
 	if (rt_write_file(tmp, text, NULL) == 0)
 		rename(tmp, path);
+}
+
+/*
+ * A pooled keeper sits in the sandbox's v1 cgroups; it moves out when hutchd
+ * says so (a byte or EOF on leave_fd), or not at all if the init ends first.
+ * hutchd picks a moment when no create is running: a v1 attach holds
+ * cgroup_mutex through an RCU grace period (~10 ms), and a clone3 with
+ * CLONE_INTO_CGROUP or a cgroup mkdir of a create would wait for it.
+ */
+static void keeper_wait_leave(struct keeper_ctx *k, pid_t child)
+{
+	_cleanup_close_ int pidfd = (int)syscall(SYS_pidfd_open, child, 0);
+	struct pollfd p[2] = {
+		{ .fd = pidfd, .events = POLLIN },
+		{ .fd = k->leave_fd, .events = POLLIN },
+	};
+
+	if (pidfd < 0 || k->leave_fd < 0)
+		return;
+	while (poll(p, 2, -1) < 0 && errno == EINTR)
+		;
+	if (p[1].revents && !p[0].revents)
+		rt_cg_keeper_leave(k->rt, k->s->id, &k->spec->limits);
+	close(k->leave_fd);
+	k->leave_fd = -1;
 }
 
 static __attribute__((noreturn)) void keeper_main(struct keeper_ctx *k)
@@ -583,9 +609,8 @@ static __attribute__((noreturn)) void keeper_main(struct keeper_ctx *k)
 	close(k->report_fd);
 	if (k->marks)
 		munmap(k->marks, sizeof(*k->marks));
-	/* Off the request path now: hutchd already has its answer. */
 	if (k->in_cgroups)
-		rt_cg_keeper_leave(k->rt, k->s->id, &k->spec->limits);
+		keeper_wait_leave(k, child);
 
 	int wstatus;
 	while (waitpid(child, &wstatus, 0) < 0 && errno == EINTR)
@@ -657,40 +682,328 @@ static int wait_report(int fd, struct spawn_report *rep, struct herr *err)
 	return 0;
 }
 
-struct keeper_fork {
-	struct keeper_ctx *k;
-	int rp[2];
+/* ---------- keepers forked ahead (zygotes) ---------- */
+
+/*
+ * A zygote is a keeper forked before its sandbox is known. It sits in the
+ * pooled v1 cgroups <name> (it attached itself, paying the attach there), and
+ * waits for one request: the sandbox's spec, flattened, and its descriptors.
+ * It then is that sandbox's keeper. The request comes from our own process
+ * over a private socketpair, so it is trusted, but it is still parsed with
+ * bounds checks: a bug must end in a refused spawn, not a wild pointer.
+ */
+#define ZY_BLOB_MAX 65536
+#define ZY_MAX_ARGS 1024
+
+enum { ZY_FD_REPORT, ZY_FD_DISK, ZY_FD_NETNS, ZY_FD_CG, ZY_FD_LOG, ZY_FD_MARKS, ZY_NFDS };
+
+struct zy_hdr {
+	uint32_t uid_base;
+	uint32_t n_layers, n_argv, n_env;
+	uint32_t has_hostname, has_env;
+	struct rt_limits limits;
+	uint32_t fd_real;  /* bit ZY_FD_x set: a real descriptor, not a stand-in */
+	uint32_t blob_len;
 };
 
-/* Forks the keeper; runs on a pooled runner's thread or the caller's.
- * Returns its pid or a negative errno. */
-static pid_t fork_keeper(void *arg)
+static int blob_put(char *blob, size_t *off, const char *str)
 {
-	struct keeper_fork *f = arg;
-	struct keeper_ctx *k = f->k;
+	size_t len = strlen(str) + 1;
+
+	if (*off + len > ZY_BLOB_MAX - sizeof(struct zy_hdr))
+		return -E2BIG;
+	memcpy(blob + *off, str, len);
+	*off += len;
+	return 0;
+}
+
+static size_t count_strs(const char *const *v)
+{
+	size_t n = 0;
+
+	while (v && v[n])
+		n++;
+	return n;
+}
+
+/* Flattens what the keeper needs into msg (header, then NUL-ended strings:
+ * id, agent_dir, hostname?, layers, argv, env). */
+static int zy_pack(const struct rt_sandbox *s, const struct rt_spec *spec, uint32_t fd_real,
+		   char *msg, size_t *len)
+{
+	struct zy_hdr h = {
+		.uid_base = s->uid_base, .n_layers = (uint32_t)spec->n_layers,
+		.n_argv = (uint32_t)count_strs(spec->argv),
+		.n_env = (uint32_t)count_strs(spec->env),
+		.has_hostname = spec->hostname != NULL, .has_env = spec->env != NULL,
+		.limits = spec->limits, .fd_real = fd_real,
+	};
+	char *blob = msg + sizeof(h);
+	size_t off = 0;
+	int r = 0;
+
+	if (h.n_argv > ZY_MAX_ARGS || h.n_env > ZY_MAX_ARGS)
+		return -E2BIG;
+	r = blob_put(blob, &off, s->id);
+	if (r == 0)
+		r = blob_put(blob, &off, spec->agent_dir);
+	if (r == 0 && spec->hostname)
+		r = blob_put(blob, &off, spec->hostname);
+	for (size_t i = 0; r == 0 && i < spec->n_layers; i++)
+		r = blob_put(blob, &off, spec->layers[i]);
+	for (size_t i = 0; r == 0 && i < h.n_argv; i++)
+		r = blob_put(blob, &off, spec->argv[i]);
+	for (size_t i = 0; r == 0 && i < h.n_env; i++)
+		r = blob_put(blob, &off, spec->env[i]);
+	if (r < 0)
+		return r;
+	h.blob_len = (uint32_t)off;
+	memcpy(msg, &h, sizeof(h));
+	*len = sizeof(h) + off;
+	return 0;
+}
+
+/* The next string of the blob, or NULL when it would run past the end. */
+static const char *blob_next(const char *blob, size_t len, size_t *off)
+{
+	const char *str = blob + *off;
+	const char *nul = *off < len ? memchr(str, '\0', len - *off) : NULL;
+
+	if (!nul)
+		return NULL;
+	*off += (size_t)(nul - str) + 1;
+	return str;
+}
+
+/* Fills arr[0..n) from the blob and NULL-ends it; false when short. */
+static bool blob_list(const char *blob, size_t len, size_t *off, const char **arr,
+		      uint32_t n)
+{
+	for (uint32_t i = 0; i < n; i++)
+		if (!(arr[i] = blob_next(blob, len, off)))
+			return false;
+	arr[n] = NULL;
+	return true;
+}
+
+struct zy_req {
+	struct rt_sandbox s;
+	struct rt_spec spec;
+	const char *layers[RT_MAX_LAYERS + 1];
+	const char *argv[ZY_MAX_ARGS + 1];
+	const char *env[ZY_MAX_ARGS + 1];
+	uint32_t fd_real;
+};
+
+static int zy_unpack(const char *msg, size_t len, struct zy_req *q)
+{
+	struct zy_hdr h;
+	size_t off = 0;
+
+	if (len < sizeof(h))
+		return -EPROTO;
+	memcpy(&h, msg, sizeof(h));
+	const char *blob = msg + sizeof(h);
+	if (h.blob_len != len - sizeof(h) || h.n_layers == 0 || h.n_layers > RT_MAX_LAYERS ||
+	    h.n_argv == 0 || h.n_argv > ZY_MAX_ARGS || h.n_env > ZY_MAX_ARGS)
+		return -EPROTO;
+	const char *id = blob_next(blob, h.blob_len, &off);
+	q->spec.agent_dir = blob_next(blob, h.blob_len, &off);
+	q->spec.hostname = h.has_hostname ? blob_next(blob, h.blob_len, &off) : NULL;
+	if (!id || strlen(id) > RT_ID_MAX || !q->spec.agent_dir ||
+	    (h.has_hostname && !q->spec.hostname) ||
+	    !blob_list(blob, h.blob_len, &off, q->layers, h.n_layers) ||
+	    !blob_list(blob, h.blob_len, &off, q->argv, h.n_argv) ||
+	    !blob_list(blob, h.blob_len, &off, q->env, h.n_env))
+		return -EPROTO;
+	snprintf(q->s.id, sizeof(q->s.id), "%s", id);
+	q->s.uid_base = h.uid_base;
+	q->spec.id = q->s.id;
+	q->spec.layers = q->layers;
+	q->spec.n_layers = h.n_layers;
+	q->spec.argv = q->argv;
+	q->spec.env = h.has_env ? q->env : NULL;
+	q->spec.limits = h.limits;
+	q->fd_real = h.fd_real;
+	return 0;
+}
+
+static __attribute__((noreturn))
+void zygote_main(struct rt *rt, const char *name, int sock)
+{
+	static char msg[ZY_BLOB_MAX];
+	static struct zy_req q;
+	int fds[ZY_NFDS];
+	int code;
+
+	code = rt_cg_attach_self(rt, name);
+	if (write(sock, &code, sizeof(code)) != sizeof(code) || code < 0)
+		_exit(1);
+
+	char ctl[CMSG_SPACE(sizeof(fds))];
+	struct iovec iov = { .iov_base = msg, .iov_len = sizeof(msg) };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl,
+			     .msg_controllen = sizeof(ctl) };
+	ssize_t n;
+	while ((n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC)) < 0 && errno == EINTR)
+		;
+	if (n <= 0)
+		_exit(0); /* the pool let us go */
+	struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+	if (!c || c->cmsg_type != SCM_RIGHTS || c->cmsg_len != CMSG_LEN(sizeof(fds)) ||
+	    (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)))
+		_exit(1);
+	memcpy(fds, CMSG_DATA(c), sizeof(fds));
+
+	if (zy_unpack(msg, (size_t)n, &q) < 0) {
+		struct spawn_report rep = { .code = -EPROTO };
+		snprintf(rep.msg, sizeof(rep.msg), "bad request to a pooled keeper");
+		keeper_report(fds[ZY_FD_REPORT], &rep);
+		_exit(1);
+	}
+	/* A missing descriptor cannot travel as -1: /dev/null stood in for it. */
+	for (int i = 0; i < ZY_NFDS; i++)
+		if (!(q.fd_real & (1u << i))) {
+			close(fds[i]);
+			fds[i] = -1;
+		}
+	struct rt_marks *marks = NULL;
+	if (fds[ZY_FD_MARKS] >= 0) {
+		marks = mmap(NULL, sizeof(*marks), PROT_READ | PROT_WRITE, MAP_SHARED,
+			     fds[ZY_FD_MARKS], 0);
+		close(fds[ZY_FD_MARKS]);
+		if (marks == MAP_FAILED)
+			marks = NULL;
+	}
+	struct keeper_ctx k = {
+		.rt = rt, .s = &q.s, .spec = &q.spec, .report_fd = fds[ZY_FD_REPORT],
+		.disk_fd = fds[ZY_FD_DISK], .cg_fd = fds[ZY_FD_CG], .log_fd = fds[ZY_FD_LOG],
+		.marks = marks, .in_cgroups = true, .leave_fd = sock,
+	};
+	q.s.net.fd = fds[ZY_FD_NETNS];
+	keeper_main(&k);
+}
+
+/* Detaches the fresh child from everything of hutchd's but keep[]. */
+static void keeper_child_setup(const int *keep, size_t n, bool null_out)
+{
+	sigset_t all;
+
+	sigemptyset(&all);
+	sigprocmask(SIG_SETMASK, &all, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	setsid();
+	close_all_but(keep, n);
+	int null = open("/dev/null", O_RDWR);
+	if (null >= 0) {
+		dup2(null, 0);
+		if (null_out) {
+			dup2(null, 1);
+			dup2(null, 2);
+		}
+		if (null > 2)
+			close(null);
+	}
+}
+
+int rt_zygote_start(struct rt *rt, const char *name, struct rt_zygote *z, struct herr *err)
+{
+	int sv[2], code = 0;
+
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
+		return herr_sys(err, -errno, "socketpair for a pooled keeper");
+	pid_t pid = fork();
+	if (pid < 0) {
+		int r = herr_sys(err, -errno, "fork of a pooled keeper");
+		close(sv[0]);
+		close(sv[1]);
+		return r;
+	}
+	if (pid == 0) {
+		keeper_child_setup(&sv[1], 1, true);
+		zygote_main(rt, name, sv[1]);
+	}
+	close(sv[1]);
+	if (read(sv[0], &code, sizeof(code)) != sizeof(code) || code < 0) {
+		int r = herr_sys(err, code < 0 ? code : -EIO,
+				 "pooled keeper joining cgroup %s", name);
+		close(sv[0]);
+		waitpid(pid, NULL, 0);
+		return r;
+	}
+	z->pid = pid;
+	z->sock = sv[0];
+	return 0;
+}
+
+void rt_zygote_stop(struct rt_zygote *z)
+{
+	if (z->sock >= 0)
+		close(z->sock); /* EOF: it exits */
+	z->sock = -1;
+	if (z->pid > 0)
+		waitpid(z->pid, NULL, 0);
+	z->pid = 0;
+}
+
+/* Hands the sandbox to a pooled keeper; returns its pid. z->sock stays
+ * open: it is how the keeper is told to leave the sandbox's cgroups. */
+static pid_t zygote_send(struct rt_zygote *z, struct keeper_ctx *k, int marks_fd,
+			 struct herr *err)
+{
+	_cleanup_free_ char *msg = malloc(ZY_BLOB_MAX);
+	size_t len;
+	int null = -1;
+
+	if (!msg)
+		return herr_set(err, -ENOMEM, "out of memory");
+	uint32_t fd_real = 1u << ZY_FD_REPORT | 1u << ZY_FD_DISK | 1u << ZY_FD_NETNS |
+			   (k->cg_fd >= 0 ? 1u << ZY_FD_CG : 0) |
+			   (k->log_fd >= 0 ? 1u << ZY_FD_LOG : 0) |
+			   (marks_fd >= 0 ? 1u << ZY_FD_MARKS : 0);
+	int r = zy_pack(k->s, k->spec, fd_real, msg, &len);
+	if (r < 0)
+		return herr_sys(err, r, "spec too large for a pooled keeper");
+	if (k->log_fd < 0 || k->cg_fd < 0 || marks_fd < 0) {
+		null = open("/dev/null", O_RDONLY | O_CLOEXEC);
+		if (null < 0)
+			return herr_sys(err, -errno, "open /dev/null");
+	}
+	int fds[ZY_NFDS] = {
+		[ZY_FD_REPORT] = k->report_fd, [ZY_FD_DISK] = k->disk_fd,
+		[ZY_FD_NETNS] = k->s->net.fd, [ZY_FD_CG] = k->cg_fd >= 0 ? k->cg_fd : null,
+		[ZY_FD_LOG] = k->log_fd >= 0 ? k->log_fd : null,
+		[ZY_FD_MARKS] = marks_fd >= 0 ? marks_fd : null,
+	};
+	char ctl[CMSG_SPACE(sizeof(fds))];
+	struct iovec iov = { .iov_base = msg, .iov_len = len };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl,
+			     .msg_controllen = sizeof(ctl) };
+	memset(ctl, 0, sizeof(ctl));
+	struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+	c->cmsg_level = SOL_SOCKET;
+	c->cmsg_type = SCM_RIGHTS;
+	c->cmsg_len = CMSG_LEN(sizeof(fds));
+	memcpy(CMSG_DATA(c), fds, sizeof(fds));
+	ssize_t n = sendmsg(z->sock, &mh, MSG_NOSIGNAL);
+	r = n == (ssize_t)len ? 0 : herr_sys(err, n < 0 ? -errno : -EIO,
+					     "handing the sandbox to a pooled keeper");
+	if (null >= 0)
+		close(null);
+	return r < 0 ? r : z->pid;
+}
+
+/* Forks the keeper from the calling thread; its pid or a negative errno. */
+static pid_t fork_keeper(struct keeper_ctx *k)
+{
 	pid_t keeper = fork();
 
 	if (keeper < 0)
 		return -errno;
 	if (keeper == 0) {
-		int keep[] = { f->rp[1], k->disk_fd, k->cg_fd, k->log_fd, k->s->net.fd };
-		sigset_t all;
+		int keep[] = { k->report_fd, k->disk_fd, k->cg_fd, k->log_fd, k->s->net.fd };
 
-		sigemptyset(&all);
-		sigprocmask(SIG_SETMASK, &all, NULL);
-		signal(SIGPIPE, SIG_IGN);
-		setsid();
-		close_all_but(keep, sizeof(keep) / sizeof(keep[0]));
-		int null = open("/dev/null", O_RDWR);
-		if (null >= 0) {
-			dup2(null, 0);
-			if (k->log_fd < 0) {
-				dup2(null, 1);
-				dup2(null, 2);
-			}
-			if (null > 2)
-				close(null);
-		}
+		keeper_child_setup(keep, sizeof(keep) / sizeof(keep[0]), k->log_fd < 0);
 		keeper_main(k);
 	}
 	return keeper;
@@ -699,47 +1012,62 @@ static pid_t fork_keeper(void *arg)
 int rt_spawn(struct rt *rt, struct rt_sandbox *s, const struct rt_spec *spec,
 	     struct rt_spawn_result *res, struct herr *err)
 {
-	struct rt_runner *runner = res->runner;
+	struct rt_zygote *z = res->zygote;
 	_cleanup_close_ int disk_fd = res->disk_fd;
 	_cleanup_close_ int cg_fd = -1, log_fd = -1;
+	int rp[2];
 	pid_t keeper;
 
-	res->runner = NULL;
+	res->zygote = NULL;
 	res->disk_fd = -1;
 	if (disk_fd < 0)
 		disk_fd = rt_disk_mount_fd(rt, s->id, err);
 	if (disk_fd < 0) {
-		rt_runner_cancel(runner);
+		if (z)
+			rt_zygote_stop(z);
 		return disk_fd;
 	}
 	rt_mark(res->marks, RT_M_MOUNT);
 	cg_fd = rt_cg_open_leaf(rt, s->id);
 	log_fd = open_log(rt, s->id);
+	if (pipe2(rp, O_CLOEXEC) < 0) {
+		int r = herr_sys(err, -errno, "pipe for keeper report");
+		if (z)
+			rt_zygote_stop(z);
+		return r;
+	}
 
 	struct keeper_ctx k = {
-		.rt = rt, .s = s, .spec = spec, .disk_fd = disk_fd, .cg_fd = cg_fd,
-		.log_fd = log_fd, .marks = res->marks, .in_cgroups = runner != NULL,
+		.rt = rt, .s = s, .spec = spec, .report_fd = rp[1], .disk_fd = disk_fd,
+		.cg_fd = cg_fd, .log_fd = log_fd, .marks = res->marks,
+		.in_cgroups = z != NULL,
 	};
-	struct keeper_fork f = { .k = &k };
-	if (pipe2(f.rp, O_CLOEXEC) < 0) {
-		rt_runner_cancel(runner);
-		return herr_sys(err, -errno, "pipe for keeper report");
-	}
-	k.report_fd = f.rp[1];
-	keeper = runner ? rt_runner_run(runner, fork_keeper, &f) : fork_keeper(&f);
-	close(f.rp[1]);
+	k.leave_fd = -1;
+	keeper = z ? zygote_send(z, &k, res->marks_fd, err) : fork_keeper(&k);
+	close(rp[1]);
 	if (keeper < 0) {
-		close(f.rp[0]);
+		close(rp[0]);
+		if (z) {
+			rt_zygote_stop(z);
+			return keeper;
+		}
 		return herr_sys(err, keeper, "fork of sandbox keeper");
+	}
+	if (z) {
+		res->leave_fd = z->sock;
+		z->sock = -1;
 	}
 
 	struct spawn_report rep;
-	int r = wait_report(f.rp[0], &rep, err);
-	close(f.rp[0]);
+	int r = wait_report(rp[0], &rep, err);
+	close(rp[0]);
 	rt_mark(res->marks, RT_M_REPORT);
 	res->keeper_pid = keeper;
 	res->init_pid = rep.init_pid;
 	if (r < 0) {
+		if (res->leave_fd >= 0)
+			close(res->leave_fd);
+		res->leave_fd = -1;
 		waitpid(keeper, NULL, 0);
 		return r;
 	}
