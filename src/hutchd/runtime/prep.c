@@ -333,11 +333,24 @@ static void wait_ms(struct rt *rt, long ms)
 	pthread_cond_timedwait(&rt->prep_cond, &rt->prep_lock, &ts);
 }
 
+/* True when the next create finds a keeper and a disk of the wanted size. */
+static bool pool_ready(const struct rt *rt)
+{
+	bool zygote = !rt->zygotes_on, disk = false;
+
+	for (unsigned i = 0; i < rt->prep_size && !zygote; i++)
+		zygote = rt->zygotes[i].pid != 0;
+	for (unsigned i = 0; i < rt->prep_disks && !disk; i++)
+		disk = rt->disks[i].mount_fd >= 0 && rt->disks[i].mb == rt->disk_mb_wanted;
+	return zygote && disk;
+}
+
 /*
  * Pool work (forks, cgroup mkdir and attach, mkfs, mounts) competes with
- * creates for the CPU and for cgroup_mutex, so it waits while a create is
- * running, for at most ~100 ms at a stretch so a steady stream of creates
- * cannot starve the pools.
+ * creates for the CPU and for cgroup_mutex, so while the next create would
+ * still find what it needs, it waits while a create is running, for at most
+ * ~100 ms at a stretch so a steady stream of creates cannot starve the pools.
+ * An empty pool is refilled at once: creates are on the slow path then.
  */
 #define QUIET_WAIT_MS 20
 #define QUIET_WAITS_MAX 5
@@ -349,7 +362,7 @@ static void *prep_main(void *arg)
 
 	pthread_mutex_lock(&rt->prep_lock);
 	while (rt->prep_running) {
-		if (rt->creating && waited < QUIET_WAITS_MAX) {
+		if (rt->creating && waited < QUIET_WAITS_MAX && pool_ready(rt)) {
 			wait_ms(rt, QUIET_WAIT_MS);
 			waited++;
 			continue;
