@@ -797,6 +797,50 @@ static void suite_readopt(void)
 
 /* ---------- leaks ---------- */
 
+/* Lines of a host picture that belong to the prepared pools: pooled cgroups,
+ * pooled disk files and their loop devices, pooled keepers (our children). */
+static int pool_lines(const char *pic, char *show, size_t len)
+{
+	int n = 0;
+	size_t off = 0;
+
+	for (const char *p = pic; *p;) {
+		size_t m = strcspn(p, "\n");
+		char line[512];
+		snprintf(line, sizeof(line), "%.*s", (int)(m < 511 ? m : 511), p);
+		/* "process sh" is the picture's own shell (popen), always there */
+		if (strstr(line, "/.pool-") || strstr(line, "/data/pool/") ||
+		    strncmp(line, "loop ", 5) == 0 ||
+		    (strncmp(line, "process ", 8) == 0 && strcmp(line, "process sh") != 0)) {
+			n++;
+			if (show && off < len)
+				off += (size_t)snprintf(show + off, len - off, "\n  %s", line);
+		}
+		p += m + (p[m] == '\n');
+	}
+	return n;
+}
+
+/* A pool is not a leak, but rt_shutdown must take all of it away. */
+static void leak_pools_gone(void)
+{
+	static char with[65536], without[65536];
+
+	if (rt_snapshot(tmp_dir, with, sizeof(with)) < 0)
+		return;
+	rt_shutdown(rt);
+	rt = NULL;
+	usleep(200 * 1000);
+	if (rt_snapshot(tmp_dir, without, sizeof(without)) < 0)
+		return;
+	char show[1024] = "";
+	int live = pool_lines(with, NULL, 0);
+	int left = pool_lines(without, show, sizeof(show));
+	check(live > 0 && left == 0, "leak/pools_gone_after_shutdown",
+	      "(%d pool lines while running, %d after rt_shutdown)%s", live, left, show);
+	start_runtime();
+}
+
 static void suite_leak(void)
 {
 	int cycles = getenv("RT_LEAK_CYCLES") ? atoi(getenv("RT_LEAK_CYCLES")) :
@@ -846,6 +890,7 @@ static void suite_leak(void)
 	check(!failed && same, "leak/cycles",
 	      "(%d create/destroy cycles in %ld ms; host picture %s%s)", cycles, spent,
 	      same ? "identical" : "DIFFERS:\n", same ? "" : diff);
+	leak_pools_gone();
 }
 
 /* ---------- main ---------- */

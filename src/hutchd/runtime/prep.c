@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -294,7 +295,8 @@ static void let_keepers_leave(struct rt *rt)
 	pthread_mutex_unlock(&rt->prep_lock);
 	/* All at once: their attach writes then share one grace period. */
 	for (unsigned i = 0; i < n; i++) {
-		if (write(fds[i], "L", 1) < 0) {
+		/* MSG_NOSIGNAL: a keeper that already ended must not SIGPIPE us */
+		if (send(fds[i], "L", 1, MSG_NOSIGNAL) < 0) {
 			/* the keeper is gone; nothing to move */
 		}
 		close(fds[i]);
