@@ -119,7 +119,8 @@ static void print_steps(int n)
 {
 	double *col = calloc((size_t)n, sizeof(double));
 
-	printf("step medians (ms, from the step before; c_start from k_clone, c_recv from k_mounts)\n");
+	printf("step medians (ms, from the step before; c_start from k_clone,\n"
+	       "c_recv from k_mounts)\n");
 	for (int k = 1; col && k < N_STEPS; k++) {
 		int got = 0;
 		for (int i = 0; i < n; i++)
@@ -127,9 +128,9 @@ static void print_steps(int n)
 				col[got++] = steps[i][k];
 		if (!got)
 			continue;
-		printf("  %-12s %8.3f  p90 %8.3f\n",
+		printf("  %-12s %8.3f  p90 %8.3f  p99 %8.3f\n",
 		       k < RT_M_COUNT ? rt_mark_name((enum rt_mark)k) : "agent_ready",
-		       pct(col, got, .5), pct(col, got, .9));
+		       pct(col, got, .5), pct(col, got, .9), pct(col, got, .99));
 	}
 	free(col);
 }

@@ -16,7 +16,9 @@
  *    A create renames the directories to the sandbox id and hands the
  *    sandbox to the keeper (spawn.c): the init it clones is born in the
  *    sandbox's cgroups, with no attach on the request path. The keeper
- *    moves itself out to our parent cgroups once it has reported.
+ *    moves out to our parent cgroups later, when this thread tells it to
+ *    (see rt_prep_keeper_leave).
+ *
  * Both pools reuse the lowest free index, so a full pool always has the same
  * names (the leak tests compare pictures of the host). rt_shutdown removes
  * everything here; rt_init removes what a crashed process left.
@@ -30,7 +32,6 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 

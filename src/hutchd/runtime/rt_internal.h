@@ -135,7 +135,7 @@ struct rt {
 
 	struct rt_marks last_marks;     /* under lock */
 
-	/* prepared disks and cgroup runners (prep.c), under prep_lock */
+	/* prepared disks and keepers (prep.c), under prep_lock */
 	pthread_mutex_t prep_lock;
 	pthread_cond_t prep_cond;
 	pthread_t prep_thread;

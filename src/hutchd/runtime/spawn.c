@@ -1,7 +1,9 @@
 /*
  * Starting a sandbox: the keeper process and the sandbox init.
  *
- * hutchd forks a keeper for each sandbox. The keeper leaves hutchd's session,
+ * hutchd forks a keeper for each sandbox, usually ahead of time: a pooled
+ * keeper ("zygote", see prep.c) waits in prepared cgroups and receives the
+ * sandbox's spec and descriptors over a socket. The keeper leaves hutchd's session,
  * closes every descriptor it does not need (so it never holds hutchd's
  * listening sockets or files), joins the sandbox's pooled network namespace,
  * and clones the init into new user, pid, mount, uts, ipc and cgroup
@@ -471,7 +473,7 @@ struct keeper_ctx {
 	int cg_fd;      /* cgroup2 leaf for CLONE_INTO_CGROUP, or -1 */
 	int log_fd;     /* init's stdout/stderr */
 	struct rt_marks *marks; /* shared timestamps page, or NULL */
-	/* Forked by a pooled runner: the keeper is already in the sandbox's v1
+	/* A pooled keeper (zygote): it is already in the sandbox's v1
 	 * cgroups, so the init is born there; the keeper leaves afterwards. */
 	bool in_cgroups;
 	int leave_fd;   /* pooled keeper: readable when it is time to move out */
