@@ -1,6 +1,8 @@
 // Transfer speed of the agent's /files endpoint: a 100 MB file uploaded and
 // downloaded over loopback, through the official SDK and through raw HTTP,
 // printed next to reading and writing the same bytes locally in the same run.
+// Node-side figures include hashing every byte (to check it); the curl rows
+// (when curl is installed) show what the agent delivers to a C client.
 //
 //   node bench/agent-transfer.mjs [size MB, default 100] [rounds, default 3]
 //
@@ -11,6 +13,7 @@ import { readFileSync, writeFileSync, openSync, readSync, closeSync, rmSync } fr
 import { join } from 'node:path';
 import { createRequire } from 'node:module';
 import { pathToFileURL } from 'node:url';
+import { execFileSync } from 'node:child_process';
 
 const e2e = new URL('../tests/e2e/', import.meta.url);
 const require = createRequire(e2e);
@@ -54,7 +57,17 @@ async function drain(body) {
   return h.digest('hex');
 }
 
-const agent = await startAgent();
+// Seconds curl spent on one transfer (its own clock), body thrown away.
+function curlTime(args) {
+  const out = execFileSync('curl', ['-sS', '--fail', '-o', '/dev/null', '-w', '%{time_total}',
+    ...args], { encoding: 'utf8' });
+  return Number(out);
+}
+
+let curl = true;
+try { execFileSync('curl', ['--version'], { stdio: 'ignore' }); } catch { curl = false; }
+
+const agent = await startAgent({ args: ['--log=warn'] });
 useSdkEnv(agent);
 const sbx = await Sandbox.create();
 const data = makeData();
@@ -87,10 +100,16 @@ try {
       { headers: { 'Accept-Encoding': 'identity' } })).body));
     if (t.out !== want) throw new Error('raw download: content differs');
     keep('raw download (identity)', t.s);
+    // gzip is only used for clients that refuse identity (default agent setting).
     t = await timed(async () => drain((await fetch(`${agent.url}/files?path=raw.bin`,
-      { headers: { 'Accept-Encoding': 'gzip' } })).body));
+      { headers: { 'Accept-Encoding': 'gzip, identity;q=0' } })).body));
     if (t.out !== want) throw new Error('gzip download: content differs');
-    keep('raw download (gzip)', t.s);
+    keep('raw download (gzip, identity refused)', t.s);
+    if (curl) {
+      keep('curl upload (octet-stream)', curlTime(['-H', 'Content-Type: application/octet-stream',
+        '--data-binary', `@${local}`, `${agent.url}/files?path=curl.bin`]));
+      keep('curl download', curlTime([`${agent.url}/files?path=raw.bin`]));
+    }
 
     keep('SDK write (Blob, multipart)',
       (await timed(() => sbx.files.write('sdk.bin', new Blob([data])))).s);
