@@ -77,6 +77,8 @@ static struct cfg_opt opts[] = {
 };
 #define NOPTS ((int)(sizeof(opts) / sizeof(opts[0])))
 
+#define MAX_TIMEOUT_LIMIT_S (10 * 365 * 24 * 3600)
+
 static const char summary[] =
 	"The Hutch host daemon: E2B-compatible REST API, store and sandbox lifecycle.\n"
 	"Commands: (none) run the daemon; keys create [--team NAME]; keys list;\n"
@@ -157,6 +159,27 @@ static const char *team_option(int argc, char **argv, int i)
 	return "default";
 }
 
+/* The first word after "keys CMD" that CMD does not take, or NULL. */
+static const char *stray_argument(int argc, char **argv, int i)
+{
+	int words = strcmp(argv[i], "revoke") == 0 ? 1 : 0;
+
+	for (int j = i + 1; j < argc; j++) {
+		bool create = strcmp(argv[i], "create") == 0;
+
+		if (create && strncmp(argv[j], "--team=", 7) == 0)
+			continue;
+		if (create && strcmp(argv[j], "--team") == 0 && j + 1 < argc) {
+			j++;
+			continue;
+		}
+		if (words-- > 0)
+			continue;
+		return argv[j];
+	}
+	return NULL;
+}
+
 static int cmd_keys(int argc, char **argv, int i)
 {
 	struct store *st = NULL;
@@ -166,6 +189,11 @@ static int cmd_keys(int argc, char **argv, int i)
 
 	if (i >= argc) {
 		fprintf(stderr, "hutchd keys: expected create, list or revoke\n");
+		return 2;
+	}
+	if (stray_argument(argc, argv, i)) {
+		fprintf(stderr, "hutchd keys %s: unexpected argument '%s'\n", argv[i],
+			stray_argument(argc, argv, i));
 		return 2;
 	}
 	if (open_store(&st) < 0)
@@ -288,6 +316,13 @@ static int check_settings(void)
 		fprintf(stderr, "hutchd: default-timeout must be from 1 to max-timeout\n");
 		return -1;
 	}
+	/* Deadlines are milliseconds in an int64: ten years keeps every
+	 * now + timeout * 1000 far from overflow. */
+	if (I("max-timeout") > MAX_TIMEOUT_LIMIT_S) {
+		fprintf(stderr, "hutchd: max-timeout must be at most %d seconds\n",
+			MAX_TIMEOUT_LIMIT_S);
+		return -1;
+	}
 	if (I("api-port") < 0 || I("api-port") > 65535 || I("proxy-port") < 0 ||
 	    I("proxy-port") > 65535) {
 		fprintf(stderr, "hutchd: api-port and proxy-port must be 0..65535\n");
@@ -393,12 +428,74 @@ out:
 	return rc;
 }
 
+/*
+ * "hutchd keys create --team X --data-dir=D" must act on D, not on the
+ * default data directory: settings given after the command are moved in
+ * front of it (where cfg_load reads them); --team stays with the command.
+ * A flag's separate value moves with it. Unknown flags move too, so
+ * cfg_load names them; stray words are refused by cmd_keys.
+ */
+static bool flag_takes_value(const char *arg)
+{
+	char name[64];
+	size_t len = strlen(arg + 2);
+	struct cfg_opt *o;
+
+	if (strchr(arg, '=') || len >= sizeof(name))
+		return false;
+	memcpy(name, arg + 2, len + 1);
+	if (strcmp(name, "config") == 0)
+		return true;
+	o = cfg_find(opts, NOPTS, name);
+	return o && o->type != CFG_BOOL;
+}
+
+static void hoist_settings(int argc, char **argv, char **out)
+{
+	int cmd = 1, n = 1, i;
+
+	out[0] = argv[0];
+	while (cmd < argc && strncmp(argv[cmd], "--", 2) == 0 && strcmp(argv[cmd], "--"))
+		cmd += flag_takes_value(argv[cmd]) && cmd + 1 < argc ? 2 : 1;
+	for (i = 1; i < cmd; i++)
+		out[n++] = argv[i];
+	for (i = cmd; i < argc; i++) {
+		bool team = strcmp(argv[i], "--team") == 0 ||
+			    strncmp(argv[i], "--team=", 7) == 0;
+
+		if (strncmp(argv[i], "--", 2) != 0 || team || strcmp(argv[i], "--") == 0) {
+			if (strcmp(argv[i], "--team") == 0 && i + 1 < argc)
+				i++;
+			continue;
+		}
+		out[n++] = argv[i];
+		if (flag_takes_value(argv[i]) && i + 1 < argc)
+			out[n++] = argv[++i];
+	}
+	for (i = cmd; i < argc; i++) {
+		if (strncmp(argv[i], "--", 2) == 0 && strcmp(argv[i], "--team") &&
+		    strncmp(argv[i], "--team=", 7) && strcmp(argv[i], "--")) {
+			i += flag_takes_value(argv[i]) && i + 1 < argc;
+			continue;
+		}
+		out[n++] = argv[i];
+		if (strcmp(argv[i], "--team") == 0 && i + 1 < argc)
+			out[n++] = argv[++i];
+	}
+	out[n] = NULL;
+}
+
 int main(int argc, char **argv)
 {
 	struct sigaction sa = { .sa_handler = on_signal };
 	struct herr err;
 	int first = 1, rc;
+	_cleanup_free_ char **args = calloc((size_t)argc + 1, sizeof(*args));
 
+	if (!args)
+		return 1;
+	hoist_settings(argc, argv, args);
+	argv = args;
 	rc = cfg_load(opts, NOPTS, "hutchd", summary, "/etc/hutch/hutchd.conf", argc, argv,
 		      &first, &err);
 	if (rc == 1)

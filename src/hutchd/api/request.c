@@ -95,7 +95,10 @@ int meta_filter_parse(const char *raw, char **keys, char **values, int cap, int 
 		size_t len = amp ? (size_t)(amp - p) : strlen(p);
 
 		if (*n == cap) {
+			/* Leave *n at 0 so a caller that always frees does not
+			 * free these entries a second time. */
 			meta_filter_free(keys, values, *n);
+			*n = 0;
 			return herr_set(err, -E2BIG, "metadata filter: more than %d pairs", cap);
 		}
 		rc = split_pair(p, len, &keys[*n], &values[*n], err);

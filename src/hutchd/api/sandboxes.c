@@ -437,7 +437,11 @@ static void move_deadline(struct api_req *r, const char *id, int64_t t, bool onl
 		api_error(r, 400, "Max instance length exceeded");
 		return;
 	}
-	end = now + (t < 0 ? 0 : t) * 1000;
+	/* Callers bound t to 0..max_timeout_s first, so this cannot overflow.
+	 * Past the run's maximum length the end is capped as upstream does
+	 * (protocol.md 2.3.5); a timeout longer than the plan allows at all was
+	 * refused with a 400 before this point. */
+	end = now + t * 1000;
 	if (end > max_end)
 		end = max_end;
 	rc = store_sandbox_set_end_at(r->api->store, id, end, only_extend, &err);
@@ -468,6 +472,19 @@ static bool int_field(struct api_req *r, json_t *body, const char *name, bool re
 	return true;
 }
 
+/* A timeout longer than the plan's longest run is refused, never cut
+ * silently: the caller would otherwise believe the sandbox lives longer. */
+static bool timeout_in_plan(struct api_req *r, int64_t t)
+{
+	if (t > r->api->cfg.plan.max_timeout_s) {
+		api_error(r, 400, "Timeout cannot be greater than %lld seconds "
+			  "(this team's maximum sandbox length)",
+			  (long long)r->api->cfg.plan.max_timeout_s);
+		return false;
+	}
+	return true;
+}
+
 void sbx_timeout(struct api_req *r, const char *id)
 {
 	json_t *body = api_body_object(r, false);
@@ -475,8 +492,10 @@ void sbx_timeout(struct api_req *r, const char *id)
 
 	if (!body)
 		return;
-	if (int_field(r, body, "timeout", true, 0, &t))
-		move_deadline(r, id, t, false);
+	if (int_field(r, body, "timeout", true, 0, &t) && timeout_in_plan(r, t)) {
+		/* Negative means "expire now", as upstream treats it. */
+		move_deadline(r, id, t < 0 ? 0 : t, false);
+	}
 	json_decref(body);
 }
 
@@ -509,9 +528,10 @@ void sbx_connect(struct api_req *r, const char *id)
 		return;
 	}
 	json_decref(body);
-	if (t > r->api->cfg.plan.max_timeout_s) {
-		api_error(r, 400, "Timeout cannot be greater than %lld seconds",
-			  (long long)r->api->cfg.plan.max_timeout_s);
+	if (!timeout_in_plan(r, t))
+		return;
+	if (t < 0) {
+		api_error(r, 400, "'timeout' must not be negative");
 		return;
 	}
 	if (!load_live(r, id, &sb))

@@ -4,6 +4,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -34,6 +35,34 @@ static void test_meta_filter_sdk_encoding(void **state)
 	assert_int_equal(meta_filter_parse("a=b=c", k, v, 8, &n, &err), -EINVAL);
 	assert_int_equal(meta_filter_parse("a=%zz", k, v, 8, &n, &err), -EINVAL);
 	assert_int_equal(meta_filter_parse("a=1&b=2&c=3", k, v, 2, &n, &err), -E2BIG);
+}
+
+/* More pairs than the caller's arrays hold: the parser frees what it took
+ * and reports none, so a caller that always frees (sbx_list does) frees
+ * nothing twice. Under ASan a second free of any entry aborts this test. */
+static void test_meta_filter_over_cap(void **state)
+{
+	char *k[32], *v[32];
+	char raw[33 * 12];
+	struct herr err;
+	size_t off = 0;
+	int n = -1;
+
+	for (int i = 0; i < 33; i++)
+		off += (size_t)snprintf(raw + off, sizeof(raw) - off, "%sk%d=v%d",
+					i ? "&" : "", i, i);
+	assert_int_equal(meta_filter_parse(raw, k, v, 32, &n, &err), -E2BIG);
+	assert_int_equal(n, 0);
+	meta_filter_free(k, v, n);
+	/* exactly at the cap is fine */
+	raw[strlen(raw) - strlen("&k32=v32")] = '\0';
+	assert_int_equal(meta_filter_parse(raw, k, v, 32, &n, &err), 0);
+	assert_int_equal(n, 32);
+	assert_string_equal(k[31], "k31");
+	meta_filter_free(k, v, n);
+	/* a bad pair after good ones also leaves nothing to free */
+	assert_int_equal(meta_filter_parse("a=1&b=2&bad", k, v, 32, &n, &err), -EINVAL);
+	assert_int_equal(n, 0);
 }
 
 static void test_page_token_round_trip(void **state)
@@ -171,6 +200,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_meta_filter_sdk_encoding),
+		cmocka_unit_test(test_meta_filter_over_cap),
 		cmocka_unit_test(test_page_token_round_trip),
 		cmocka_unit_test(test_times),
 		cmocka_unit_test(test_network_rules),
