@@ -4,7 +4,9 @@
 //   - a raw TCP round trip (1 byte to an echo server in this process),
 //   - a raw HTTP round trip to the agent's /health (fetch, keep-alive),
 //   - spawning /bin/true and `/bin/bash -l -c true` from this process, since
-//     the SDK runs every command through `bash -l -c`.
+//     the SDK runs every command through `bash -l -c`,
+//   - process.Process/Start of both over raw Connect (no SDK), which splits
+//     the SDK row into the agent's work, bash's and the SDK's.
 //
 //   node bench/agent-roundtrip.mjs [runs, default 300] [--json]
 //
@@ -64,6 +66,22 @@ function spawnOnce(cmd, argv) {
   });
 }
 
+// process.Process/Start over raw Connect (JSON codec, fetch): the agent's
+// side of a command without the SDK's. Reads the stream to its end message
+// and checks the exit code.
+async function rawStart(cmd, args) {
+  const body = Buffer.from(JSON.stringify({ process: { cmd, args } }));
+  const frame = Buffer.alloc(5 + body.length);
+  frame.writeUInt32BE(body.length, 1);
+  body.copy(frame, 5);
+  const res = await fetch(`${agent.url}/process.Process/Start`, {
+    method: 'POST', headers: { 'content-type': 'application/connect+json' }, body: frame,
+  });
+  const buf = Buffer.from(await res.arrayBuffer());
+  if (res.status !== 200 || !/"exitCode"|"exited":true/.test(buf.toString()))
+    throw new Error(`Start ${cmd}: ${res.status} ${buf.toString().slice(0, 200)}`);
+}
+
 const agent = await startAgent({ args: ['--log=warn'] });
 useSdkEnv(agent);
 const sbx = await Sandbox.create();
@@ -78,6 +96,8 @@ const series = {
   },
   'spawn /bin/true (node)': () => spawnOnce('/bin/true', []),
   'spawn /bin/bash -l -c true (node)': () => spawnOnce('/bin/bash', ['-l', '-c', 'true']),
+  'raw Connect Start /bin/true': () => rawStart('/bin/true', []),
+  'raw Connect Start bash -l -c true': () => rawStart('/bin/bash', ['-l', '-c', 'true']),
   'SDK commands.run("true")': async () => {
     const r = await sbx.commands.run('true');
     if (r.exitCode !== 0) throw new Error(`exit ${r.exitCode}`);
@@ -116,9 +136,9 @@ if (asJson) {
 } else {
   console.log(`agent round trips over loopback, ${runs} runs per series after ` +
     `${warmup} warm-up, ms`);
-  console.log(`  ${'series'.padEnd(36)} ${'p50'.padStart(8)} ${'p99'.padStart(8)} ` +
+  console.log(`  ${'series'.padEnd(38)} ${'p50'.padStart(8)} ${'p99'.padStart(8)} ` +
     `${'min'.padStart(8)}`);
   for (const r of results)
-    console.log(`  ${r.name.padEnd(36)} ${r.p50.toFixed(3).padStart(8)} ` +
+    console.log(`  ${r.name.padEnd(38)} ${r.p50.toFixed(3).padStart(8)} ` +
       `${r.p99.toFixed(3).padStart(8)} ${r.min.toFixed(3).padStart(8)}`);
 }
