@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -234,6 +235,14 @@ int main(int argc, char **argv)
 	reaper_signals(&blocked);
 	sigprocmask(SIG_BLOCK, &blocked, NULL);
 	signal(SIGPIPE, SIG_IGN);
+	/*
+	 * Not dumpable: code in the sandbox, root with sudo included, may
+	 * then not read /proc/1/mem or /proc/1/environ, nor take the agent's
+	 * descriptors with pidfd_getfd: each needs CAP_SYS_PTRACE, which a
+	 * sandbox never has. execve resets the flag, so the processes the
+	 * agent starts stay dumpable and debuggable as usual.
+	 */
+	prctl(PR_SET_DUMPABLE, 0);
 
 	r = cfg_load(agent_opts, N_OPTS, "hutch-agent",
 		     "\nThe in-sandbox agent: speaks E2B's envd protocol "

@@ -266,6 +266,20 @@ int rt_spawn(struct rt *rt, struct rt_sandbox *s, const struct rt_spec *spec,
 
 /* util */
 int rt_write_file(const char *path, const char *data, struct herr *err);
+
+/* initlog.c: the init's stdout/stderr pipe drained into a capped init.log. */
+#define RT_INIT_LOG_MAX (1 << 20)
+struct rt_initlog {
+	int fd;     /* init.log, written only by the keeper */
+	off_t size; /* bytes in it */
+	off_t cap;  /* never more than this */
+};
+void rt_initlog_init(struct rt_initlog *l, int fd, off_t cap);
+/* Appends, first dropping the older half of the file if the cap needs it. */
+void rt_initlog_write(struct rt_initlog *l, const char *buf, size_t n);
+/* One read from the pipe into the log: 1 after data, 0 at EOF or error,
+ * -EAGAIN when a non-blocking pipe is empty. */
+int rt_initlog_drain(struct rt_initlog *l, int pipe_fd);
 int rt_read_u64(const char *path, uint64_t *out);
 int rt_mkdir_p(const char *path, mode_t mode, struct herr *err);
 unsigned long long rt_proc_starttime(pid_t pid);

@@ -32,7 +32,10 @@ static const char *const denied_calls[] = {
 	"mount", "umount", "umount2", "pivot_root", "fsopen", "fsmount", "fsconfig",
 	"fspick", "open_tree", "move_mount", "mount_setattr",
 	"setns", "swapon", "swapoff",
+	/* Reaching into another process's memory or descriptors: Docker
+	 * gates these behind CAP_SYS_PTRACE, which a sandbox never has. */
 	"ptrace", "process_vm_readv", "process_vm_writev", "kcmp",
+	"pidfd_getfd", "process_madvise",
 	"io_uring_setup", "io_uring_enter", "io_uring_register",
 	"clock_settime", "clock_adjtime", "settimeofday", "adjtimex", "stime",
 	"quotactl", "quotactl_fd", "syslog", "acct", "iopl", "ioperm",

@@ -543,11 +543,104 @@ static void keeper_wait_leave(struct keeper_ctx *k, pid_t child)
 	k->leave_fd = -1;
 }
 
+/*
+ * The init's stdout/stderr become the write end of a pipe (fds 1 and 2 of
+ * the keeper, inherited by the clone); the keeper keeps the read end. With no
+ * log file the keeper's 1 and 2 are /dev/null already and nothing changes.
+ */
+static int keeper_out_pipe(struct keeper_ctx *k, int *read_end)
+{
+	int p[2];
+
+	*read_end = -1;
+	if (k->log_fd < 0)
+		return 0;
+	if (pipe2(p, O_CLOEXEC) < 0)
+		return -1;
+	/* dup2 clears close-on-exec: the init keeps 1 and 2 across execve. */
+	if (dup2(p[1], 1) < 0 || dup2(p[1], 2) < 0) {
+		close(p[0]);
+		close(p[1]);
+		return -1;
+	}
+	close(p[1]);
+	*read_end = p[0];
+	return 0;
+}
+
+/* After the clone only the sandbox may hold the write end, so that the
+ * read end sees EOF once every process in it has gone. */
+static void keeper_drop_out(int read_end)
+{
+	int null;
+
+	if (read_end < 0)
+		return;
+	null = open("/dev/null", O_WRONLY | O_CLOEXEC);
+	if (null >= 0) {
+		dup2(null, 1);
+		dup2(null, 2);
+		close(null);
+	}
+}
+
+/*
+ * Until the init ends: drains its output into the capped init.log, and (a
+ * pooled keeper) moves out of the sandbox's v1 cgroups when hutchd says so,
+ * as keeper_wait_leave does.
+ */
+static void keeper_pump(struct keeper_ctx *k, pid_t child, int out_r)
+{
+	_cleanup_close_ int pidfd = (int)syscall(SYS_pidfd_open, child, 0);
+	int leave = k->in_cgroups ? k->leave_fd : -1;
+	struct rt_initlog log;
+	struct pollfd p[3] = {
+		{ .fd = pidfd, .events = POLLIN },
+		{ .fd = out_r, .events = POLLIN },
+		{ .fd = leave, .events = POLLIN },
+	};
+
+	if (pidfd < 0)
+		return; /* waitpid follows; output then waits in the pipe */
+	rt_initlog_init(&log, k->log_fd, RT_INIT_LOG_MAX);
+	while (!(p[0].revents & POLLIN)) {
+		if (poll(p, 3, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			return;
+		}
+		if (p[1].revents && rt_initlog_drain(&log, out_r) == 0)
+			p[1].fd = -1; /* EOF: every writer is gone */
+		if (p[2].revents) {
+			if (!(p[0].revents & POLLIN))
+				rt_cg_keeper_leave(k->rt, k->s->id, &k->spec->limits);
+			close(k->leave_fd);
+			k->leave_fd = -1;
+			p[2].fd = -1;
+		}
+	}
+}
+
+/* The init has ended (and the kernel has killed the rest of its pid
+ * namespace): what is still in the pipe goes to the log, without waiting. */
+static void keeper_drain_rest(struct keeper_ctx *k, int out_r)
+{
+	struct rt_initlog log;
+	int flags = fcntl(out_r, F_GETFL);
+
+	if (flags < 0 || fcntl(out_r, F_SETFL, flags | O_NONBLOCK) < 0)
+		return;
+	rt_initlog_init(&log, k->log_fd, RT_INIT_LOG_MAX);
+	for (int i = 0; i < 64 && rt_initlog_drain(&log, out_r) > 0; i++)
+		;
+	close(out_r);
+}
+
 static __attribute__((noreturn)) void keeper_main(struct keeper_ctx *k)
 {
 	struct spawn_report rep = { 0 };
 	struct herr err;
-	int sv[2], ep[2];
+	int sv[2], ep[2], out_r = -1;
 	pid_t child;
 
 	herr_clear(&err);
@@ -561,9 +654,9 @@ static __attribute__((noreturn)) void keeper_main(struct keeper_ctx *k)
 		rep.code = herr_sys(&err, -errno, "socketpair/pipe for init");
 		goto fail;
 	}
-	if (k->log_fd >= 0) {
-		dup2(k->log_fd, 1);
-		dup2(k->log_fd, 2);
+	if (keeper_out_pipe(k, &out_r) < 0) {
+		rep.code = herr_sys(&err, -errno, "pipe for the init's output");
+		goto fail;
 	}
 
 	child = keeper_clone_init(k, sv[1], ep[1]);
@@ -573,6 +666,7 @@ static __attribute__((noreturn)) void keeper_main(struct keeper_ctx *k)
 	}
 	close(sv[1]);
 	close(ep[1]);
+	keeper_drop_out(out_r);
 	rep.init_pid = child;
 	rt_mark(k->marks, RT_M_K_CLONE);
 
@@ -611,12 +705,16 @@ static __attribute__((noreturn)) void keeper_main(struct keeper_ctx *k)
 	close(k->report_fd);
 	if (k->marks)
 		munmap(k->marks, sizeof(*k->marks));
-	if (k->in_cgroups)
+	if (out_r >= 0)
+		keeper_pump(k, child, out_r);
+	else if (k->in_cgroups)
 		keeper_wait_leave(k, child);
 
 	int wstatus;
 	while (waitpid(child, &wstatus, 0) < 0 && errno == EINTR)
 		;
+	if (out_r >= 0)
+		keeper_drain_rest(k, out_r);
 	keeper_record_exit(k->rt, k->s->id, wstatus);
 	_exit(0);
 

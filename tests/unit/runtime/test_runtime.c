@@ -5,6 +5,7 @@
  * for re-adoption, and rt_init's refusal of bad configuration.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/keyctl.h>
 #include <linux/sched.h>
 #include <sched.h>
@@ -272,10 +273,67 @@ static void test_init_rejects_config(void **state)
 	assert_non_null(strstr(msg, "uid_base"));
 }
 
+/* A flood through the init's pipe never grows init.log past the cap, and
+ * what is kept is the newest output, in order. */
+static void test_initlog_cap(void **state)
+{
+	char path[] = "/tmp/hutch-initlog-XXXXXX", line[32], last[32] = "";
+	struct rt_initlog l;
+	struct stat st;
+	int fd = mkstemp(path);
+	int pipefd[2];
+	FILE *f;
+
+	assert_true(fd >= 0);
+	unlink(path);
+	assert_int_equal(fcntl(fd, F_SETFL, O_APPEND), 0);
+	rt_initlog_init(&l, fd, 4096);
+	for (int i = 0; i < 5000; i++) {
+		int n = snprintf(line, sizeof(line), "line %06d\n", i);
+
+		rt_initlog_write(&l, line, (size_t)n);
+		assert_true(fstat(fd, &st) == 0 && st.st_size <= 4096);
+	}
+	assert_int_equal(l.size, st.st_size);
+	assert_true(st.st_size >= 2048);
+	/* the file ends with the last line written, lines in order */
+	f = fdopen(dup(fd), "r");
+	assert_non_null(f);
+	rewind(f);
+	fgets(line, sizeof(line), f); /* the first may be cut */
+	for (int prev = -1, cur; fgets(line, sizeof(line), f); prev = cur) {
+		assert_int_equal(sscanf(line, "line %d", &cur), 1);
+		assert_true(prev < 0 || cur == prev + 1);
+		snprintf(last, sizeof(last), "%s", line);
+	}
+	fclose(f);
+	assert_string_equal(last, "line 004999\n");
+	/* one write larger than the cap keeps only its end */
+	char big[10000];
+	memset(big, 'a', sizeof(big));
+	big[sizeof(big) - 1] = 'z';
+	rt_initlog_write(&l, big, sizeof(big));
+	assert_true(fstat(fd, &st) == 0 && st.st_size <= 4096);
+	assert_int_equal(pread(fd, line, 1, st.st_size - 1), 1);
+	assert_int_equal(line[0], 'z');
+	/* drain: data, then -EAGAIN on an empty non-blocking pipe, 0 at EOF */
+	assert_int_equal(pipe2(pipefd, O_NONBLOCK), 0);
+	assert_int_equal(write(pipefd[1], "hello\n", 6), 6);
+	assert_int_equal(rt_initlog_drain(&l, pipefd[0]), 1);
+	assert_int_equal(rt_initlog_drain(&l, pipefd[0]), -EAGAIN);
+	close(pipefd[1]);
+	assert_int_equal(rt_initlog_drain(&l, pipefd[0]), 0);
+	close(pipefd[0]);
+	assert_int_equal(pread(fd, line, 6, l.size - 6), 6);
+	assert_memory_equal(line, "hello\n", 6);
+	close(fd);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_cidr_parse),
+		cmocka_unit_test(test_initlog_cap),
 		cmocka_unit_test(test_id_valid),
 		cmocka_unit_test(test_names),
 		cmocka_unit_test(test_caps_mask),
