@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -114,20 +115,79 @@ void route_parse(const char *host, const char *hdr_id, const char *hdr_port,
 	out->kind = ROUTE_HEADERS;
 }
 
+/* Percent-decodes in place; false if the result holds a control byte. */
+static bool decode_once(char *s)
+{
+	char *w = s;
+
+	for (const char *r = s; *r; r++) {
+		if (r[0] == '%' && isxdigit((unsigned char)r[1]) &&
+		    isxdigit((unsigned char)r[2])) {
+			char hex[3] = { r[1], r[2], 0 };
+
+			*w++ = (char)strtol(hex, NULL, 16);
+			r += 2;
+		} else {
+			*w++ = *r;
+		}
+	}
+	*w = '\0';
+	for (const char *r = s; r < w; r++)
+		if ((unsigned char)*r < 0x20 || *r == 0x7f)
+			return false;
+	return strlen(s) == (size_t)(w - s); /* a decoded NUL cuts the path */
+}
+
+/*
+ * The first segment the agent would route on: the path is decoded as often
+ * as it still changes (the agent decodes once; more is only safer), then
+ * empty and "." segments are skipped and ".." goes back one, as a server
+ * normalising the path would. "/%69nit", "//init", "/./init" and
+ * "/x/../init" all give "init". Writes "" when nothing is left.
+ */
+static bool first_segment(const char *path, char *out, size_t cap)
+{
+	char buf[2048], *segs[64], *save = NULL;
+	size_t len = strcspn(path, "?#");
+	int n = 0;
+
+	if (len >= sizeof(buf))
+		return false;
+	memcpy(buf, path, len);
+	buf[len] = '\0';
+	for (int i = 0; i < 4 && strchr(buf, '%'); i++)
+		if (!decode_once(buf))
+			return false;
+	for (char *t = strtok_r(buf, "/", &save); t; t = strtok_r(NULL, "/", &save)) {
+		if (strcmp(t, ".") == 0)
+			continue;
+		if (strcmp(t, "..") == 0) {
+			n -= n > 0;
+			continue;
+		}
+		if (n == (int)(sizeof(segs) / sizeof(segs[0])))
+			break; /* deeper than this cannot change the first segment */
+		segs[n++] = t;
+	}
+	snprintf(out, cap, "%s", n ? segs[0] : "");
+	return true;
+}
+
 bool route_is_internal(const char *path)
 {
 	static const char *const reserved[] = {
-		"/init", "/freeze", "/unfreeze", "/collapse", "/fsfreeze", "/fsthaw",
-		"/upgrade",
+		"init", "freeze", "unfreeze", "collapse", "fsfreeze", "fsthaw", "upgrade",
 	};
+	char seg[2048];
 
-	for (size_t i = 0; i < sizeof(reserved) / sizeof(reserved[0]); i++) {
-		size_t n = strlen(reserved[i]);
-
-		if (strncmp(path, reserved[i], n) == 0 &&
-		    (path[n] == '\0' || path[n] == '/' || path[n] == '?'))
+	/* A path that cannot be decoded cleanly is treated as reserved: it is
+	 * refused rather than forwarded to an agent that might read it
+	 * differently. */
+	if (!first_segment(path, seg, sizeof(seg)))
+		return true;
+	for (size_t i = 0; i < sizeof(reserved) / sizeof(reserved[0]); i++)
+		if (strcasecmp(seg, reserved[i]) == 0)
 			return true;
-	}
 	return false;
 }
 

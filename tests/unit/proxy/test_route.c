@@ -86,6 +86,22 @@ static void test_internal_paths(void **state)
 	assert_false(route_is_internal("/initial"));
 	assert_false(route_is_internal("/files"));
 	assert_false(route_is_internal("/health"));
+	/* encodings and spellings the agent would read as a reserved route */
+	assert_true(route_is_internal("/%69nit"));
+	assert_true(route_is_internal("/ini%74"));
+	assert_true(route_is_internal("/%2569nit"));
+	assert_true(route_is_internal("//init"));
+	assert_true(route_is_internal("/./init"));
+	assert_true(route_is_internal("/x/../init"));
+	assert_true(route_is_internal("/../init?x=1"));
+	assert_true(route_is_internal("/INIT"));
+	assert_true(route_is_internal("/%2finit"));
+	assert_true(route_is_internal("/init%00"));
+	assert_true(route_is_internal("/%66reeze/"));
+	assert_false(route_is_internal("/files?path=/init"));
+	assert_false(route_is_internal("/x/init"));
+	assert_false(route_is_internal("/init/../files"));
+	assert_false(route_is_internal("/%69nitial"));
 }
 
 static void test_signature_vector(void **state)
