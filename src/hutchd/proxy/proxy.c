@@ -11,6 +11,7 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include <jansson.h>
@@ -305,6 +306,51 @@ static bool has_body(struct preq *q)
 	return te || (cl && q->content_length != 0);
 }
 
+struct framing {
+	int n_cl, n_te;
+	const char *cl;
+	bool cl_differ;
+};
+
+static enum MHD_Result count_framing(void *cls, enum MHD_ValueKind kind,
+				     const char *key, const char *value)
+{
+	struct framing *f = cls;
+
+	(void)kind;
+	if (strcasecmp(key, "Content-Length") == 0) {
+		if (f->cl && strcmp(f->cl, value ? value : "") != 0)
+			f->cl_differ = true;
+		f->cl = value ? value : "";
+		f->n_cl++;
+	} else if (strcasecmp(key, "Transfer-Encoding") == 0) {
+		f->n_te++;
+	}
+	return MHD_YES;
+}
+
+/*
+ * How the body ends must be read the same way here and by the sandbox's
+ * server, or a second request could hide inside the first one's body
+ * (request smuggling). Anything a server might read two ways is refused:
+ * Content-Length with Transfer-Encoding, differing Content-Lengths, several
+ * Transfer-Encodings, or one that is not exactly "chunked".
+ */
+static const char *framing_problem(struct preq *q)
+{
+	struct framing f = { 0 };
+	const char *te = header(q, "Transfer-Encoding");
+
+	MHD_get_connection_values(q->conn, MHD_HEADER_KIND, count_framing, &f);
+	if (f.n_cl && f.n_te)
+		return "Content-Length and Transfer-Encoding together";
+	if (f.cl_differ)
+		return "differing Content-Length headers";
+	if (f.n_te > 1 || (te && strcasecmp(te, "chunked") != 0))
+		return "Transfer-Encoding other than a single 'chunked'";
+	return NULL;
+}
+
 /* The first call of a request: its head is complete. */
 static enum MHD_Result begin(struct preq *q, struct pconn *pc)
 {
@@ -313,6 +359,10 @@ static enum MHD_Result begin(struct preq *q, struct pconn *pc)
 	bool go;
 	int rc;
 
+	const char *bad_framing = framing_problem(q);
+
+	if (bad_framing)
+		return reply_error(q, 400, bad_framing, NULL, 0);
 	route_parse(header(q, "Host"), header(q, "E2b-Sandbox-Id"),
 		    header(q, "E2b-Sandbox-Port"), &q->r);
 	if (q->r.kind == ROUTE_ERROR)
