@@ -70,3 +70,15 @@ for (const [name, hdrs] of Object.entries(framings)) {
     }
   });
 }
+
+// The API answers a request without a valid key, or declaring a body over
+// the limit, when its head arrives: the body is never waited for.
+test('API: 401 and 413 come before the body is sent', async () => {
+  const big = 'Content-Type: application/json\r\nContent-Length: 1000000\r\n';
+  let r = await rawRequest(h.apiPort, `POST /sandboxes HTTP/1.1\r\nHost: x\r\n${big}\r\n`, 3000);
+  assert.equal(r.status, 401, r.text);
+  r = await rawRequest(h.apiPort, `POST /sandboxes HTTP/1.1\r\nHost: x\r\n` +
+    `X-API-Key: ${h.apiKey}\r\nContent-Type: application/json\r\n` +
+    'Content-Length: 2000000\r\n\r\n', 3000);
+  assert.equal(r.status, 413, r.text);
+});

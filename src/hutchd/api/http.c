@@ -28,6 +28,8 @@ struct conn_state {
 	void *proxy_req;   /* the proxy's request context when it took over */
 	struct hbuf body;
 	bool too_big;
+	bool admitted;     /* key and rate checked when the head came */
+	int64_t team_id;
 	int64_t start_us;
 };
 
@@ -339,12 +341,50 @@ static bool route_public(struct api_req *r, const char *url)
 	return false;
 }
 
+static bool is_public(const char *url, const char *method)
+{
+	return is(method, "GET") && (is(url, "/health") || is(url, "/metrics"));
+}
+
+/*
+ * Runs when the head is complete, before any byte of the body is read: a
+ * request without a valid key, over its rate, or declaring a body over the
+ * limit is answered at once, so an unauthenticated client cannot make the
+ * API buffer up to max_body per connection.
+ */
+static bool admit(struct api_req *r, struct conn_state *cs)
+{
+	const char *cl = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
+						     "Content-Length");
+
+	if (!authenticate(r) || !api_rate_check(r, RL_REQUEST))
+		return false;
+	if (cl) {
+		char *end;
+		unsigned long long n;
+
+		errno = 0;
+		n = strtoull(cl, &end, 10);
+		if (errno || *end || end == cl || n > r->api->cfg.max_body) {
+			api_error(r, 413, "request body larger than %zu bytes",
+				  r->api->cfg.max_body);
+			return false;
+		}
+	}
+	cs->admitted = true;
+	cs->team_id = r->team_id;
+	return true;
+}
+
 static void handle(struct api_req *r, const char *url, struct conn_state *cs)
 {
 	if (route_public(r, url))
 		return;
-	if (!authenticate(r) || !api_rate_check(r, RL_REQUEST))
+	if (!cs->admitted) {
+		api_error(r, 500, "internal error: request was not admitted");
 		return;
+	}
+	r->team_id = cs->team_id;
 	if (cs->too_big) {
 		api_error(r, 413, "request body larger than %zu bytes", r->api->cfg.max_body);
 		return;
@@ -381,6 +421,18 @@ static bool for_proxy(struct api *a, struct conn_state *cs, struct MHD_Connectio
 	return proxy_wants(MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Host"));
 }
 
+static enum MHD_Result finish(struct api *a, struct conn_state *cs, struct api_req *r,
+			      const char *url, const char *method, bool preflight)
+{
+	enum MHD_Result ret = send_reply(r, preflight);
+
+	metrics_record(&a->metrics, r->status, mono_us() - cs->start_us);
+	log_debug("api", NULL, "%s %s -> %u", method, url, r->status);
+	json_decref(r->json);
+	free(r->text);
+	return ret;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
 				  const char *method, const char *version,
 				  const char *upload_data, size_t *upload_size, void **con_cls)
@@ -388,7 +440,6 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 	struct api *a = cls;
 	struct conn_state *cs = *con_cls;
 	struct api_req r = { .api = a, .conn = conn, .method = method };
-	enum MHD_Result ret;
 	bool preflight = is(method, "OPTIONS");
 
 	if (!cs)
@@ -399,7 +450,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 						     &cs->proxy_req);
 	if (!cs->started) {
 		cs->started = true;
-		return MHD_YES;
+		if (preflight || is_public(url, method) || admit(&r, cs))
+			return MHD_YES;
+		return finish(a, cs, &r, url, method, false);
 	}
 	if (*upload_size) {
 		/* Past the limit the rest is read and dropped, then refused with 413. */
@@ -414,12 +467,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 		r.status = 204;
 	else
 		handle(&r, url, cs);
-	ret = send_reply(&r, preflight);
-	metrics_record(&a->metrics, r.status, mono_us() - cs->start_us);
-	log_debug("api", NULL, "%s %s -> %u", method, url, r.status);
-	json_decref(r.json);
-	free(r.text);
-	return ret;
+	return finish(a, cs, &r, url, method, preflight);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
