@@ -20,12 +20,14 @@
 #include "cleanup.h"
 #include "log.h"
 #include "proxy.h"
+#include "templates.h"
 
 /* Per request, made when its request line is read. */
 struct conn_state {
 	char *uri;         /* the request target as sent (for the proxy) */
 	bool started;      /* the API's first call (head complete) was made */
 	void *proxy_req;   /* the proxy's request context when it took over */
+	void *upload;      /* a template archive upload (templates.c) */
 	struct hbuf body;
 	bool too_big;
 	bool admitted;     /* key and rate checked when the head came */
@@ -307,6 +309,8 @@ static void route(struct api_req *r, const char *url)
 		route_sandboxes(r, seg + 1, n - 1, false);
 	else if (n >= 2 && is(seg[0], "v2") && is(seg[1], "sandboxes"))
 		route_sandboxes(r, seg + 2, n - 2, true);
+	else if (n >= 1 && tpl_api_route(r, seg, n)) /* templates.c */
+		;
 	else
 		api_error(r, 404, "no such endpoint: %.128s", url);
 }
@@ -448,6 +452,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 		return (enum MHD_Result)proxy_access(a->cfg.proxy, conn, cs->uri, method,
 						     upload_data, upload_size,
 						     &cs->proxy_req);
+	/* Template archive uploads: a signed URL, no key, streamed to disk. */
+	if (cs->upload || (!cs->started && tpl_api_is_upload(method, url))) {
+		cs->started = true;
+		return tpl_api_upload(a, conn, url, upload_data, upload_size, &cs->upload);
+	}
 	if (!cs->started) {
 		cs->started = true;
 		if (preflight || is_public(url, method) || admit(&r, cs))
@@ -480,6 +489,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 		return;
 	if (cs->proxy_req)
 		proxy_completed(a->cfg.proxy, &cs->proxy_req);
+	tpl_api_upload_end(&cs->upload);
 	hbuf_free(&cs->body);
 	free(cs->uri);
 	free(cs);

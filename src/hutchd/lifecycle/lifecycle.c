@@ -18,6 +18,7 @@
 #include "ids.h"
 #include "log.h"
 #include "sandbox_rt.h"
+#include "tmpl.h"
 #include "warm.h"
 
 #define REAP_BATCH 64
@@ -28,6 +29,7 @@ struct lifecycle {
 	struct lc_config cfg;
 	struct lc_rt *rt;          /* NULL: no runtime on this node */
 	struct warm *warm;         /* NULL: no warm pool */
+	struct tmpl_mgr *templates; /* built templates (src/hutchd/template) */
 	pthread_t reaper;
 	bool reaper_started;
 	pthread_mutex_t lock;
@@ -91,10 +93,20 @@ int lc_create_begin(struct lifecycle *lc, const struct store_sandbox *sb,
 	return rc;
 }
 
+/* Templates built through the API first, then folder templates (`base`). */
 int lc_template_get(struct lifecycle *lc, const char *ref, struct lc_template *out,
 		    struct herr *err)
 {
+	int rc = lc->templates ? tmpl_resolve(lc->templates, ref, out, err) : -ENOENT;
+
+	if (rc != -ENOENT)
+		return rc;
 	return tpl_load(lc->cfg.template_dir, ref, out, err);
+}
+
+struct tmpl_mgr *lc_templates(struct lifecycle *lc)
+{
+	return lc->templates;
 }
 
 void lc_resources_for(struct lifecycle *lc, const struct lc_template *tpl,
@@ -143,7 +155,7 @@ int lc_create_finish(struct lifecycle *lc, struct store_sandbox *sb, struct herr
 	if (!lc->rt)
 		rc = herr_set(err, -ENOSYS, "no sandbox runtime on this node");
 	else
-		rc = tpl_load(lc->cfg.template_dir, sb->template_id, &tpl, err);
+		rc = lc_template_get(lc, sb->template_id, &tpl, err);
 	if (rc == 0)
 		rc = start_sandbox(lc, sb, &tpl, err);
 	tpl_clear(&tpl);
@@ -325,6 +337,18 @@ static int remove_orphan(void *arg, const char *id)
 	return 0;
 }
 
+static int start_templates(struct lifecycle *lc, struct herr *err)
+{
+	struct tmpl_config tc = {
+		.data_dir = lc->cfg.data_dir, .template_dir = lc->cfg.template_dir,
+		.agent_dir = lc->cfg.agent_dir, .rt = lc->rt ? lcrt_runtime(lc->rt) : NULL,
+		.max_upload_bytes = 4ULL << 30, .max_copy_bytes = 8ULL << 30,
+		.step_timeout_s = 1800, .ready_timeout_s = 120, .max_builds = 2,
+	};
+
+	return tmpl_open(&tc, &lc->templates, err);
+}
+
 int lc_start(struct store *st, const struct lc_config *cfg, struct lifecycle **out,
 	     struct herr *err)
 {
@@ -349,6 +373,9 @@ int lc_start(struct store *st, const struct lc_config *cfg, struct lifecycle **o
 	store_sandbox_each(st, NULL, recover_one, lc, err);
 	if (lc->rt)
 		lcrt_each(lc->rt, remove_orphan, lc);
+	/* After the orphan sweep, which also ends builds a restart cut short. */
+	if (start_templates(lc, err) < 0)
+		log_error("lifecycle", NULL, "template builds disabled: %s", err->msg);
 	/* Only now: pooled sandboxes have no rows and would look like orphans. */
 	if (warm_start(lc->rt, &lc->cfg, &lc->warm, err) < 0)
 		log_error("lifecycle", NULL, "warm pool disabled: %s", err->msg);
@@ -373,6 +400,7 @@ void lc_stop(struct lifecycle *lc)
 	if (lc->reaper_started)
 		pthread_join(lc->reaper, NULL);
 	warm_stop(lc->warm);
+	tmpl_close(lc->templates);
 	if (lc->rt)
 		lcrt_close(lc->rt);
 	pthread_cond_destroy(&lc->wake);

@@ -68,6 +68,10 @@ bool lc_can_create(struct lifecycle *lc);
 int lc_template_get(struct lifecycle *lc, const char *ref, struct lc_template *out,
 		    struct herr *err);
 
+/* The registry and builder of templates built through the API (or NULL). */
+struct tmpl_mgr;
+struct tmpl_mgr *lc_templates(struct lifecycle *lc);
+
 /* A template's resources, the node's defaults where it sets none. */
 void lc_resources_for(struct lifecycle *lc, const struct lc_template *tpl,
 		      struct lc_resources *out);

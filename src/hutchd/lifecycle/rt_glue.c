@@ -83,6 +83,11 @@ int lcrt_open(const struct lc_config *cfg, struct lc_rt **out, struct herr *err)
 	return 0;
 }
 
+struct rt *lcrt_runtime(struct lc_rt *l)
+{
+	return l ? l->rt : NULL;
+}
+
 void lcrt_close(struct lc_rt *l)
 {
 	if (!l)
@@ -306,7 +311,10 @@ static int boot(struct lc_rt *l, const char *id, const struct lc_template *tpl,
 	json_t *net = json_loads(network, 0, NULL);
 	struct rt_cidr a[MAX_CIDRS], d[MAX_CIDRS];
 	struct rt_spec spec = {
-		.id = id, .layers = layers, .n_layers = 1, .agent_dir = l->cfg.agent_dir,
+		/* Built templates have several layers; folder ones their rootfs. */
+		.id = id, .agent_dir = l->cfg.agent_dir,
+		.layers = tpl->n_layers ? (const char *const *)tpl->layers : layers,
+		.n_layers = tpl->n_layers ? tpl->n_layers : 1,
 		.argv = argv, .env = env, .limits = *limits,
 	};
 	struct timespec t0;

@@ -13,6 +13,11 @@ void lcrt_close(struct lc_rt *rt)
 {
 }
 
+struct rt *lcrt_runtime(struct lc_rt *rt)
+{
+	return NULL;
+}
+
 int lcrt_start(struct lc_rt *rt, const struct store_sandbox *sb,
 	       const struct lc_template *tpl, struct herr *err)
 {

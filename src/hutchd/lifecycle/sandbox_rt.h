@@ -19,6 +19,8 @@ struct lc_rt;
 
 int lcrt_open(const struct lc_config *cfg, struct lc_rt **out, struct herr *err);
 void lcrt_close(struct lc_rt *rt);
+/* The runtime itself, for template builds (NULL without one). */
+struct rt *lcrt_runtime(struct lc_rt *rt);
 int lcrt_start(struct lc_rt *rt, const struct store_sandbox *sb,
 	       const struct lc_template *tpl, struct herr *err);
 /* Warm pool: a sandbox started up to a listening agent, without /init... */

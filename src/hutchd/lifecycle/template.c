@@ -237,4 +237,12 @@ void tpl_clear(struct lc_template *t)
 {
 	json_decref(t->env);
 	t->env = NULL;
+	for (size_t i = 0; i < t->n_layers; i++)
+		free(t->layers[i]);
+	free(t->layers);
+	t->layers = NULL;
+	t->n_layers = 0;
+	free(t->start_cmd);
+	free(t->ready_cmd);
+	t->start_cmd = t->ready_cmd = NULL;
 }

@@ -26,6 +26,13 @@ struct lc_template {
 	char workdir[TPL_PATH_MAX];   /* default workdir inside the sandbox */
 	json_t *env;                  /* object of strings, owned */
 	int64_t cpu_count, memory_mb, disk_mb; /* 0 = node default */
+	/* Templates built through the API (src/hutchd/template): their layer
+	 * folders, lowest first, replace rootfs when n_layers > 0; start_cmd
+	 * and ready_cmd (NULL = none) run once the agent is up. Owned, freed
+	 * by tpl_clear. */
+	char **layers;
+	size_t n_layers;
+	char *start_cmd, *ready_cmd;
 };
 
 /*
