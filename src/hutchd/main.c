@@ -71,7 +71,15 @@ static struct cfg_opt opts[] = {
 	{ "pool-size", CFG_INT, "4", "network namespaces prepared ahead" },
 	{ "no-runtime", CFG_BOOL, "false", "run the control plane without sandboxes" },
 	{ "max-connections", CFG_INT, "1000", "API connections at once" },
+	{ "max-connections-per-ip", CFG_INT, "500",
+	  "API connections from one client address (0 = no limit; behind a "
+	  "front proxy all clients share its address)" },
 	{ "proxy-max-connections", CFG_INT, "4096", "sandbox proxy connections at once" },
+	{ "proxy-max-connections-per-ip", CFG_INT, "2048",
+	  "sandbox proxy connections from one client address (0 = no limit)" },
+	{ "head-timeout", CFG_INT, "20",
+	  "seconds a connection has to send a whole request head, on the API and "
+	  "proxy ports; sending it slowly does not extend this" },
 	{ "proxy-idle-timeout", CFG_INT, "120",
 	  "seconds an idle proxy client connection is kept (> 50 for streams)" },
 };
@@ -278,6 +286,8 @@ static void fill_api_config(struct api_config *c)
 		.cpu_count = I("cpu-count"), .memory_mb = I("memory-mb"),
 		.disk_mb = I("disk-mb"), .max_body = 1 << 20,
 		.max_connections = (unsigned)I("max-connections"),
+		.max_per_ip = (unsigned)I("max-connections-per-ip"),
+		.head_timeout_s = (unsigned)I("head-timeout"),
 		.plan = {
 			.create_rate = (double)I("create-rate") / 60.0,
 			.create_burst = I("create-burst"),
@@ -328,6 +338,13 @@ static int check_settings(void)
 		fprintf(stderr, "hutchd: api-port and proxy-port must be 0..65535\n");
 		return -1;
 	}
+	if (I("head-timeout") < 1 || I("head-timeout") > 3600 ||
+	    I("max-connections") < 1 || I("proxy-max-connections") < 1 ||
+	    I("max-connections-per-ip") < 0 || I("proxy-max-connections-per-ip") < 0) {
+		fprintf(stderr, "hutchd: head-timeout must be 1..3600 s, max-connections "
+			"and proxy-max-connections above 0, the per-ip limits 0 or more\n");
+		return -1;
+	}
 	return 0;
 }
 
@@ -344,6 +361,8 @@ static int start_proxy(struct store *st, struct lifecycle *lc,
 		.listen = S("api-listen"), .port = (unsigned)I("proxy-port"),
 		.max_connections = (unsigned)I("proxy-max-connections"),
 		.idle_timeout_s = (unsigned)I("proxy-idle-timeout"),
+		.head_timeout_s = (unsigned)I("head-timeout"),
+		.max_per_ip = (unsigned)I("proxy-max-connections-per-ip"),
 	};
 	int rc = proxy_backend_hutchd(st, lc, secret, be, err);
 

@@ -37,6 +37,10 @@ struct api_config {
 	int64_t cpu_count, memory_mb, disk_mb;
 	size_t max_body;
 	unsigned max_connections;
+	unsigned max_per_ip;      /* connections from one address; 0: no limit */
+	/* Seconds a connection owing a request has to send its whole head
+	 * (conn_guard.h); 0: 20. */
+	unsigned head_timeout_s;
 	struct api_plan plan;
 	/* Requests whose Host names a sandbox ("<port>-<id>.<domain>") go to
 	 * this proxy; NULL answers them as API requests. */

@@ -19,6 +19,7 @@ struct api {
 	struct rl_table *limits;
 	struct api_metrics metrics;
 	unsigned port;
+	struct conn_guard *guard;
 };
 
 #define API_MAX_HEADERS 8

@@ -18,6 +18,7 @@
 
 #include "buf.h"
 #include "cleanup.h"
+#include "conn_guard.h"
 #include "log.h"
 #include "proxy.h"
 #include "templates.h"
@@ -330,6 +331,8 @@ static bool route_public(struct api_req *r, const char *url)
 
 		hbuf_init(&out, 1 << 20);
 		rc = metrics_render(&r->api->metrics, r->api->store, &out);
+		if (rc == 0)
+			rc = conn_guard_metrics_render(r->api->guard, "api", &out);
 		if (rc == 0 && r->api->cfg.proxy)
 			rc = proxy_metrics_render(r->api->cfg.proxy, &out);
 		if (rc < 0) {
@@ -448,6 +451,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 
 	if (!cs)
 		return MHD_NO; /* out of memory when the request line came */
+	if (!cs->started && !cs->proxy_req)
+		conn_guard_head_done(a->guard, conn); /* the first call: head complete */
 	if (for_proxy(a, cs, conn))
 		return (enum MHD_Result)proxy_access(a->cfg.proxy, conn, cs->uri, method,
 						     upload_data, upload_size,
@@ -487,6 +492,10 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 
 	if (!cs)
 		return;
+	/* Kept alive, the connection owes the next request's head again; after
+	 * a WebSocket upgrade the socket is the relay's. */
+	if (!cs->proxy_req || !proxy_request_upgraded(cs->proxy_req))
+		conn_guard_request_done(a->guard, conn);
 	if (cs->proxy_req)
 		proxy_completed(a->cfg.proxy, &cs->proxy_req);
 	tpl_api_upload_end(&cs->upload);
@@ -502,12 +511,14 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
 {
 	struct api *a = cls;
 
-	if (!a->cfg.proxy)
-		return;
 	if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
-		*socket_context = proxy_conn_new(a->cfg.proxy);
+		conn_guard_opened(a->guard, conn);
+		if (a->cfg.proxy)
+			*socket_context = proxy_conn_new(a->cfg.proxy);
 	} else {
-		proxy_conn_free(*socket_context);
+		conn_guard_closed(a->guard, conn);
+		if (a->cfg.proxy)
+			proxy_conn_free(*socket_context);
 		*socket_context = NULL;
 	}
 }
@@ -564,9 +575,19 @@ int api_start(const struct api_config *cfg, struct store *st, struct lifecycle *
 	a->store = st;
 	a->lc = lc;
 	memcpy(a->secret, secret, SERVER_SECRET_LEN);
+	/* A quarter of the limit may owe a request (see conn_guard.h). */
+	rc = conn_guard_new("api", cfg->head_timeout_s ? cfg->head_timeout_s : 20u,
+			    cfg->max_connections / 4 ? cfg->max_connections / 4 : 1,
+			    &a->guard, err);
+	if (rc < 0) {
+		api_stop(a);
+		return rc;
+	}
+	/* poll() rather than select(): a connection whose descriptor passes
+	 * FD_SETSIZE (1024) is served too, not refused. */
 	a->daemon = MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION |
 				     MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG |
-				     MHD_ALLOW_UPGRADE,
+				     MHD_ALLOW_UPGRADE | MHD_USE_POLL,
 				     0, NULL, NULL, on_request, a,
 				     MHD_OPTION_URI_LOG_CALLBACK, on_uri, a,
 				     MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, a,
@@ -574,6 +595,7 @@ int api_start(const struct api_config *cfg, struct store *st, struct lifecycle *
 				     MHD_OPTION_NOTIFY_COMPLETED, on_completed, a,
 				     MHD_OPTION_NOTIFY_CONNECTION, on_connection, a,
 				     MHD_OPTION_CONNECTION_LIMIT, cfg->max_connections,
+				     MHD_OPTION_PER_IP_CONNECTION_LIMIT, cfg->max_per_ip,
 				     MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
 				     MHD_OPTION_END);
 	if (!a->daemon) {
@@ -598,6 +620,7 @@ void api_stop(struct api *a)
 		return;
 	if (a->daemon)
 		MHD_stop_daemon(a->daemon);
+	conn_guard_free(a->guard);
 	rl_table_free(a->limits);
 	free(a->listen);
 	free(a->domain);

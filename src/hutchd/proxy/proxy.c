@@ -17,6 +17,7 @@
 #include <jansson.h>
 
 #include "cleanup.h"
+#include "conn_guard.h"
 #include "log.h"
 
 static const double latency_bounds[PROXY_LATENCY_BUCKETS] = {
@@ -77,6 +78,8 @@ int proxy_metrics_render(struct proxy *p, struct hbuf *out)
 				 load(&m->latency_count), (double)load(&m->latency_sum_us) / 1e6,
 				 load(&m->latency_count), load(&m->websockets),
 				 load(&m->active_relays));
+	if (rc == 0)
+		rc = conn_guard_metrics_render(p->guard, "proxy", out);
 	return rc;
 }
 
@@ -450,6 +453,9 @@ static enum MHD_Result on_call(struct proxy *p, struct preq *q, struct pconn *pc
 		const union MHD_ConnectionInfo *ci =
 			MHD_get_connection_info(q->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
 
+		/* The head is complete: from here the request may take as long
+		 * as it needs (a stream), the head deadline no longer applies. */
+		conn_guard_head_done(p->guard, q->conn);
 		q->routed = true;
 		q->client_fd = ci ? ci->connect_fd : -1;
 		return begin(q, pc);
@@ -539,12 +545,27 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 	return on_call(p, q, ci ? ci->socket_context : NULL, upload_data, upload_size);
 }
 
+/* conn is NULL when another server (the API port) ends the request: that
+ * server's own guard then tracks the connection. */
 static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
 			 enum MHD_RequestTerminationCode toe)
 {
-	if (*req_cls)
-		finish(*req_cls);
+	struct proxy *p = cls;
+	struct preq *q = *req_cls;
+
+	/* Kept alive, the connection owes the next request's head again. */
+	if (conn && !(q && q->upgrade))
+		conn_guard_request_done(p->guard, conn);
+	if (q)
+		finish(q);
 	*req_cls = NULL;
+}
+
+bool proxy_request_upgraded(void *req_cls)
+{
+	struct preq *q = req_cls;
+
+	return q && q->upgrade;
 }
 
 void *proxy_conn_new(struct proxy *p)
@@ -566,9 +587,13 @@ void proxy_conn_free(void *conn_ctx)
 static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
 			  enum MHD_ConnectionNotificationCode toe)
 {
+	struct proxy *p = cls;
+
 	if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
-		*socket_context = proxy_conn_new(cls);
+		*socket_context = proxy_conn_new(p);
+		conn_guard_opened(p->guard, conn);
 	} else {
+		conn_guard_closed(p->guard, conn);
 		pconn_free(*socket_context);
 		*socket_context = NULL;
 	}
@@ -649,6 +674,7 @@ int proxy_start(const struct proxy_config *cfg, const struct proxy_backend *be,
 	const union MHD_DaemonInfo *info;
 	struct sockaddr_in sa;
 	struct proxy *p;
+	unsigned limit = cfg->max_connections ? cfg->max_connections : 1000u;
 	int rc = bind_addr(cfg, &sa, err);
 
 	if (rc < 0)
@@ -661,18 +687,29 @@ int proxy_start(const struct proxy_config *cfg, const struct proxy_backend *be,
 	registry_init(&p->reg);
 	pthread_mutex_init(&p->relay_mu, NULL);
 	pthread_cond_init(&p->relay_cv, NULL);
-	/* Date is the sandbox's to send (or not); MHD would add a second one. */
+	/* A quarter of the limit may owe a request: the rest stays for
+	 * connections doing work, whatever idle clients do. */
+	rc = conn_guard_new("proxy", cfg->head_timeout_s ? cfg->head_timeout_s : 20u,
+			    limit / 4 ? limit / 4 : 1, &p->guard, err);
+	if (rc < 0) {
+		proxy_stop(p);
+		return rc;
+	}
+	/* Date is the sandbox's to send (or not); MHD would add a second one.
+	 * poll() rather than select(): descriptors past FD_SETSIZE (1024)
+	 * are served too, and the proxy holds two per proxied request. */
 	p->daemon = MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION |
 				     MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG |
-				     MHD_ALLOW_UPGRADE | MHD_USE_SUPPRESS_DATE_NO_CLOCK,
+				     MHD_ALLOW_UPGRADE | MHD_USE_SUPPRESS_DATE_NO_CLOCK |
+				     MHD_USE_POLL,
 				     0, NULL, NULL, on_request, p,
 				     MHD_OPTION_URI_LOG_CALLBACK, on_uri, p,
 				     MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, p,
 				     MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
 				     MHD_OPTION_NOTIFY_COMPLETED, on_completed, p,
 				     MHD_OPTION_NOTIFY_CONNECTION, on_connection, p,
-				     MHD_OPTION_CONNECTION_LIMIT,
-				     cfg->max_connections ? cfg->max_connections : 1000u,
+				     MHD_OPTION_CONNECTION_LIMIT, limit,
+				     MHD_OPTION_PER_IP_CONNECTION_LIMIT, cfg->max_per_ip,
 				     MHD_OPTION_CONNECTION_TIMEOUT,
 				     cfg->idle_timeout_s ? cfg->idle_timeout_s : 300u,
 				     MHD_OPTION_END);
@@ -714,6 +751,7 @@ void proxy_stop(struct proxy *p)
 		}
 	}
 	pthread_mutex_unlock(&p->relay_mu);
+	conn_guard_free(p->guard);
 	registry_free(&p->reg);
 	pthread_mutex_destroy(&p->relay_mu);
 	pthread_cond_destroy(&p->relay_cv);

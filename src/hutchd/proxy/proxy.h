@@ -47,6 +47,10 @@ struct proxy_config {
 	unsigned port;            /* 0 picks a free port (see proxy_port) */
 	unsigned max_connections;
 	unsigned idle_timeout_s;  /* idle client connections; > 50 for Connect streams */
+	/* Seconds a connection owing a request has to send its whole head
+	 * (conn_guard.h); 0: 20. */
+	unsigned head_timeout_s;
+	unsigned max_per_ip;      /* connections from one address; 0: no limit */
 };
 
 struct proxy;
@@ -84,6 +88,9 @@ int proxy_access(struct proxy *p, struct MHD_Connection *conn, const char *uri,
 		 const char *method, const char *upload_data, size_t *upload_size,
 		 void **req_cls);
 void proxy_completed(struct proxy *p, void **req_cls);
+/* True when the request in req_cls was switched to another protocol: its
+ * connection then carries a relay, never another HTTP request. */
+bool proxy_request_upgraded(void *req_cls);
 
 /* ---- the backend over hutchd's store and lifecycle (backend.c) ---- */
 

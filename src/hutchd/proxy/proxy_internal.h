@@ -43,6 +43,7 @@ struct proxy {
 	pthread_mutex_t relay_mu;
 	pthread_cond_t relay_cv;
 	unsigned relays; /* WebSocket relay threads alive */
+	struct conn_guard *guard;
 };
 
 /* A bounded byte ring between the client side and the upstream side. */
