@@ -224,7 +224,7 @@ struct route {
  * simple (answered by answer_simple), unauthorized (401), answered (done;
  * any further call only drains).
  */
-static char simple_marker, unauthorized_marker, answered_marker;
+static char simple_marker, unauthorized_marker, answered_marker, init_refused_marker;
 
 static const char *const cors_expose =
 	"Grpc-Status, Grpc-Message, Grpc-Status-Details-Bin, Location, Cache-Control, "
@@ -316,6 +316,31 @@ static int token_ok(struct MHD_Connection *c)
 static enum MHD_Result send_unauthorized(struct MHD_Connection *c)
 {
 	return http_send_error(c, MHD_HTTP_UNAUTHORIZED, "%s", UNAUTHORIZED_MESSAGE);
+}
+
+/*
+ * The secret hutchd gave this agent at start (agent_server_opts), "" when
+ * none: then /init is guarded by the access token alone, as in envd. With
+ * one, only hutchd can configure the sandbox: a client that reaches the
+ * port (through some path the proxy failed to close, or from inside the
+ * sandbox) cannot take over a sandbox that has no access token yet.
+ */
+static char init_secret[INIT_SECRET_MAX];
+
+static int init_secret_ok(struct MHD_Connection *c)
+{
+	const char *given = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+							INIT_SECRET_HEADER);
+
+	if (!init_secret[0])
+		return 1;
+	return given && auth_equal(given, init_secret);
+}
+
+static enum MHD_Result send_init_refused(struct MHD_Connection *c)
+{
+	return http_send_error(c, MHD_HTTP_UNAUTHORIZED, "%s",
+			       "init refused: missing or wrong " INIT_SECRET_HEADER);
 }
 
 static enum MHD_Result send_not_found(struct MHD_Connection *c, const char *method,
@@ -820,6 +845,12 @@ static enum MHD_Result start_request(struct MHD_Connection *c, const char *url,
 		*con_cls = &simple_marker;
 		return MHD_YES;
 	}
+	/* Checked first: without the secret, a token says nothing about who
+	 * may configure the sandbox. */
+	if (kind == ROUTE_INIT && !init_secret_ok(c)) {
+		*con_cls = &init_refused_marker;
+		return MHD_YES;
+	}
 	/* RPCs and a re-init must come from whoever holds the current token. */
 	if (kind != ROUTE_FILES && !token_ok(c)) {
 		*con_cls = &unauthorized_marker;
@@ -848,12 +879,15 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
 
 	if (st == NULL)
 		return start_request(c, url, method, data, size, con_cls);
-	if (st == &simple_marker || st == &unauthorized_marker) {
+	if (st == &simple_marker || st == &unauthorized_marker ||
+	    st == &init_refused_marker) {
 		if (*size != 0) {
 			*size = 0; /* a body nobody reads */
 			return MHD_YES;
 		}
 		*con_cls = &answered_marker;
+		if (st == &init_refused_marker)
+			return send_init_refused(c);
 		return st == &simple_marker ? answer_simple(c, url, method)
 					    : send_unauthorized(c);
 	}
@@ -877,7 +911,7 @@ static void request_completed(void *cls, struct MHD_Connection *c, void **con_cl
 	slot_set_waiting(c, 1);
 	*con_cls = NULL;
 	if (!rt || (void *)rt == &answered_marker || (void *)rt == &simple_marker ||
-	    (void *)rt == &unauthorized_marker)
+	    (void *)rt == &unauthorized_marker || (void *)rt == &init_refused_marker)
 		return;
 	if (rt->kind == ROUTE_FILES)
 		files_done(rt->inner);
@@ -940,11 +974,16 @@ int agent_server_start(const struct agent_server_opts *opts, struct agent_server
 			     MHD_USE_ERROR_LOG | MHD_USE_ITC | MHD_USE_POLL;
 	unsigned int limit = opts->max_connections > 0 ? (unsigned)opts->max_connections : 512;
 	const char *addr = opts->listen_addr ? opts->listen_addr : "0.0.0.0";
-	int is_v6, r;
+	int is_v6 = 0, r;
 	_cleanup_free_ struct agent_server *s = calloc(1, sizeof(*s));
 
 	if (!s)
 		return herr_set(err, -ENOMEM, "starting the HTTP server: out of memory");
+	if (opts->init_secret && strlen(opts->init_secret) >= sizeof(init_secret))
+		return herr_set(err, -EINVAL, "init-secret: longer than %zu bytes",
+				sizeof(init_secret) - 1);
+	snprintf(init_secret, sizeof(init_secret), "%s",
+		 opts->init_secret ? opts->init_secret : "");
 	r = make_addr(addr, opts->port, &ss, &is_v6, err);
 	if (r < 0)
 		return r;

@@ -53,7 +53,13 @@ struct agent_server_opts {
 	const char *listen_addr; /* numeric IPv4/IPv6, "0.0.0.0" by default */
 	int port;                /* 49983 by default */
 	int max_connections;     /* 0: the default (512) */
+	/* When set, POST /init must carry it in INIT_SECRET_HEADER (hutchd
+	 * derives one per sandbox); NULL or "": not required. */
+	const char *init_secret;
 };
+
+#define INIT_SECRET_HEADER "X-Hutch-Init-Secret"
+#define INIT_SECRET_MAX 128
 
 int agent_server_start(const struct agent_server_opts *opts, struct agent_server **out,
 		       struct herr *err);

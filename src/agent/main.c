@@ -41,6 +41,9 @@ static struct cfg_opt agent_opts[] = {
 	{ "access-token", CFG_STR, NULL,
 	  "token every request must carry in X-Access-Token (unset: open)" },
 	{ "max-connections", CFG_INT, "512", "simultaneous HTTP connections" },
+	{ "init-secret", CFG_STR, NULL,
+	  "secret POST /init must carry in X-Hutch-Init-Secret (hutchd sets it "
+	  "through HUTCH_INIT_SECRET; unset: not required)" },
 	{ "download-gzip", CFG_STR, "fallback",
 	  "gzip downloads only for clients that refuse identity (fallback), "
 	  "or whenever they prefer it (negotiate)" },
@@ -208,6 +211,7 @@ static int start(struct agent_server **server, struct herr *err)
 		.listen_addr = opt("listen"),
 		.port = (int)cfg_int(agent_opts, N_OPTS, "port"),
 		.max_connections = (int)cfg_int(agent_opts, N_OPTS, "max-connections"),
+		.init_secret = opt("init-secret"),
 	};
 	int r;
 

@@ -415,6 +415,7 @@ static int serve(void)
 	fill_lc_config(&lcc, S("template-dir") ? S("template-dir") : tpl,
 		       S("agent-dir") ? S("agent-dir") : agent);
 	fill_api_config(&ac);
+	lcc.server_secret = secret; /* read before lc_start uses it */
 	if (server_secret_load(secret_path, secret, &err) < 0 ||
 	    lc_start(st, &lcc, &lc, &err) < 0 ||
 	    start_proxy(st, lc, secret, &be, &proxy, &err) < 0 ||

@@ -42,6 +42,10 @@ struct lc_config {
 	 * configured) so that a create only applies its settings: 0 = none. */
 	unsigned warm_pool;
 	const char *warm_template;
+	/* The node's server secret (SERVER_SECRET_LEN bytes): each sandbox's
+	 * agent gets a secret derived from it that /init must carry. NULL: the
+	 * agents take /init without one. */
+	const unsigned char *server_secret;
 };
 
 /* What the runtime reports about a live sandbox, for the metrics endpoint. */

@@ -25,6 +25,7 @@
 
 #include "buf.h"
 #include "cleanup.h"
+#include "ids.h"
 #include "log.h"
 #include "rt.h"
 
@@ -195,6 +196,21 @@ static int init_body(const struct store_sandbox *sb, const struct lc_template *t
 	return *out ? 0 : herr_set(err, -ENOMEM, "out of memory");
 }
 
+/*
+ * The secret this sandbox's agent requires on /init: an HMAC of the node's
+ * secret and the sandbox id, so no one without the node's secret can make
+ * it, and one sandbox's secret says nothing about another's. Sandbox code
+ * cannot read it back: the agent takes it from its environment, removes it
+ * there before it starts anything, and is not dumpable (/proc/1/environ).
+ * "" when the lifecycle has no server secret (then /init is open as before).
+ */
+static void init_secret_of(struct lc_rt *l, const char *id, char out[TOKEN_HEX])
+{
+	out[0] = '\0';
+	if (l->cfg.server_secret)
+		token_derive(l->cfg.server_secret, "agent-init-", id, out);
+}
+
 static long ms_since(const struct timespec *t0)
 {
 	struct timespec now;
@@ -214,6 +230,7 @@ static int agent_init(struct lc_rt *l, const struct store_sandbox *sb,
 	_cleanup_free_ char *body = NULL;
 	_cleanup_close_ int fd = -1;
 	struct curl_slist *hdr = NULL;
+	char secret[TOKEN_HEX], line[TOKEN_HEX + 32];
 	struct hbuf answer;
 	long status = 0;
 	CURLcode cc;
@@ -229,6 +246,11 @@ static int agent_init(struct lc_rt *l, const struct store_sandbox *sb,
 	if (!c)
 		return herr_set(err, -ENOMEM, "curl_easy_init failed");
 	hdr = curl_slist_append(hdr, "Content-Type: application/json");
+	init_secret_of(l, sb->id, secret);
+	if (*secret) {
+		snprintf(line, sizeof(line), "X-Hutch-Init-Secret: %s", secret);
+		hdr = curl_slist_append(hdr, line);
+	}
 	curl_easy_setopt(c, CURLOPT_URL, "http://127.0.0.1:49983/init");
 	curl_easy_setopt(c, CURLOPT_OPENSOCKETFUNCTION, give_socket);
 	curl_easy_setopt(c, CURLOPT_OPENSOCKETDATA, &fd);
@@ -302,9 +324,12 @@ static int boot(struct lc_rt *l, const char *id, const struct lc_template *tpl,
 		const struct rt_limits *limits, const char *network, long *ms,
 		struct herr *err)
 {
-	static const char *const env[] = {
+	char secret[TOKEN_HEX], secret_var[TOKEN_HEX + 32];
+	/* The secret goes in the environment, not argv: argv of the sandbox's
+	 * init is readable by every process inside it. */
+	const char *env[] = {
 		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-		"LANG=C.UTF-8", NULL };
+		"LANG=C.UTF-8", secret_var, NULL };
 	char user[FLAG_MAX], workdir[FLAG_MAX];
 	const char *argv[12];
 	const char *layers[1] = { tpl->rootfs };
@@ -321,6 +346,10 @@ static int boot(struct lc_rt *l, const char *id, const struct lc_template *tpl,
 	int rc;
 
 	agent_argv(l, tpl, user, workdir, argv);
+	init_secret_of(l, id, secret);
+	snprintf(secret_var, sizeof(secret_var), "HUTCH_INIT_SECRET=%s", secret);
+	if (!*secret)
+		env[2] = NULL;
 	rc = policy_from_json(net, &spec.net, a, d, err);
 	json_decref(net);
 	if (rc < 0)

@@ -124,6 +124,8 @@ ssize_t upstream_read(void *cls, uint64_t pos, char *buf, size_t max);
 void upstream_end(struct preq *q);
 void pconn_free(struct pconn *pc);
 bool header_is_hop_by_hop(const char *name, const char *connection);
+/* Request headers the proxy never forwards (hutchd's own, to agents). */
+bool header_is_control_plane(const char *name);
 
 /* websocket.c: Upgrade requests */
 enum MHD_Result ws_forward(struct preq *q);

@@ -439,6 +439,16 @@ bool header_is_hop_by_hop(const char *name, const char *connection)
 	return false;
 }
 
+/*
+ * Headers only hutchd itself may send to an agent: the init secret goes to
+ * /init over the sandbox's loopback, never through here. A client that
+ * guessed or stole one gets nothing past the proxy with it.
+ */
+bool header_is_control_plane(const char *name)
+{
+	return strcasecmp(name, "X-Hutch-Init-Secret") == 0;
+}
+
 struct hdr_ctx {
 	struct preq *q;
 	const char *connection;
@@ -452,7 +462,7 @@ static enum MHD_Result add_req_header(void *cls, enum MHD_ValueKind kind,
 
 	/* libmicrohttpd answered any Expect: 100-continue already, and the body
 	 * goes upstream without waiting for one. */
-	if (header_is_hop_by_hop(name, c->connection) ||
+	if (header_is_hop_by_hop(name, c->connection) || header_is_control_plane(name) ||
 	    strcasecmp(name, "Content-Length") == 0 || strcasecmp(name, "Expect") == 0)
 		return MHD_YES;
 	if (hbuf_printf(&c->q->head, "%s: %s\r\n", name, value ? value : "") < 0) {

@@ -131,7 +131,8 @@ static int write_all(int fd, const char *p, size_t n)
 static enum MHD_Result add_line(void *cls, enum MHD_ValueKind kind, const char *name,
 				const char *value)
 {
-	hbuf_printf(cls, "%s: %s\r\n", name, value ? value : "");
+	if (!header_is_control_plane(name))
+		hbuf_printf(cls, "%s: %s\r\n", name, value ? value : "");
 	return MHD_YES;
 }
 

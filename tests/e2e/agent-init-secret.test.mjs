@@ -1,0 +1,104 @@
+// The agent's /init secret: with HUTCH_INIT_SECRET set (hutchd sets it for
+// each sandbox) only a request carrying it in X-Hutch-Init-Secret may
+// configure the sandbox, even one with no access token yet; without the
+// setting /init stays open as in envd. The secret never reaches the
+// processes the agent starts.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { Sandbox } from 'e2b';
+import { agentBin, freePort, startAgent, useSdkEnv } from './lib/agent.mjs';
+
+const SECRET = 'a'.repeat(40) + '0123456789abcdef';
+
+function init(url, body, headers = {}) {
+  return fetch(`${url}/init`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', ...headers },
+    body: JSON.stringify(body),
+  });
+}
+
+test('with a secret, /init without it or with a wrong one is 401 and changes nothing',
+  async () => {
+    const agent = await startAgent({ env: { HUTCH_INIT_SECRET: SECRET } });
+    try {
+      for (const headers of [{}, { 'x-hutch-init-secret': '' },
+        { 'x-hutch-init-secret': SECRET.slice(0, -1) },
+        { 'x-hutch-init-secret': SECRET + 'x' },
+        { 'x-hutch-init-secret': SECRET.toUpperCase() }]) {
+        const res = await init(agent.url, { accessToken: 'taken', envVars: { HIJACK: '1' } },
+          headers);
+        assert.equal(res.status, 401, JSON.stringify(headers));
+        assert.equal(res.headers.get('content-type'), 'application/json; charset=utf-8');
+        const body = await res.json();
+        assert.equal(body.code, 401);
+        assert.match(body.message, /X-Hutch-Init-Secret/);
+      }
+      // still open (no token was set) and without the refused env var
+      const envs = await fetch(`${agent.url}/envs`);
+      assert.equal(envs.status, 200);
+      assert.deepEqual(await envs.json(), {});
+    } finally {
+      await agent.stop();
+    }
+  });
+
+test('with a secret, /init carrying it applies; a re-init also needs the token', async () => {
+  const agent = await startAgent({ env: { HUTCH_INIT_SECRET: SECRET } });
+  try {
+    let res = await init(agent.url, { accessToken: 'tok-1', envVars: { FOO: 'bar' } },
+      { 'x-hutch-init-secret': SECRET });
+    assert.equal(res.status, 204);
+    res = await fetch(`${agent.url}/envs`, { headers: { 'x-access-token': 'tok-1' } });
+    assert.deepEqual(await res.json(), { FOO: 'bar' });
+    // the secret alone does not replace the token set by the first init
+    res = await init(agent.url, {}, { 'x-hutch-init-secret': SECRET });
+    assert.equal(res.status, 401);
+    // the token alone is not enough either
+    res = await init(agent.url, {}, { 'x-access-token': 'tok-1' });
+    assert.equal(res.status, 401);
+    res = await init(agent.url, { accessToken: 'tok-2' },
+      { 'x-hutch-init-secret': SECRET, 'x-access-token': 'tok-1' });
+    assert.equal(res.status, 204);
+  } finally {
+    await agent.stop();
+  }
+});
+
+test('the secret is not in the environment of started processes', async () => {
+  const agent = await startAgent({ env: { HUTCH_INIT_SECRET: SECRET } });
+  try {
+    useSdkEnv(agent);
+    const sbx = await Sandbox.connect('debug_sandbox_id');
+    const r = await sbx.commands.run('env; cat /proc/self/environ | tr "\\0" "\\n"');
+    assert.equal(r.exitCode, 0);
+    assert.match(r.stdout, /PATH=/); // the output is the environment
+    assert.ok(!r.stdout.includes(SECRET), 'secret leaked to a process');
+    assert.ok(!/HUTCH_/.test(r.stdout), r.stdout);
+  } finally {
+    await agent.stop();
+  }
+});
+
+test('without the setting, /init is open on a sandbox with no token (envd)', async () => {
+  const agent = await startAgent();
+  try {
+    const res = await init(agent.url, { envVars: { A: '1' } });
+    assert.equal(res.status, 204);
+    const envs = await fetch(`${agent.url}/envs`);
+    assert.deepEqual(await envs.json(), { A: '1' });
+  } finally {
+    await agent.stop();
+  }
+});
+
+test('an init secret longer than the agent takes stops it with a clear error', async () => {
+  const port = await freePort();
+  const r = spawnSync(agentBin, ['--listen=127.0.0.1', `--port=${port}`], {
+    env: { ...process.env, HUTCH_INIT_SECRET: 'x'.repeat(200) }, encoding: 'utf8',
+    timeout: 10000,
+  });
+  assert.equal(r.status, 1, r.stderr);
+  assert.match(r.stderr, /init-secret: longer than 127 bytes/);
+});
