@@ -332,8 +332,12 @@ test('raw: StreamInput is unimplemented', async () => {
 });
 
 test('no agent fds leak into user processes', async () => {
-  const r = await sbx.commands.run('ls /proc/$$/fd | sort -n | tr "\\n" " "');
-  assert.equal(r.stdout, '0 1 2 ');
+  // A simple command, not a pipeline: while bash sets a pipeline up it holds
+  // pipe fds of its own, which are not the agent's.
+  // "; true" keeps bash from exec-ing ls, so $$ is bash, not ls.
+  const r = await sbx.commands.run('ls /proc/$$/fd; true');
+  const fds = r.stdout.split('\n').filter(Boolean).map(Number).sort((a, b) => a - b);
+  assert.deepEqual(fds, [0, 1, 2]);
 });
 
 test('a client that stops reading stalls only its own process', async () => {
