@@ -28,6 +28,7 @@
 #include "ids.h"
 #include "log.h"
 #include "rt.h"
+#include "start.h"
 
 #define AGENT_PORT 49983
 #define MAX_CIDRS 256
@@ -391,6 +392,11 @@ int lcrt_start(struct lc_rt *l, const struct store_sandbox *sb,
 	rc = agent_init(l, sb, tpl, left, err);
 	if (rc < 0 && rc != -ETIMEDOUT)
 		return explain_not_ready(l, sb->id, rc, err);
+	/* A built template's start command; ready only once its ready command is. */
+	if (rc == 0)
+		rc = tmpl_start_in_sandbox(l->rt, sb->id, sb->access_token, tpl->start_cmd,
+					   tpl->ready_cmd, tpl->workdir, TMPL_READY_CREATE_S,
+					   err);
 	if (rc == 0)
 		log_debug("lifecycle", sb->id, "ready in %ld ms: runtime %ld, agent listening "
 			  "%ld, init %ld", ms[0] + ms[1] + ms_since(&t0), ms[0], ms[1],
@@ -427,6 +433,10 @@ int lcrt_finish_warm(struct lc_rt *l, const struct store_sandbox *sb,
 		rc = agent_init(l, sb, tpl, (long)l->cfg.agent_ready_ms, err);
 	if (rc < 0 && rc != -ETIMEDOUT)
 		return explain_not_ready(l, sb->id, rc, err);
+	if (rc == 0)
+		rc = tmpl_start_in_sandbox(l->rt, sb->id, sb->access_token, tpl->start_cmd,
+					   tpl->ready_cmd, tpl->workdir, TMPL_READY_CREATE_S,
+					   err);
 	if (rc == 0)
 		log_debug("lifecycle", sb->id, "ready from the warm pool in %ld ms",
 			  ms_since(&t0));

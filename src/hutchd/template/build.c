@@ -29,6 +29,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <sys/xattr.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -133,10 +134,25 @@ static void cache_put(struct bstate *s, const char *key, const char *layer)
 		log_warn("template", NULL, "step cache %s not written", path);
 }
 
+/*
+ * Stacks a layer. Overlay refuses the same folder twice in one mount, so a
+ * step whose changes are byte for byte those of an earlier layer is not
+ * stacked again (see docs/templates.md for the rare case this changes).
+ */
 static void add_layer(struct bstate *s, const char *layer)
 {
-	if (layer[0])
-		json_array_append_new(json_object_get(s->cfg, "layers"), json_string(layer));
+	json_t *layers = json_object_get(s->cfg, "layers"), *l;
+	size_t i;
+
+	if (!layer[0])
+		return;
+	json_array_foreach(layers, i, l)
+		if (strcmp(json_string_value(l), layer) == 0) {
+			tb_log(s->m, s->b, "warn", NULL, "the step's changes equal layer %zu; "
+			       "it is not stacked again", i + 1);
+			return;
+		}
+	json_array_append_new(layers, json_string(layer));
 }
 
 /* Host folders of the layers so far, lowest first (resolved symlinks). */
@@ -202,8 +218,12 @@ static void free_env(char **e)
 	free(e);
 }
 
-/* Copies the init's log into the build log, one entry a line (bounded). */
-static void log_output(struct bstate *s, const char *id, const char *step, bool err_level)
+/*
+ * Copies the init's log into the build log, one entry a line (bounded);
+ * tail receives the last lines, for the reason of a failed step.
+ */
+static void log_output(struct bstate *s, const char *id, const char *step, bool err_level,
+		       char *tail, size_t tail_cap)
 {
 	char path[4096], *line, *save = NULL;
 	_cleanup_free_ char *buf = malloc(OUTPUT_MAX + 1);
@@ -218,8 +238,38 @@ static void log_output(struct bstate *s, const char *id, const char *step, bool 
 	if (n <= 0)
 		return;
 	buf[n] = '\0';
-	for (line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
+	for (line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+		size_t have = strlen(tail);
+
 		tb_log(s->m, s->b, err_level ? "error" : "info", step, "%s", line);
+		if (have + strlen(line) + 4 >= tail_cap) {
+			/* keep the end: drop the oldest line(s) */
+			char *cut = strstr(tail, " | ");
+			while (cut && strlen(cut + 3) + strlen(line) + 4 >= tail_cap)
+				cut = strstr(cut + 3, " | ");
+			if (cut)
+				memmove(tail, cut + 3, strlen(cut + 3) + 1);
+			else
+				tail[0] = '\0';
+			have = strlen(tail);
+		}
+		snprintf(tail + have, tail_cap - have, "%s%.*s", have ? " | " : "",
+			 (int)(tail_cap - have - 4), line);
+	}
+}
+
+static void drop_if_empty(int dir_fd, const char *name)
+{
+	_cleanup_close_ int fd = openat(dir_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
+					O_CLOEXEC);
+	char path[64], val[8];
+
+	if (fd < 0 || !layer_tree_empty(fd))
+		return;
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	if (getxattr(path, "user.overlay.opaque", val, sizeof(val)) > 0)
+		return;
+	unlinkat(dir_fd, name, AT_REMOVEDIR);
 }
 
 /*
@@ -268,6 +318,9 @@ static int capture_upper(struct bstate *s, const char *id, char layer[LAYER_HASH
 	/* Files the runtime writes at every start are not the step's work. */
 	for (size_t i = 0; rc == 0 && i < sizeof(runtime_files) / sizeof(*runtime_files); i++)
 		layer_remove_tree(tfd, runtime_files[i], NULL);
+	/* Writing those copied /etc up; left empty (and not opaque) it says nothing. */
+	if (rc == 0)
+		drop_if_empty(tfd, "etc");
 	if (rc == 0 && layer_tree_empty(tfd)) {
 		char *slash = strrchr(tmp, '/');
 		_cleanup_close_ int parent = -1;
@@ -316,7 +369,7 @@ static int sandbox_run(struct bstate *s, const char *step, const char *script,
 		       unsigned timeout_s, bool capture, char layer[LAYER_HASH_HEX],
 		       struct herr *err)
 {
-	char id[RT_ID_MAX + 1], **dirs = NULL, **env = NULL;
+	char id[RT_ID_MAX + 1], **dirs = NULL, **env = NULL, tail[256] = "";
 	const char *argv[] = { "/bin/sh", "-c", script, NULL };
 	struct rt_info info;
 	size_t n = 0;
@@ -360,7 +413,13 @@ static int sandbox_run(struct bstate *s, const char *step, const char *script,
 			rc = herr_set(err, -EIO, "the command ended: %s %s",
 				      rt_exit_reason_name(info.reason), info.message);
 	}
-	log_output(s, id, step, rc < 0);
+	log_output(s, id, step, rc < 0, tail, sizeof(tail));
+	if (rc < 0 && tail[0]) {
+		char why[HERR_MSG_MAX];
+
+		snprintf(why, sizeof(why), "%s", err->msg);
+		herr_set(err, rc, "%.200s; output: %s", why, tail);
+	}
 	if (rc == 0 && capture)
 		rc = capture_upper(s, id, layer, err);
 	rt_destroy(s->m->cfg.rt, id, NULL);
@@ -431,10 +490,10 @@ static int step_user(struct bstate *s, const char *step, json_t *st, struct herr
 	const char *user = arg(st, 0);
 	int rc;
 
+	hbuf_init(&script, 4096);
 	if (!user[0] || strlen(user) > TPL_USER_MAX || strspn(user,
 	    "abcdefghijklmnopqrstuvwxyz0123456789_-") != strlen(user))
 		return herr_set(err, -EINVAL, "USER '%.64s' is not a valid user name", user);
-	hbuf_init(&script, 4096);
 	hbuf_printf(&script, "exec 2>&1\nid -u '%s' >/dev/null 2>&1 || "
 		    "useradd -m -s /bin/bash '%s'", user, user);
 	rc = step_run_like(s, step, script.data, err);
@@ -465,11 +524,12 @@ static int step_workdir(struct bstate *s, const char *step, json_t *st, struct h
 	_cleanup_hbuf_ struct hbuf script;
 	const char *user = cfg_str(s, "user");
 	char full[TPL_PATH_MAX];
-	int rc = workdir_full(s, arg(st, 0), full, err);
+	int rc;
 
+	hbuf_init(&script, 16384);
+	rc = workdir_full(s, arg(st, 0), full, err);
 	if (rc < 0)
 		return rc;
-	hbuf_init(&script, 16384);
 	rc = hbuf_append_str(&script, "exec 2>&1\nd=");
 	if (rc == 0)
 		rc = sh_quote(&script, full);
@@ -709,9 +769,9 @@ static int run_step(struct bstate *s, size_t i, size_t total, json_t *st, struct
  * command every 200 ms until it succeeds or ready_timeout_s passes. A
  * template whose ready command never succeeds is not published.
  */
-static int check_start_ready(struct bstate *s, struct herr *err)
+static int check_start_ready(struct bstate *s, const char *start, const char *ready,
+			     struct herr *err)
 {
-	const char *start = cfg_str(s, "startCmd"), *ready = cfg_str(s, "readyCmd");
 	const char *user = cfg_str(s, "user") ? cfg_str(s, "user") : "root";
 	_cleanup_hbuf_ struct hbuf sc;
 	_cleanup_hbuf_ struct hbuf rd;
@@ -719,8 +779,6 @@ static int check_start_ready(struct bstate *s, struct herr *err)
 	char layer[LAYER_HASH_HEX];
 	int rc = 0;
 
-	if (!start && !ready)
-		return 0;
 	hbuf_init(&sc, 1 << 20);
 	hbuf_init(&rd, 1 << 20);
 	hbuf_init(&all, 3 << 20);
@@ -735,7 +793,7 @@ static int check_start_ready(struct bstate *s, struct herr *err)
 		if (rc == 0)
 			rc = hbuf_append(&all, sc.data, sc.len);
 		if (rc == 0)
-			rc = hbuf_append_str(&all, " ) &\n");
+			rc = hbuf_append_str(&all, " ) &\nstart_pid=$!\n");
 	}
 	if (rc == 0 && ready) {
 		rc = hbuf_printf(&all, "n=0\nuntil ( ");
@@ -744,7 +802,12 @@ static int check_start_ready(struct bstate *s, struct herr *err)
 		if (rc == 0)
 			rc = hbuf_printf(&all, " ) >/dev/null 2>&1; do\n  n=$((n+1))\n"
 					 "  if [ $n -ge %u ]; then echo 'the ready command did not "
-					 "succeed within %u s'; exit 1; fi\n  sleep 0.2\ndone\n"
+					 "succeed within %u s'; exit 1; fi\n"
+					 /* A start command that ended cannot become ready. */
+					 "  if [ -n \"$start_pid\" ] && ! kill -0 $start_pid "
+					 "2>/dev/null; then wait $start_pid; echo \"the start "
+					 "command ended (status $?) before the ready command "
+					 "succeeded\"; exit 1; fi\n  sleep 0.2\ndone\n"
 					 "echo 'the ready command succeeded'\n",
 					 s->m->cfg.ready_timeout_s * 5, s->m->cfg.ready_timeout_s);
 	}
@@ -820,7 +883,10 @@ void tb_run(struct tmpl_mgr *m, struct tbuild *b)
 			json_object_set(s.cfg, "startCmd", json_object_get(spec, "startCmd"));
 		if (json_is_string(json_object_get(spec, "readyCmd")))
 			json_object_set(s.cfg, "readyCmd", json_object_get(spec, "readyCmd"));
-		rc = check_start_ready(&s, &err);
+		const char *start = cfg_str(&s, "startCmd"), *ready = cfg_str(&s, "readyCmd");
+
+		if (start || ready)
+			rc = check_start_ready(&s, start, ready, &err);
 	}
 	if (rc == 0)
 		rc = save_result(&s, &err);

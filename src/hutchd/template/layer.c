@@ -97,7 +97,8 @@ static int list_sorted(int dir_fd, char ***names, size_t *n, struct herr *err)
 		cnt++;
 	}
 	closedir(d);
-	qsort(v, cnt, sizeof(*v), cmp_names);
+	if (cnt)
+		qsort(v, cnt, sizeof(*v), cmp_names);
 	*names = v;
 	*n = cnt;
 	return 0;

@@ -297,32 +297,45 @@ static void test_device_refused(void **state)
 	assert_int_equal(count_entries(f->layer), 0);
 }
 
+/* A ustar header claiming a 512 MiB file, and no data after it. */
+static void write_huge_header(const char *path)
+{
+	unsigned char h[512] = { 0 };
+	unsigned sum = 0;
+	FILE *fp = fopen(path, "w");
+
+	memcpy(h, "big", 3);
+	memcpy(h + 100, "0000644", 7);
+	memcpy(h + 108, "0000000", 7);
+	memcpy(h + 116, "0000000", 7);
+	memcpy(h + 124, "04000000000", 11);
+	memcpy(h + 136, "00000000000", 11);
+	h[156] = '0';
+	memcpy(h + 257, "ustar", 6);
+	memcpy(h + 263, "00", 2);
+	memset(h + 148, ' ', 8);
+	for (int i = 0; i < 512; i++)
+		sum += h[i];
+	snprintf((char *)h + 148, 8, "%06o", sum);
+	assert_non_null(fp);
+	assert_int_equal(fwrite(h, 1, sizeof(h), fp), sizeof(h));
+	fclose(fp);
+}
+
 static void test_huge_file_refused(void **state)
 {
 	struct fx *f = *state;
 	struct tx_opts o = opts(".", "/");
 	struct herr err = { 0 };
-	struct archive *a = archive_write_new();
-	struct archive_entry *ae = archive_entry_new();
 	int fd;
 
-	/* The header claims 8 GiB and no data follows: refused from the
-	 * header, before anything is written. */
-	archive_write_set_format_pax_restricted(a);
-	archive_write_set_bytes_per_block(a, 0); /* the header reaches the file now */
-	assert_int_equal(archive_write_open_filename(a, f->tar), ARCHIVE_OK);
-	archive_entry_set_pathname(ae, "big");
-	archive_entry_set_filetype(ae, AE_IFREG);
-	archive_entry_set_perm(ae, 0644);
-	archive_entry_set_size(ae, 8LL << 30);
-	assert_int_equal(archive_write_header(a, ae), ARCHIVE_OK);
-	archive_entry_free(ae);
-	archive_write_fail(a);
-	archive_write_free(a);
+	/* Refused from the header alone, before anything is written. */
+	write_huge_header(f->tar);
 	fd = open(f->tar, O_RDONLY);
 	assert_int_equal(tx_extract(fd, f->layer_fd, &o, &err), -EFBIG);
 	close(fd);
 	assert_non_null(strstr(err.msg, "big"));
+	assert_int_equal(count_entries(f->layer), 0);
 }
 
 static void test_total_and_count_limits(void **state)
