@@ -105,6 +105,10 @@ test('build from base: RUN, COPY, ENV, WORKDIR, start and ready commands', async
   } finally {
     await sb.kill();
   }
+  // Keep a name for this build: the next test moves the default tag.
+  const tagged = await h.api('POST', '/templates/tags', { target: 'e2e-app', tags: ['first'] });
+  assert.equal(tagged.status, 201, tagged.text);
+  assert.equal(tagged.json.buildID, info.buildId);
 });
 
 test('a second build with one changed step reuses the earlier layers', async (t) => {
@@ -122,6 +126,14 @@ test('a second build with one changed step reuses the earlier layers', async (t)
     assert.equal(r.stdout, 'v2\n/home/user/app\nbuilt by user\n');
   } finally {
     await sb.kill();
+  }
+  // The tag still names the first build.
+  const old = await Sandbox.create('e2e-app:first');
+  try {
+    const r = await old.commands.run('ls; cat where.txt');
+    assert.equal(r.stdout, 'entry.py\nlib\nmain.py\nwhere.txt\n/home/user/app\n');
+  } finally {
+    await old.kill();
   }
   // skipCache builds every step again.
   const again = await build(appTemplate('true'), 'e2e-app-nocache', { skipCache: true });
@@ -206,13 +218,13 @@ test('template endpoints: hashes, aliases, tags, delete', async (t) => {
   const appId = (await h.api('GET', '/templates/aliases/e2e-app')).json.templateID;
   r = await h.api('GET', `/templates/${appId}/tags`);
   assert.equal(r.status, 200);
-  assert.deepEqual(r.json.map((x) => x.tag).sort(), ['default', 'stable', 'v1']);
+  assert.deepEqual(r.json.map((x) => x.tag).sort(), ['default', 'first', 'stable', 'v1']);
   const sb = await Sandbox.create('e2e-app:stable');
   await sb.kill();
   r = await h.api('DELETE', '/templates/tags', { name: 'e2e-app', tags: ['v1'] });
   assert.equal(r.status, 204);
   r = await h.api('GET', `/templates/${appId}/tags`);
-  assert.deepEqual(r.json.map((x) => x.tag).sort(), ['default', 'stable']);
+  assert.deepEqual(r.json.map((x) => x.tag).sort(), ['default', 'first', 'stable']);
 
   r = await h.api('DELETE', `/templates/${tid}`);
   assert.equal(r.status, 204);

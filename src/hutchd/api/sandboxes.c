@@ -365,7 +365,8 @@ static void create_sandbox(struct api_req *r)
 	} else if (!lc_can_create(r->api->lc)) {
 		api_error(r, 503, "this node cannot create sandboxes: the sandbox runtime "
 			  "is not available (see the hutchd log)");
-	} else if ((rc = lc_template_get(r->api->lc, ca.template_id, &tpl, &err)) < 0) {
+	} else if ((rc = lc_template_get_team(r->api->lc, r->team_id, ca.template_id, &tpl,
+					      &err)) < 0) {
 		if (rc != -ENOENT)
 			log_error("api", NULL, "%s", err.msg);
 		api_error(r, rc == -ENOENT ? 404 : 500, "%s", err.msg);

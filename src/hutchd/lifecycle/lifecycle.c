@@ -93,15 +93,22 @@ int lc_create_begin(struct lifecycle *lc, const struct store_sandbox *sb,
 	return rc;
 }
 
-/* Templates built through the API first, then folder templates (`base`). */
-int lc_template_get(struct lifecycle *lc, const char *ref, struct lc_template *out,
-		    struct herr *err)
+/* The team's templates built through the API first, then folder templates. */
+int lc_template_get_team(struct lifecycle *lc, int64_t team, const char *ref,
+			 struct lc_template *out, struct herr *err)
 {
-	int rc = lc->templates ? tmpl_resolve(lc->templates, ref, out, err) : -ENOENT;
+	int rc = lc->templates && team >= 0 ?
+		tmpl_resolve(lc->templates, team, ref, out, err) : -ENOENT;
 
 	if (rc != -ENOENT)
 		return rc;
 	return tpl_load(lc->cfg.template_dir, ref, out, err);
+}
+
+int lc_template_get(struct lifecycle *lc, const char *ref, struct lc_template *out,
+		    struct herr *err)
+{
+	return lc_template_get_team(lc, -1, ref, out, err);
 }
 
 struct tmpl_mgr *lc_templates(struct lifecycle *lc)
@@ -155,7 +162,7 @@ int lc_create_finish(struct lifecycle *lc, struct store_sandbox *sb, struct herr
 	if (!lc->rt)
 		rc = herr_set(err, -ENOSYS, "no sandbox runtime on this node");
 	else
-		rc = lc_template_get(lc, sb->template_id, &tpl, err);
+		rc = lc_template_get_team(lc, sb->team_id, sb->template_id, &tpl, err);
 	if (rc == 0)
 		rc = start_sandbox(lc, sb, &tpl, err);
 	tpl_clear(&tpl);

@@ -71,6 +71,9 @@ bool lc_can_create(struct lifecycle *lc);
  */
 int lc_template_get(struct lifecycle *lc, const char *ref, struct lc_template *out,
 		    struct herr *err);
+/* The same for a team: also its templates built through the API. */
+int lc_template_get_team(struct lifecycle *lc, int64_t team, const char *ref,
+			 struct lc_template *out, struct herr *err);
 
 /* The registry and builder of templates built through the API (or NULL). */
 struct tmpl_mgr;

@@ -991,31 +991,37 @@ static int fill_template(struct tmpl_mgr *m, const char *name, json_t *res,
 	return 0;
 }
 
-int tmpl_resolve(struct tmpl_mgr *m, const char *ref, struct lc_template *out,
-		 struct herr *err)
+int tmpl_resolve(struct tmpl_mgr *m, int64_t team, const char *ref,
+		 struct lc_template *out, struct herr *err)
 {
-	char bid[BUILD_ID_LEN + 1], name[TREF_ID_LEN + 1] = "";
-	const char *tid = NULL;
-	json_t *res = NULL;
+	char bid[BUILD_ID_LEN + 1], name[TPL_NAME_MAX + 1] = "", copy[256];
+	const char *tid = NULL, *tag;
+	json_t *res = NULL, *t;
 	int rc;
 
+	snprintf(copy, sizeof(copy), "%s", ref);
+	copy[strcspn(copy, ":")] = '\0';
+	for (char *p = copy; *p; p++)
+		*p = (char)tolower((unsigned char)*p);
+	tag = strchr(ref, ':');
 	pthread_mutex_lock(&m->lock);
-	rc = ref_build(m, ref, bid, err);
-	if (rc == 0) {
-		char copy[256];
-
-		snprintf(copy, sizeof(copy), "%s", ref);
-		copy[strcspn(copy, ":")] = '\0';
-		for (char *p = copy; *p; p++)
-			*p = (char)tolower((unsigned char)*p);
-		find_template(m, copy, &tid);
-		if (tid)
-			snprintf(name, sizeof(name), "%s", tid);
-	}
+	t = find_template(m, copy, &tid);
+	/* Another team's template is answered as absent: its name says nothing. */
+	if (!t || team_of(t) != team)
+		rc = herr_set(err, -ENOENT, "template '%.80s' not found", ref);
+	else
+		rc = ref_build(m, ref, bid, err);
+	if (rc == 0 && tag && strcasecmp(tag + 1, "default") != 0 &&
+	    strlen(tid) + strlen(tag) <= TPL_NAME_MAX)
+		snprintf(name, sizeof(name), "%.20s%.*s", tid, TPL_NAME_MAX - 20, tag);
+	else if (rc == 0)
+		snprintf(name, sizeof(name), "%.20s", tid);
 	pthread_mutex_unlock(&m->lock);
 	if (rc == 0)
 		rc = tmpl_load_build(m, bid, &res, err);
 	if (rc == 0) {
+		for (char *p = name; *p; p++)
+			*p = (char)tolower((unsigned char)*p);
 		rc = fill_template(m, name, res, out, err);
 		if (rc < 0)
 			tpl_clear(out);

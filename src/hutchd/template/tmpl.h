@@ -90,12 +90,15 @@ int tmpl_tags_list(struct tmpl_mgr *m, int64_t team, const char *template_id,
 int tmpl_delete(struct tmpl_mgr *m, int64_t team, const char *ref, struct herr *err);
 
 /*
- * Resolves a reference to a built template ready for sandbox creation:
- * out gets the layers (lowest first), user, workdir, env, resources and
- * start/ready commands. -ENOENT when no built template has that name (the
- * caller then looks for folder templates like `base`).
+ * Resolves a reference to a built template of team (templates are private
+ * to their team) ready for sandbox creation: out gets the layers (lowest
+ * first), user, workdir, env, resources and start/ready commands, and as
+ * name the template id, with ":tag" when a tag other than the default was
+ * named (so resolving the name again gives the same build). -ENOENT when
+ * the team has no built template of that name (the caller then looks for
+ * folder templates like `base`).
  */
-int tmpl_resolve(struct tmpl_mgr *m, const char *ref, struct lc_template *out,
-		 struct herr *err);
+int tmpl_resolve(struct tmpl_mgr *m, int64_t team, const char *ref,
+		 struct lc_template *out, struct herr *err);
 
 #endif
