@@ -13,7 +13,7 @@ import {
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Sandbox, Template, waitForFile, BuildError } from 'e2b';
-import { requireBase, startHutchd, useEnv } from './lib/hutchd.mjs';
+import { hutchdBin, requireBase, startHutchd, useEnv } from './lib/hutchd.mjs';
 
 let h;
 let restore;
@@ -230,4 +230,33 @@ test('template endpoints: hashes, aliases, tags, delete', async (t) => {
   assert.equal(r.status, 204);
   r = await h.api('DELETE', `/templates/${tid}`);
   assert.equal(r.status, 404);
+});
+
+test('another team cannot see, use or take over a template', async (t) => {
+  if (skipWithoutBase(t)) return;
+  const made = spawnSync(process.env.HUTCH_HUTCHD_BIN ?? hutchdBin,
+    [`--data-dir=${join(h.dir, 'data')}`, 'keys', 'create', '--team', 'other-team'],
+    { encoding: 'utf8' });
+  assert.equal(made.status, 0, made.stderr);
+  const key = made.stdout.trim();
+  const other = async (method, path, body) => {
+    const res = await fetch(`${h.apiUrl}${path}`, {
+      method,
+      headers: { 'X-API-Key': key, 'Content-Type': 'application/json' },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    return { status: res.status, json: await res.json().catch(() => null) };
+  };
+  const appId = (await h.api('GET', '/templates/aliases/e2e-app')).json.templateID;
+  assert.equal((await other('GET', '/templates/aliases/e2e-app')).status, 403);
+  assert.equal((await other('GET', `/templates/${appId}/tags`)).status, 403);
+  assert.equal((await other('GET', `/templates/${appId}/files/${'b'.repeat(64)}`)).status,
+    403);
+  assert.equal((await other('DELETE', `/templates/${appId}`)).status, 403);
+  assert.equal((await other('POST', '/v3/templates', { name: 'e2e-app' })).status, 409);
+  const create = await other('POST', '/sandboxes', { templateID: 'e2e-app' });
+  assert.equal(create.status, 404);
+  assert.match(create.json.message, /not found/);
+  // base stays everyone's.
+  assert.equal((await other('GET', '/templates/aliases/base')).status, 200);
 });
