@@ -44,6 +44,9 @@ int layer_store_init(const char *data_dir, struct herr *err)
 	fd = open(path, O_DIRECTORY | O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return herr_sys(err, -errno, "opening %s", path);
+	/* Layers hold setuid files owned by host ids: no host user may enter. */
+	if (fchmod(fd, 0700) < 0)
+		return herr_sys(err, -errno, "chmod %s", path);
 	d = fdopendir(dup(fd));
 	if (!d)
 		return herr_sys(err, -errno, "listing %s", path);

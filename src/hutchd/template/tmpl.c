@@ -1042,13 +1042,14 @@ static int from_base(struct tmpl_mgr *m, json_t **out, struct herr *err)
 	snprintf(marker, sizeof(marker), "%s/base/complete", m->template_dir);
 	rc = layer_register_external(m->data_dir, rootfs, marker, hash, err);
 	if (rc == 0) {
-		*out = json_pack("{s:[s],s:s,s:s,s:O,s:I,s:I,s:I}", "layers", hash, "user",
-				 base.user, "workdir", base.workdir, "env", base.env,
-				 "cpuCount", (json_int_t)base.cpu_count, "memoryMB",
-				 (json_int_t)base.memory_mb, "diskMB", (json_int_t)base.disk_mb);
+		*out = json_pack("{s:[s],s:s,s:s,s:O}", "layers", hash, "user", base.user,
+				 "workdir", base.workdir, "env", base.env);
 		if (!*out)
 			rc = herr_set(err, -ENOMEM, "out of memory");
 	}
+	/* Absent means the node's default; 0 is not a valid value. */
+	if (rc == 0 && base.disk_mb)
+		json_object_set_new(*out, "diskMB", json_integer(base.disk_mb));
 	tpl_clear(&base);
 	return rc;
 }
