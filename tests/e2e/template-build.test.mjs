@@ -159,6 +159,23 @@ test('a failing step fails the build with its output, nothing is published', asy
   });
 });
 
+test('USER creates the user and makes it the default; RUN as root on request', async (t) => {
+  if (skipWithoutBase(t)) return;
+  const tpl = Template().fromTemplate('base')
+    .runCmd('touch /made-by-root && chmod 600 /made-by-root', { user: 'root' })
+    .setUser('appuser')
+    .runCmd('whoami > /home/appuser/who.txt')
+    .setWorkdir('/home/appuser');
+  await build(tpl, 'e2e-user');
+  const sb = await Sandbox.create('e2e-user');
+  try {
+    const r = await sb.commands.run('whoami; pwd; cat who.txt; stat -c "%U %a" /made-by-root');
+    assert.equal(r.stdout, 'appuser\n/home/appuser\nappuser\nroot 600\n');
+  } finally {
+    await sb.kill();
+  }
+});
+
 test('template endpoints: hashes, aliases, tags, delete', async (t) => {
   if (skipWithoutBase(t)) return;
   const made = await h.api('POST', '/v3/templates', { name: 'e2e-rest:first', cpuCount: 1 });
