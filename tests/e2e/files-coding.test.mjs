@@ -1,11 +1,11 @@
-// How GET /files sends a file: zero-copy with a Content-Length for regular
-// files, streamed to EOF for files whose stat() size is made up (procfs,
+// How GET /files sends a file: a Content-Length for regular files (and a
+// short body, not a hang, when one shrinks mid-download), streamed to EOF for files whose stat() size is made up (procfs,
 // sysfs), and the content coding under both --download-gzip settings:
 // fallback (the default: gzip only when identity is refused) and negotiate.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { readFileSync, statSync, writeFileSync } from 'node:fs';
+import { readFileSync, statSync, writeFileSync, truncateSync } from 'node:fs';
 import { get as httpGet } from 'node:http';
 import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
@@ -57,6 +57,36 @@ test('a regular file goes out with its size as Content-Length', async () => {
   assert.equal(r.length, String(statSync(file).size));
   assert.ok(r.body.equals(readFileSync(file)));
 });
+
+// CPU seconds the process has used (utime + stime, in clock ticks of 10 ms).
+function cpuSeconds(pid) {
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+  return (Number(f[11]) + Number(f[12])) / 100;
+}
+
+test('a file that shrinks mid-download ends the body short and leaves the agent idle',
+  async () => {
+    const file = join(plain.home, 'shrinks.bin');
+    writeFileSync(file, Buffer.alloc(256 * 1024 * 1024));
+    const got = await new Promise((ok, fail) => {
+      httpGet(`${plain.url}/files?path=shrinks.bin`, (res) => {
+        let n = 0;
+        res.pause(); // let the socket buffers fill, then shrink the file
+        setTimeout(() => { truncateSync(file, 1024 * 1024); res.resume(); }, 300);
+        res.on('data', (c) => { n += c.length; });
+        res.on('end', () => ok({ n, length: Number(res.headers['content-length']) }));
+        res.on('error', () => ok({ n, length: Number(res.headers['content-length']) }));
+        res.on('aborted', () => {});
+      }).on('error', fail);
+    });
+    assert.equal(got.length, 256 * 1024 * 1024);
+    assert.ok(got.n < got.length, `got ${got.n} bytes`);
+    const before = cpuSeconds(plain.child.pid);
+    await new Promise((r) => setTimeout(r, 1000));
+    const spent = cpuSeconds(plain.child.pid) - before;
+    assert.ok(spent < 0.2, `agent used ${spent} s of CPU in 1 s after the download ended`);
+    assert.match(plain.log(), /shrank during its download/);
+  });
 
 test('sysfs files (stat says 4096) are streamed to EOF, not sized by stat', async () => {
   const file = '/sys/devices/system/cpu/online';

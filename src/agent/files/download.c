@@ -1,12 +1,12 @@
 /*
  * GET /files: sends one file to the client.
  *
- * A regular file on a disk-backed file system goes out zero-copy: its size
- * from fstat() becomes Content-Length and libmicrohttpd sends it with
- * sendfile(2). Everything else is streamed, read to EOF in blocks and never
- * held whole in memory: files whose size stat() cannot be trusted (procfs
- * and sysfs report 0 or 4096, FUSE may make sizes up), empty-looking files,
- * and gzip-compressed answers.
+ * A regular file on a disk-backed file system goes out with its size from
+ * fstat() as Content-Length, read by offset in large blocks. Everything else
+ * is streamed chunked, read to EOF in blocks and never held whole in memory:
+ * files whose size stat() cannot be trusted (procfs and sysfs report 0 or
+ * 4096, FUSE may make sizes up), empty-looking files, and gzip answers.
+ * Not sendfile(2): see dl_sized_read() for why.
  *
  * gzip is used only when the client refuses identity, unless the operator
  * turned negotiation on (files_set_download_gzip). Range and conditional
@@ -15,8 +15,8 @@
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <stdlib.h>
 #include <linux/magic.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/vfs.h>
@@ -30,6 +30,8 @@
 #include "paths.h"
 
 #define BLOCK_SIZE (64 * 1024)
+/* One pread and one send of a file with a known size. */
+#define SIZED_BLOCK (512 * 1024)
 /* files_guess_type() looks at no more than this many leading bytes. */
 #define SNIFF_SIZE 512
 
@@ -273,8 +275,7 @@ static enum MHD_Result send_stream(struct MHD_Connection *c, struct dl_stream *s
 }
 
 /*
- * Whether fstat()'s size can be sent as Content-Length and the bytes left to
- * sendfile(2). Only a regular, non-empty file qualifies, and only on a file
+ * Whether fstat()'s size can be sent as Content-Length. Only a regular, non-empty file qualifies, and only on a file
  * system that stores what it reports: the pseudo file systems below make
  * their contents up on read and report 0 or a page as the size, and FUSE
  * servers may do the same (lxcfs does for /proc files). Those keep the
@@ -311,19 +312,59 @@ static int size_is_trustworthy(int fd, const struct stat *st)
 	}
 }
 
+/* A file whose size is known: read by offset, so nothing needs rewinding. */
+struct dl_sized {
+	int fd;
+	uint64_t size;
+	char path[PATH_MAX]; /* for log lines */
+};
+
+static void dl_sized_free(void *cls)
+{
+	struct dl_sized *f = cls;
+
+	close(f->fd);
+	free(f);
+}
+
 /*
- * Zero-copy answer: libmicrohttpd reads the file by offset (sendfile, or
- * pread where sendfile is refused), so the few bytes read here for the
- * Content-Type leave nothing to rewind. The size is the one at open time:
- * bytes appended later are not sent, and a file truncated meanwhile ends
- * the connection early, which the client sees as a short body rather than
- * as a complete file.
+ * A file that shrank while being sent ends with an error: libmicrohttpd then
+ * closes the connection, and the client, holding a Content-Length, sees a
+ * short body rather than a complete-looking file. (libmicrohttpd's own fd
+ * responses do not do this: on 0.9.75, sendfile() returning 0 past the new
+ * end makes the connection thread retry forever at full CPU.)
  */
-static enum MHD_Result send_fd(struct MHD_Connection *c, int *fd, const char *abs,
-			       const struct stat *st)
+static ssize_t dl_sized_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+	struct dl_sized *f = cls;
+	ssize_t n;
+
+	if (max > f->size - pos)
+		max = (size_t)(f->size - pos);
+	do
+		n = pread(f->fd, buf, max, (off_t)pos);
+	while (n < 0 && errno == EINTR);
+	if (n > 0)
+		return n;
+	if (n == 0)
+		log_warn("files", NULL, "'%s' shrank during its download: %llu of %llu bytes "
+			 "sent", f->path, (unsigned long long)pos, (unsigned long long)f->size);
+	else
+		log_warn("files", NULL, "reading '%s' for download: %s", f->path, strerror(errno));
+	return MHD_CONTENT_READER_END_WITH_ERROR;
+}
+
+/*
+ * A file with a size to trust goes out with Content-Length, read by
+ * offset in large blocks (one pread and one send per SIZED_BLOCK). The size
+ * is the one at open time: bytes appended later are not sent.
+ */
+static enum MHD_Result send_sized(struct MHD_Connection *c, int *fd, const char *abs,
+				  const struct stat *st)
 {
 	unsigned char head[SNIFF_SIZE];
 	struct MHD_Response *resp;
+	struct dl_sized *f;
 	enum MHD_Result ret;
 	ssize_t n;
 
@@ -332,10 +373,18 @@ static enum MHD_Result send_fd(struct MHD_Connection *c, int *fd, const char *ab
 	while (n < 0 && errno == EINTR);
 	if (n < 0)
 		return http_send_error(c, 500, "reading '%s': %s", abs, strerror(errno));
-	resp = MHD_create_response_from_fd_at_offset64((uint64_t)st->st_size, *fd, 0);
-	if (!resp)
+	f = calloc(1, sizeof(*f));
+	if (!f)
+		return http_send_error(c, 500, "out of memory");
+	f->size = (uint64_t)st->st_size;
+	snprintf(f->path, sizeof(f->path), "%s", abs);
+	resp = MHD_create_response_from_callback(f->size, SIZED_BLOCK, dl_sized_read, f,
+						 dl_sized_free);
+	if (!resp) {
+		free(f);
 		return http_send_error(c, 500, "cannot build the response for '%s'", abs);
-	*fd = -1; /* the response owns it now and closes it */
+	}
+	f->fd = steal_fd(fd); /* the response owns it now */
 	if (add_headers(resp, abs, st, files_guess_type(abs, head, (size_t)n), 0) < 0) {
 		MHD_destroy_response(resp);
 		return http_send_error(c, 500, "cannot build the response for '%s'", abs);
@@ -379,7 +428,7 @@ enum MHD_Result files_download(struct MHD_Connection *c, struct files_request *r
 	if (coding == FILES_CODING_NONE)
 		return http_send_error(c, 406, "no acceptable encoding found, supported: [gzip]");
 	if (coding == FILES_CODING_IDENTITY && size_is_trustworthy(fd, &st))
-		return send_fd(c, &fd, abs, &st);
+		return send_sized(c, &fd, abs, &st);
 
 	s = calloc(1, sizeof(*s));
 	if (!s || !(s->head = malloc(BLOCK_SIZE))) {
