@@ -29,7 +29,11 @@ function removeIsolatedRoots() {
   for (const r of roots) {
     const dir = join(r, 'hutchtpl');
     if (existsSync(dir)) {
-      try { rmdirSync(dir); } catch (e) { process.stderr.write(`cannot remove ${dir}: ${e.code}\n`); }
+      try {
+        rmdirSync(dir);
+      } catch (e) {
+        process.stderr.write(`cannot remove ${dir}: ${e.code}\n`);
+      }
     }
   }
   spawnSync('nft', ['delete', 'table', 'inet', 'hutchtpl'], { stdio: 'ignore' });

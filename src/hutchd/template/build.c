@@ -801,8 +801,8 @@ static int check_start_ready(struct bstate *s, const char *start, const char *re
 			rc = hbuf_append(&all, rd.data, rd.len);
 		if (rc == 0)
 			rc = hbuf_printf(&all, " ) >/dev/null 2>&1; do\n  n=$((n+1))\n"
-					 "  if [ $n -ge %u ]; then echo 'the ready command did not "
-					 "succeed within %u s'; exit 1; fi\n"
+					 "  if [ $n -ge %u ]; then echo 'the ready command "
+					 "did not succeed within %u s'; exit 1; fi\n"
 					 /* A start command that ended cannot become ready. */
 					 "  if [ -n \"$start_pid\" ] && ! kill -0 $start_pid "
 					 "2>/dev/null; then wait $start_pid; echo \"the start "

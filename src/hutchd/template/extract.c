@@ -186,8 +186,8 @@ static int make_parents(int layer, const char *rel, const struct tx_opts *o,
 			if (name)
 				*name = '/';
 			if (parent < 0)
-				return herr_sys(err, -errno, "archive entry '%.200s': folder '%.200s'",
-						rel, path);
+				return herr_sys(err, -errno, "archive entry '%.200s': "
+						"folder '%.200s'", rel, path);
 			name = name ? name + 1 : path;
 			if (mkdirat(parent, name, 0700) < 0 && errno != EEXIST)
 				return herr_sys(err, -errno, "creating folder '%.200s'", path);

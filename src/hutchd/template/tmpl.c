@@ -571,8 +571,8 @@ static int check_spec(json_t *body, struct herr *err)
 		for (size_t k = 0; type && k < sizeof(types) / sizeof(types[0]); k++)
 			known |= strcmp(type, types[k]) == 0;
 		if (!json_is_object(s) || !known)
-			return herr_set(err, -EINVAL, "'steps[%zu].type' must be one of COPY, RUN, "
-					"ENV, WORKDIR, USER", i);
+			return herr_set(err, -EINVAL, "'steps[%zu].type' must be one of COPY, "
+					"RUN, ENV, WORKDIR, USER", i);
 		if (check_args(s, i, type, err) < 0)
 			return -EINVAL;
 	}
