@@ -154,6 +154,8 @@ test('a failing step fails the build with its output, nothing is published', asy
     return true;
   });
   await assert.rejects(Sandbox.create('e2e-broken'), /not found/);
+  await assert.rejects(build(Template().fromImage('python:3.12'), 'e2e-image'),
+    (e) => e instanceof BuildError && /does not pull images/.test(e.message));
   // A start command that ends before the ready command succeeds fails at once.
   const ready = Template().fromTemplate('base').setStartCmd('exit 3', 'false');
   await assert.rejects(build(ready, 'e2e-never-ready'), (e) => {
@@ -165,7 +167,8 @@ test('a failing step fails the build with its output, nothing is published', asy
 
 test('USER creates the user and makes it the default; RUN as root on request', async (t) => {
   if (skipWithoutBase(t)) return;
-  const tpl = Template().fromTemplate('base')
+  // fromBaseImage() names e2bdev/base, which this node serves from `base`.
+  const tpl = Template().fromBaseImage()
     .runCmd('touch /made-by-root && chmod 600 /made-by-root', { user: 'root' })
     .setUser('appuser')
     .runCmd('whoami > /home/appuser/who.txt')
