@@ -248,9 +248,16 @@ test('a bad init is refused whole with a JSON 400 naming the field', async () =>
     }
     // nothing of the refused inits was applied
     assert.deepEqual(await (await fetch(`${agent.url}/envs`)).json(), { KEEP: '1' });
-    // and a huge body is refused without being stored
-    const res = await post(`${agent.url}/init`, `{"envVars":{"A":"${'x'.repeat(2 << 20)}"}}`);
-    assert.equal(res.status, 413);
+    // and a huge body is refused without being stored. The agent answers 413
+    // and closes as soon as the declared size is too big, so a client still
+    // sending may see the connection closed (EPIPE) before it reads the 413.
+    const res = await post(`${agent.url}/init`, `{"envVars":{"A":"${'x'.repeat(2 << 20)}"}}`)
+      .catch((e) => e);
+    if (res instanceof Error) {
+      assert.match(String(res.cause?.code), /^(EPIPE|ECONNRESET|UND_ERR_SOCKET)$/);
+    } else {
+      assert.equal(res.status, 413);
+    }
     assert.equal((await (await fetch(`${agent.url}/envs`)).json()).KEEP, '1');
   } finally {
     await agent.stop();

@@ -68,7 +68,16 @@ export async function startAgent(opts = {}) {
   });
   let log = '';
   child.stderr.on('data', (d) => { log += d; if (log.length > 1 << 20) log = log.slice(-65536); });
-  await waitHealthy(url, child);
+  try {
+    await waitHealthy(url, child);
+  } catch (e) {
+    // An agent that never became healthy (some tests expect that) must not
+    // leave its folder or its process behind.
+    if (child.exitCode === null) child.kill('SIGKILL');
+    rmSync(root, { recursive: true, force: true });
+    e.message += `\n${log}`;
+    throw e;
+  }
   return {
     url, port, root, home, rootHome, child,
     log: () => log,
