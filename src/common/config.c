@@ -260,8 +260,10 @@ void cfg_print_help(FILE *out, const struct cfg_opt *opts, int nopts, const char
 	static const char *const type_names[] = { "TEXT", "N", "BOOL" };
 	char var[128];
 
-	fprintf(out, "Usage: %s [--config=FILE] [--SETTING=VALUE ...]", prog);
-	fprintf(out, "%s\n\n", summary ? summary : "");
+	fprintf(out, "Usage: %s [--config=FILE] [--SETTING=VALUE ...]\n", prog);
+	if (summary && *summary)
+		fprintf(out, "%s\n", summary);
+	fprintf(out, "\n");
 	fprintf(out, "Settings come from defaults, then the config file (key = value lines),\n"
 		     "then flags, then HUTCH_* environment variables (highest).\n\n");
 	for (int i = 0; i < nopts; i++) {

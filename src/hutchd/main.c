@@ -253,19 +253,26 @@ static void default_dirs(char *tpl, char *agent, size_t cap, const char *argv0)
 static int first_key_line(struct store *st, char *line, size_t cap)
 {
 	char key[APIKEY_LEN + 1];
+	char self[1024];
 	int64_t count = 0;
 	struct herr err;
+	ssize_t n;
 
 	if (store_key_count_valid(st, &count, &err) < 0 ||
 	    (count == 0 && create_key(st, "default", key, &err) < 0)) {
 		fprintf(stderr, "hutchd: %s\n", err.msg);
 		return -1;
 	}
-	if (count == 0)
+	if (count == 0) {
 		snprintf(line, cap, "export E2B_API_KEY=%s", key);
-	else
-		snprintf(line, cap, "# E2B_API_KEY was printed when it was made; "
-			 "make another with: hutchd keys create");
+		return 0;
+	}
+	/* Keys are stored hashed: name the exact command, since hutchd is
+	 * usually run from the build folder, not from the PATH. */
+	n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	self[n > 0 ? n : 0] = '\0';
+	snprintf(line, cap, "# E2B_API_KEY is stored hashed and was shown once, when it was "
+		 "made; make another with: %s keys create", n > 0 ? self : "hutchd");
 	return 0;
 }
 
@@ -397,7 +404,7 @@ static void print_exports(unsigned api_port, unsigned proxy_port, const char *ke
 static int serve(void)
 {
 	unsigned char secret[SERVER_SECRET_LEN];
-	char secret_path[4096], tpl[4096], agent[4096], key_line[256];
+	char secret_path[4096], tpl[4096], agent[4096], key_line[1400];
 	struct store *st = NULL;
 	struct lifecycle *lc = NULL;
 	struct api *api = NULL;

@@ -589,8 +589,8 @@ int api_start(const struct api_config *cfg, struct store *st, struct lifecycle *
 				     MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG |
 				     MHD_ALLOW_UPGRADE | MHD_USE_POLL,
 				     0, NULL, NULL, on_request, a,
-				     MHD_OPTION_URI_LOG_CALLBACK, on_uri, a,
 				     MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, a,
+				     MHD_OPTION_URI_LOG_CALLBACK, on_uri, a,
 				     MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
 				     MHD_OPTION_NOTIFY_COMPLETED, on_completed, a,
 				     MHD_OPTION_NOTIFY_CONNECTION, on_connection, a,
