@@ -277,6 +277,25 @@ static void flush_chain(struct batch *bt, const char *name)
 	batch_next(bt);
 }
 
+/*
+ * In chain, traffic whose interface (key: in or out) is a sandbox veth passes
+ * only when it belongs to an established flow; anything else is rejected at
+ * once (TCP reset or ICMP), so a refused connection fails fast.
+ */
+static void put_replies_only(struct batch *bt, const char *chain, uint32_t key)
+{
+	struct nftnl_rule *r = rule_new(chain);
+
+	ex_ifprefix(r, key, NFT_CMP_EQ);
+	ex_ct_state(r, NF_CT_STATE_BIT(IP_CT_ESTABLISHED) | NF_CT_STATE_BIT(IP_CT_RELATED));
+	ex_verdict(r, NF_ACCEPT, NULL);
+	rule_put(bt, r);
+	r = rule_new(chain);
+	ex_ifprefix(r, key, NFT_CMP_EQ);
+	ex_verdict(r, NFT_GOTO, REJECT_CHAIN);
+	rule_put(bt, r);
+}
+
 static void put_base(struct rt *rt, struct batch *bt)
 {
 	struct nftnl_table *t = nftnl_table_alloc();
@@ -322,28 +341,11 @@ static void put_base(struct rt *rt, struct batch *bt)
 	rule_put(bt, r);
 
 	/* input: sandboxes reach the host only with replies */
-	r = rule_new("input");
-	ex_ifprefix(r, NFT_META_IIFNAME, NFT_CMP_EQ);
-	ex_ct_state(r, NF_CT_STATE_BIT(IP_CT_ESTABLISHED) | NF_CT_STATE_BIT(IP_CT_RELATED));
-	ex_verdict(r, NF_ACCEPT, NULL);
-	rule_put(bt, r);
-	r = rule_new("input");
-	ex_ifprefix(r, NFT_META_IIFNAME, NFT_CMP_EQ);
-	ex_verdict(r, NFT_GOTO, REJECT_CHAIN);
-	rule_put(bt, r);
-
-	/* forward, towards sandboxes: replies only */
-	r = rule_new("forward");
-	ex_ifprefix(r, NFT_META_OIFNAME, NFT_CMP_EQ);
-	ex_ct_state(r, NF_CT_STATE_BIT(IP_CT_ESTABLISHED) | NF_CT_STATE_BIT(IP_CT_RELATED));
-	ex_verdict(r, NF_ACCEPT, NULL);
-	rule_put(bt, r);
-	/* New connections towards a sandbox (from another sandbox or from
-	 * outside) are refused at once rather than left to time out. */
-	r = rule_new("forward");
-	ex_ifprefix(r, NFT_META_OIFNAME, NFT_CMP_EQ);
-	ex_verdict(r, NFT_GOTO, REJECT_CHAIN);
-	rule_put(bt, r);
+	put_replies_only(bt, "input", NFT_META_IIFNAME);
+	/* forward, towards sandboxes: replies only. New connections towards a
+	 * sandbox (from another sandbox or from outside) are refused at once
+	 * rather than left to time out. */
+	put_replies_only(bt, "forward", NFT_META_OIFNAME);
 	/* forward, from sandboxes: no IPv6, then the sandbox's own chain */
 	r = rule_new("forward");
 	ex_ifprefix(r, NFT_META_IIFNAME, NFT_CMP_EQ);
