@@ -140,6 +140,8 @@ const char *fs_watcher_id(const struct fs_watcher *w);
 int fs_watcher_take(struct fs_watcher *w, int timeout_ms, struct fs_event_blob **events,
 		    struct herr *err);
 bool fs_watcher_stopped(struct fs_watcher *w);
+/* True once events were lost: the next take after the queue drains fails. */
+bool fs_watcher_failed(struct fs_watcher *w);
 void fs_event_blobs_free(struct fs_event_blob *list);
 
 /* Registry of polling watchers by id (CreateWatcher/GetWatcherEvents). */

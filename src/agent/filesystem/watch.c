@@ -662,6 +662,16 @@ const char *fs_watcher_id(const struct fs_watcher *w)
 	return w->id;
 }
 
+bool fs_watcher_failed(struct fs_watcher *w)
+{
+	bool failed;
+
+	pthread_mutex_lock(&w->lock);
+	failed = w->failed;
+	pthread_mutex_unlock(&w->lock);
+	return failed;
+}
+
 bool fs_watcher_stopped(struct fs_watcher *w)
 {
 	bool stopped;

@@ -236,29 +236,44 @@ static void test_root_removed(void **state)
 	unwatch(w);
 }
 
-/* A client that never reads: the queue stops at its bound and reports loss. */
+/*
+ * A client that never reads: collection stops at the queue's bound and the
+ * loss is reported. On a loaded machine the kernel's own inotify queue may
+ * overflow before ours fills; that is the same failure, reported the same way.
+ */
 static void test_queue_overflow(void **state)
 {
 	struct fixture *fx = *state;
 	struct fs_watcher *w = watch(fx->dir, false, false);
-	struct fs_event_blob *list = NULL;
 	struct herr err = { 0 };
 	size_t n = 0;
 	char name[64];
+	int rc;
 
 	for (int i = 0; i < FS_WATCH_QUEUE_MAX_EVENTS / 3 + 100; i++) {
 		snprintf(name, sizeof(name), "f%05d", i);
 		fx_write(fx_path(fx, "%s", name), "x", 0644); /* three events each */
 	}
-	usleep(300 * 1000);
-	assert_int_equal(fs_watcher_take(w, 1000, &list, &err), 0);
-	for (struct fs_event_blob *b = list; b; b = b->next)
-		n++;
-	fs_event_blobs_free(list);
-	assert_int_equal(n, FS_WATCH_QUEUE_MAX_EVENTS);
-	assert_int_equal(fs_watcher_take(w, 0, &list, &err), -EIO);
+	/* Nobody reads until the watcher thread has given up (ASan is slow). */
+	for (int i = 0; i < 300 && !fs_watcher_failed(w); i++)
+		usleep(100 * 1000);
+	assert_true(fs_watcher_failed(w));
+	for (;;) {
+		struct fs_event_blob *list = NULL;
+
+		rc = fs_watcher_take(w, 5000, &list, &err);
+		if (rc < 0 || !list)
+			break;
+		for (struct fs_event_blob *b = list; b; b = b->next)
+			n++;
+		fs_event_blobs_free(list);
+	}
+	assert_int_equal(rc, -EIO);
 	assert_non_null(strstr(err.msg, "events were lost"));
 	assert_non_null(strstr(err.msg, fx->dir));
+	assert_true(n <= FS_WATCH_QUEUE_MAX_EVENTS);
+	if (strstr(err.msg, "waiting to be read"))
+		assert_int_equal(n, FS_WATCH_QUEUE_MAX_EVENTS);
 	unwatch(w);
 }
 
