@@ -92,6 +92,14 @@ static json_t *sandbox_json(struct api *a, const struct store_sandbox *sb)
 	return j;
 }
 
+/* A sandbox being paused is reported paused already (protocol.md 2.3.2). */
+static const char *shown_state(const struct store_sandbox *sb)
+{
+	if (strcmp(sb->state, SBX_RUNNING) == 0 && strncmp(sb->intent, "pause", 5) == 0)
+		return SBX_PAUSED;
+	return sb->state;
+}
+
 /* `ListedSandbox`; with detail, the extra fields of `SandboxDetail`. */
 static json_t *listed_json(struct api *a, const struct store_sandbox *sb, bool detail)
 {
@@ -105,7 +113,7 @@ static json_t *listed_json(struct api *a, const struct store_sandbox *sb, bool d
 		      "clientID", CLIENT_ID, "startedAt", started, "endAt", end,
 		      "cpuCount", (json_int_t)sb->cpu_count,
 		      "memoryMB", (json_int_t)sb->memory_mb,
-		      "diskSizeMB", (json_int_t)sb->disk_mb, "state", sb->state,
+		      "diskSizeMB", (json_int_t)sb->disk_mb, "state", shown_state(sb),
 		      "envdVersion", sb->envd_version,
 		      "metadata", parse_json_column(sb->metadata));
 	if (strcmp(sb->state, SBX_ENDED) == 0) {
@@ -128,6 +136,8 @@ static json_t *listed_json(struct api *a, const struct store_sandbox *sb, bool d
 	if (*a->cfg.domain)
 		json_object_set_new(j, "domain", json_string(a->cfg.domain));
 	json_object_set_new(j, "network", net);
+	/* Only the two keys of SandboxLifecycle; the rest is ours. */
+	json_object_del(life, "autoPauseMemory");
 	json_object_set_new(j, "lifecycle", life);
 	return j;
 }
@@ -138,6 +148,7 @@ struct create_args {
 	const char *template_id;
 	int64_t timeout_s;
 	bool secure;
+	bool auto_pause, auto_pause_memory, auto_resume;
 	json_t *metadata, *env, *network;
 };
 
@@ -177,27 +188,40 @@ static int parse_bool_field(json_t *body, const char *name, bool def, bool *out,
 	return 0;
 }
 
+/* autoPause, autoPauseMemory and autoResume{enabled} (protocol.md 7.2). */
+static int parse_lifecycle(json_t *body, struct create_args *ca, struct herr *err)
+{
+	json_t *resume = json_object_get(body, "autoResume");
+	int rc = parse_bool_field(body, "autoPause", false, &ca->auto_pause, err);
+
+	if (rc == 0)
+		rc = parse_bool_field(body, "autoPauseMemory", true, &ca->auto_pause_memory,
+				      err);
+	if (rc == 0 && resume && !json_is_null(resume)) {
+		if (!json_is_object(resume))
+			return herr_set(err, -EINVAL, "'autoResume' must be an object "
+					"{\"enabled\": bool}");
+		rc = parse_bool_field(resume, "enabled", false, &ca->auto_resume, err);
+	}
+	if (rc < 0)
+		return rc;
+	if (!ca->auto_pause_memory && !ca->auto_pause)
+		return herr_set(err, -EINVAL, "autoPauseMemory=false requires autoPause");
+	if (ca->auto_resume && !ca->auto_pause)
+		return herr_set(err, -EINVAL, "autoResume requires autoPause");
+	/* Traffic resumes expect the processes that served it to be there. */
+	if (ca->auto_resume && !ca->auto_pause_memory)
+		return herr_set(err, -EINVAL, "autoResume cannot be combined with "
+				"autoPauseMemory=false");
+	return 0;
+}
+
 /* Refuses what this node cannot do rather than silently ignoring it. */
 static int check_unsupported(json_t *body, struct herr *err)
 {
-	json_t *resume = json_object_get(body, "autoResume");
 	json_t *vols = json_object_get(body, "volumeMounts");
 	json_t *iam = json_object_get(body, "iam");
-	bool pause = false, keep_memory = true;
-	int rc = parse_bool_field(body, "autoPause", false, &pause, err);
 
-	if (rc == 0)
-		rc = parse_bool_field(body, "autoPauseMemory", true, &keep_memory, err);
-	if (rc < 0)
-		return rc;
-	if (!keep_memory && !pause)
-		return herr_set(err, -EINVAL, "autoPauseMemory=false requires autoPause");
-	if (pause)
-		return herr_set(err, -EINVAL, "autoPause is not available on this node: "
-				"sandboxes cannot be paused yet, so onTimeout must be 'kill'");
-	if (resume && !json_is_null(resume) &&
-	    json_is_true(json_object_get(resume, "enabled")))
-		return herr_set(err, -EINVAL, "autoResume requires autoPause");
 	if (vols && !json_is_null(vols) && json_array_size(vols) > 0)
 		return herr_set(err, -EINVAL, "volumeMounts are not supported on this node");
 	if (iam && !json_is_null(iam) && json_object_size(json_object_get(iam, "tokens")))
@@ -238,6 +262,8 @@ static int parse_create(struct api *a, json_t *body, struct create_args *ca,
 	if (rc == 0)
 		rc = parse_bool_field(body, "secure", a->cfg.secure_default, &ca->secure, err);
 	if (rc == 0)
+		rc = parse_lifecycle(body, ca, err);
+	if (rc == 0)
 		rc = check_unsupported(body, err);
 	if (rc == 0)
 		rc = parse_maps(body, ca, err);
@@ -272,6 +298,19 @@ static void fill_resources(struct api *a, const struct lc_template *tpl,
 	sb->disk_mb = res.disk_mb;
 }
 
+static char *lifecycle_text(const struct create_args *ca)
+{
+	json_t *j = json_pack("{s:b,s:s}", "autoResume", ca->auto_resume, "onTimeout",
+			      ca->auto_pause ? "pause" : "kill");
+	char *text;
+
+	if (j && !ca->auto_pause_memory)
+		json_object_set_new(j, "autoPauseMemory", json_false());
+	text = j ? dump(j) : NULL;
+	json_decref(j);
+	return text;
+}
+
 static int fill_sandbox(struct api_req *r, const struct create_args *ca,
 			const struct lc_template *tpl, struct store_sandbox *sb,
 			struct herr *err)
@@ -294,7 +333,7 @@ static int fill_sandbox(struct api_req *r, const struct create_args *ca,
 	sb->metadata = dump(ca->metadata);
 	sb->env = dump(ca->env);
 	sb->network = dump(ca->network);
-	sb->lifecycle = strdup("{\"autoResume\":false,\"onTimeout\":\"kill\"}");
+	sb->lifecycle = lifecycle_text(ca);
 	sb->access_token = strdup(ca->secure ? tok : "");
 	fill_resources(a, tpl, sb);
 	sb->envd_version = strdup(a->cfg.envd_version);
@@ -516,29 +555,72 @@ void sbx_refresh(struct api_req *r, const char *id)
 	json_decref(body);
 }
 
+/*
+ * Resumes a paused sandbox and answers 201 with its `Sandbox` body. When it
+ * turns out to be running (a concurrent resume won), connect extends its
+ * deadline and answers 200; the old resume endpoint answers 409.
+ */
+static void resume_and_answer(struct api_req *r, const char *id, int64_t t, bool connect)
+{
+	_cleanup_sandbox_ struct store_sandbox sb = { 0 };
+	struct herr err;
+	int rc = lc_resume(r->api->lc, id, t, &err);
+
+	if (rc == 0 && connect) {
+		if (load_live(r, id, &sb)) {
+			move_deadline(r, id, t, true);
+			if (r->status == 204)
+				api_json(r, 200, sandbox_json(r->api, &sb));
+		}
+	} else if (rc == 0) {
+		api_error(r, 409, "Sandbox \"%s\" is already running", id);
+	} else if (rc == 1) {
+		if (load_live(r, id, &sb))
+			api_json(r, 201, sandbox_json(r->api, &sb));
+	} else if (rc == -ENOENT) {
+		not_found(r, id);
+	} else if (rc == -EBUSY) {
+		api_error(r, 409, "%s", err.msg);
+	} else {
+		log_error("api", id, "resume failed: %s", err.msg);
+		api_error(r, rc == -ENOSYS ? 503 : 500, "%s (the sandbox stays paused)",
+			  err.msg);
+	}
+}
+
+/* A pause under way is waited for, then resumed (protocol.md 2.3.6). */
+static bool needs_resume(const struct store_sandbox *sb)
+{
+	return strcmp(sb->state, SBX_PAUSED) == 0 || strncmp(sb->intent, "pause", 5) == 0;
+}
+
+static bool resume_timeout(struct api_req *r, int64_t *t)
+{
+	json_t *body = api_body_object(r, true);
+	bool ok;
+
+	if (!body)
+		return false;
+	ok = int_field(r, body, "timeout", false, r->api->cfg.default_timeout_s, t);
+	json_decref(body);
+	if (!ok || !timeout_in_plan(r, *t))
+		return false;
+	if (*t < 0) {
+		api_error(r, 400, "'timeout' must not be negative");
+		return false;
+	}
+	return true;
+}
+
 void sbx_connect(struct api_req *r, const char *id)
 {
 	_cleanup_sandbox_ struct store_sandbox sb = { 0 };
-	json_t *body = api_body_object(r, true);
 	int64_t t;
 
-	if (!body)
+	if (!resume_timeout(r, &t) || !load_live(r, id, &sb))
 		return;
-	if (!int_field(r, body, "timeout", false, r->api->cfg.default_timeout_s, &t)) {
-		json_decref(body);
-		return;
-	}
-	json_decref(body);
-	if (!timeout_in_plan(r, t))
-		return;
-	if (t < 0) {
-		api_error(r, 400, "'timeout' must not be negative");
-		return;
-	}
-	if (!load_live(r, id, &sb))
-		return;
-	if (strcmp(sb.state, SBX_PAUSED) == 0) {
-		api_error(r, 501, "resuming paused sandboxes is not available on this node");
+	if (needs_resume(&sb)) {
+		resume_and_answer(r, id, t, true);
 		return;
 	}
 	move_deadline(r, id, t, true);
@@ -546,29 +628,51 @@ void sbx_connect(struct api_req *r, const char *id)
 		api_json(r, 200, sandbox_json(r->api, &sb));
 }
 
-void sbx_pause(struct api_req *r, const char *id)
-{
-	_cleanup_sandbox_ struct store_sandbox sb = { 0 };
-
-	if (!load_live(r, id, &sb))
-		return;
-	if (strcmp(sb.state, SBX_PAUSED) == 0)
-		api_error(r, 409, "Error pausing sandbox - sandbox '%s' is already paused", id);
-	else
-		api_error(r, 501, "pausing is not available on this node (no snapshot "
-			  "support); sandbox '%s' keeps running", id);
-}
-
 void sbx_resume(struct api_req *r, const char *id)
 {
 	_cleanup_sandbox_ struct store_sandbox sb = { 0 };
+	int64_t t;
 
-	if (!load_live(r, id, &sb))
+	if (!resume_timeout(r, &t) || !load_live(r, id, &sb))
 		return;
-	if (strcmp(sb.state, SBX_RUNNING) == 0)
+	if (!needs_resume(&sb))
 		api_error(r, 409, "Sandbox \"%s\" is already running", id);
 	else
-		api_error(r, 501, "resuming paused sandboxes is not available on this node");
+		resume_and_answer(r, id, t, false);
+}
+
+void sbx_pause(struct api_req *r, const char *id)
+{
+	_cleanup_sandbox_ struct store_sandbox sb = { 0 };
+	json_t *body = api_body_object(r, true);
+	bool memory = true;
+	struct herr err;
+	int rc;
+
+	if (!body)
+		return;
+	rc = parse_bool_field(body, "memory", true, &memory, &err);
+	json_decref(body);
+	if (rc < 0) {
+		api_error(r, 400, "%s", err.msg);
+		return;
+	}
+	if (!load_live(r, id, &sb))
+		return;
+	rc = lc_pause(r->api->lc, id, memory, &err);
+	if (rc == 0)
+		r->status = 204;
+	else if (rc == -EALREADY)
+		api_error(r, 409, "Error pausing sandbox - sandbox '%s' is already paused", id);
+	else if (rc == -ENOENT)
+		not_found(r, id);
+	else if (rc == -EBUSY)
+		api_error(r, 409, "%s", err.msg);
+	else {
+		log_error("api", id, "pause failed: %s", err.msg);
+		api_error(r, rc == -ENOSYS ? 503 : 500, "pausing the sandbox failed, it "
+			  "keeps running: %s", err.msg);
+	}
 }
 
 void sbx_network(struct api_req *r, const char *id)

@@ -7,7 +7,7 @@
  * finish (kill) or roll back (create), because the runtime's operations are
  * idempotent by id.
  */
-#include "lifecycle.h"
+#include "lc_internal.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -24,24 +24,6 @@
 #define REAP_BATCH 64
 #define PURGE_EVERY_MS 60000
 
-struct lifecycle {
-	struct store *store;
-	struct lc_config cfg;
-	struct lc_rt *rt;          /* NULL: no runtime on this node */
-	struct warm *warm;         /* NULL: no warm pool */
-	struct tmpl_mgr *templates; /* built templates (src/hutchd/template) */
-	pthread_t reaper;
-	bool reaper_started;
-	pthread_mutex_t lock;
-	pthread_cond_t wake;
-	bool stopping;
-	int64_t last_purge;
-	/* Calls hold it for reading, so unsetting the hook waits for them. */
-	pthread_rwlock_t hook_lock;
-	lc_end_fn end_hook;
-	void *end_arg;
-};
-
 void lc_set_end_hook(struct lifecycle *lc, lc_end_fn fn, void *arg)
 {
 	pthread_rwlock_wrlock(&lc->hook_lock);
@@ -50,7 +32,7 @@ void lc_set_end_hook(struct lifecycle *lc, lc_end_fn fn, void *arg)
 	pthread_rwlock_unlock(&lc->hook_lock);
 }
 
-static void call_end_hook(struct lifecycle *lc, const char *id)
+void lc_call_end_hook(struct lifecycle *lc, const char *id)
 {
 	pthread_rwlock_rdlock(&lc->hook_lock);
 	if (lc->end_hook)
@@ -58,8 +40,8 @@ static void call_end_hook(struct lifecycle *lc, const char *id)
 	pthread_rwlock_unlock(&lc->hook_lock);
 }
 
-static void event(struct lifecycle *lc, const char *id, const char *kind,
-		  const char *detail)
+void lc_event(struct lifecycle *lc, const char *id, const char *kind,
+	      const char *detail)
 {
 	struct herr err;
 
@@ -67,15 +49,15 @@ static void event(struct lifecycle *lc, const char *id, const char *kind,
 		log_warn("lifecycle", id, "recording event %s: %s", kind, err.msg);
 }
 
-static void end_row(struct lifecycle *lc, const char *id, const char *reason)
+void lc_end_row(struct lifecycle *lc, const char *id, const char *reason)
 {
 	struct herr err;
 
 	if (store_sandbox_end(lc->store, id, reason, store_now_ms(), &err) < 0)
 		log_error("lifecycle", id, "recording end (%s): %s", reason, err.msg);
 	else
-		event(lc, id, "ended", reason);
-	call_end_hook(lc, id);
+		lc_event(lc, id, "ended", reason);
+	lc_call_end_hook(lc, id);
 }
 
 bool lc_can_create(struct lifecycle *lc)
@@ -89,7 +71,7 @@ int lc_create_begin(struct lifecycle *lc, const struct store_sandbox *sb,
 	int rc = store_sandbox_insert(lc->store, sb, err);
 
 	if (rc == 0)
-		event(lc, sb->id, "creating", sb->template_id);
+		lc_event(lc, sb->id, "creating", sb->template_id);
 	return rc;
 }
 
@@ -175,7 +157,7 @@ int lc_create_finish(struct lifecycle *lc, struct store_sandbox *sb, struct herr
 			sb->started_at = started;
 			sb->end_at = end;
 			snprintf(sb->state, sizeof(sb->state), "%s", SBX_RUNNING);
-			event(lc, sb->id, "running", "");
+			lc_event(lc, sb->id, "running", "");
 			return 0;
 		}
 	}
@@ -183,18 +165,29 @@ int lc_create_finish(struct lifecycle *lc, struct store_sandbox *sb, struct herr
 	if (lc->rt)
 		lcrt_destroy(lc->rt, sb->id, NULL);
 	snprintf(reason, sizeof(reason), "create failed: %s", err->msg);
-	end_row(lc, sb->id, reason);
+	lc_end_row(lc, sb->id, reason);
 	return rc;
 }
 
-int lc_kill(struct lifecycle *lc, const char *id, const char *reason, struct herr *err)
+/* A paused sandbox's images and kept disk go with it. */
+static int destroy_runtime(struct lifecycle *lc, const char *id, struct herr *err)
+{
+	enum lcrt_paused kind = lcrt_paused_kind(lc->rt, id);
+
+	if (kind != LCRT_PAUSED_NONE && lcrt_alive(lc->rt, id) <= 0)
+		return lcrt_remove_paused(lc->rt, id, err);
+	return lcrt_destroy(lc->rt, id, err);
+}
+
+int lc_kill_locked(struct lifecycle *lc, const char *id, const char *reason,
+		   struct herr *err)
 {
 	int rc = store_sandbox_set_intent(lc->store, id, "kill", err);
 
 	if (rc <= 0)
 		return rc;
 	if (lc->rt) {
-		rc = lcrt_destroy(lc->rt, id, err);
+		rc = destroy_runtime(lc, id, err);
 		if (rc < 0 && rc != -ENOENT) {
 			/* The intent stays: the reaper or the next start retries. */
 			log_error("lifecycle", id, "destroying: %s", err->msg);
@@ -205,11 +198,22 @@ int lc_kill(struct lifecycle *lc, const char *id, const char *reason, struct her
 	if (rc < 0)
 		return rc;
 	if (rc > 0) {
-		event(lc, id, "ended", reason);
+		lc_event(lc, id, "ended", reason);
 		log_info("lifecycle", id, "ended: %s", reason);
 	}
-	call_end_hook(lc, id);
+	lc_call_end_hook(lc, id);
 	return rc > 0 ? 1 : 0;
+}
+
+int lc_kill(struct lifecycle *lc, const char *id, const char *reason, struct herr *err)
+{
+	int rc;
+
+	if (!lc_busy_take(lc, id, true))
+		return herr_set(err, -ENOMEM, "out of memory");
+	rc = lc_kill_locked(lc, id, reason, err);
+	lc_busy_give(lc, id);
+	return rc;
 }
 
 int lc_dial(struct lifecycle *lc, const char *id, uint16_t port, struct herr *err)
@@ -263,9 +267,16 @@ int lc_reap_once(struct lifecycle *lc, int64_t now)
 		log_error("lifecycle", NULL, "finding expired sandboxes: %s", err.msg);
 		return 0;
 	}
-	for (int i = 0; i < n; i++)
-		if (lc_kill(lc, ids[i], "timeout", &err) > 0)
+	for (int i = 0; i < n; i++) {
+		if (lc_auto_pause(lc, ids[i]))
+			continue;
+		/* Not waiting: a pause or resume under way decides instead. */
+		if (!lc_busy_take(lc, ids[i], false))
+			continue;
+		if (lc_kill_locked(lc, ids[i], "timeout", &err) > 0)
 			kills++;
+		lc_busy_give(lc, ids[i]);
+	}
 	purge_old(lc, now);
 	return kills;
 }
@@ -298,11 +309,13 @@ static int recover_one(const struct store_sandbox *sb, void *arg)
 	struct lifecycle *lc = arg;
 	struct herr err;
 
+	if (lc_recover_pause(lc, sb))
+		return 0;
 	if (strcmp(sb->state, SBX_CREATING) == 0) {
 		/* A create a crash interrupted: roll it back. */
 		if (lc->rt)
 			lcrt_destroy(lc->rt, sb->id, NULL);
-		end_row(lc, sb->id, "create interrupted by a hutchd restart");
+		lc_end_row(lc, sb->id, "create interrupted by a hutchd restart");
 		log_info("lifecycle", sb->id, "rolled back an interrupted create");
 	} else if (strcmp(sb->intent, "kill") == 0) {
 		if (lc_kill(lc, sb->id, "killed", &err) < 0)
@@ -310,9 +323,9 @@ static int recover_one(const struct store_sandbox *sb, void *arg)
 	} else if (strcmp(sb->state, SBX_RUNNING) == 0) {
 		if (lc->rt && lcrt_alive(lc->rt, sb->id) > 0) {
 			log_info("lifecycle", sb->id, "re-adopted");
-			event(lc, sb->id, "re-adopted", "");
+			lc_event(lc, sb->id, "re-adopted", "");
 		} else {
-			end_row(lc, sb->id, lc->rt ? "lost: not running after hutchd restart" :
+			lc_end_row(lc, sb->id, lc->rt ? "lost: not running after hutchd restart" :
 				"lost: no sandbox runtime on this node");
 		}
 	}
@@ -369,6 +382,7 @@ int lc_start(struct store *st, const struct lc_config *cfg, struct lifecycle **o
 	pthread_mutex_init(&lc->lock, NULL);
 	pthread_cond_init(&lc->wake, NULL);
 	pthread_rwlock_init(&lc->hook_lock, NULL);
+	pthread_cond_init(&lc->busy_done, NULL);
 	if (!cfg->no_runtime) {
 		rc = lcrt_open(cfg, &lc->rt, err);
 		if (rc < 0) {
@@ -411,6 +425,8 @@ void lc_stop(struct lifecycle *lc)
 	if (lc->rt)
 		lcrt_close(lc->rt);
 	pthread_cond_destroy(&lc->wake);
+	pthread_cond_destroy(&lc->busy_done);
+	free(lc->busy);
 	pthread_rwlock_destroy(&lc->hook_lock);
 	pthread_mutex_destroy(&lc->lock);
 	free(lc);

@@ -114,8 +114,28 @@ int lc_create_finish(struct lifecycle *lc, struct store_sandbox *sb, struct herr
 typedef void (*lc_end_fn)(void *arg, const char *id);
 void lc_set_end_hook(struct lifecycle *lc, lc_end_fn fn, void *arg);
 
-/* Kills a live sandbox and records reason; 1 killed, 0 nothing live by that id. */
+/* Kills a live sandbox (a paused one loses its images and disk) and records
+ * reason; 1 killed, 0 nothing live by that id. Waits for a pause or resume
+ * of it under way. */
 int lc_kill(struct lifecycle *lc, const char *id, const char *reason, struct herr *err);
+
+/*
+ * Pauses a running sandbox (docs/snapshot.md, "Lifecycle"): with keep_memory
+ * its processes are checkpointed with CRIU, else they are stopped and only
+ * its disk is kept. The proxy stops routing to it and its proxied
+ * connections are closed first; its deadline stops. -EALREADY: paused
+ * already; -ENOENT: not live; -EBUSY: a kill is under way; other errors:
+ * the pause failed and the sandbox keeps running (the message says why).
+ */
+int lc_pause(struct lifecycle *lc, const char *id, bool keep_memory, struct herr *err);
+
+/*
+ * Resumes a paused sandbox under the same id, tokens and network rules,
+ * with a deadline timeout_s from now. 1: resumed; 0: it was running (a
+ * concurrent resume won, or it never paused); -ENOENT: not live; other
+ * errors: it stays paused and may be resumed again.
+ */
+int lc_resume(struct lifecycle *lc, const char *id, int64_t timeout_s, struct herr *err);
 
 /*
  * A connected TCP socket to 127.0.0.1:port inside a running sandbox (for the

@@ -28,6 +28,7 @@
 #include "ids.h"
 #include "log.h"
 #include "rt.h"
+#include "rt_checkpoint.h"
 #include "start.h"
 
 #define AGENT_PORT 49983
@@ -322,8 +323,8 @@ static void agent_argv(struct lc_rt *l, const struct lc_template *tpl,
 
 /* The runtime create and the wait for the agent to listen; no /init yet. */
 static int boot(struct lc_rt *l, const char *id, const struct lc_template *tpl,
-		const struct rt_limits *limits, const char *network, long *ms,
-		struct herr *err)
+		const struct rt_limits *limits, const char *network, bool reuse_upper,
+		long *ms, struct herr *err)
 {
 	char secret[TOKEN_HEX], secret_var[TOKEN_HEX + 32];
 	/* The secret goes in the environment, not argv: argv of the sandbox's
@@ -341,7 +342,7 @@ static int boot(struct lc_rt *l, const char *id, const struct lc_template *tpl,
 		.id = id, .agent_dir = l->cfg.agent_dir,
 		.layers = tpl->n_layers ? (const char *const *)tpl->layers : layers,
 		.n_layers = tpl->n_layers ? tpl->n_layers : 1,
-		.argv = argv, .env = env, .limits = *limits,
+		.argv = argv, .env = env, .limits = *limits, .reuse_upper = reuse_upper,
 	};
 	struct timespec t0;
 	int rc;
@@ -374,8 +375,8 @@ static void limits_of(const struct store_sandbox *sb, struct rt_limits *out)
 		.disk_mb = (uint64_t)sb->disk_mb };
 }
 
-int lcrt_start(struct lc_rt *l, const struct store_sandbox *sb,
-	       const struct lc_template *tpl, struct herr *err)
+static int start(struct lc_rt *l, const struct store_sandbox *sb,
+		 const struct lc_template *tpl, bool reuse_upper, struct herr *err)
 {
 	struct rt_limits limits;
 	struct timespec t0;
@@ -383,7 +384,7 @@ int lcrt_start(struct lc_rt *l, const struct store_sandbox *sb,
 	int rc;
 
 	limits_of(sb, &limits);
-	rc = boot(l, sb->id, tpl, &limits, sb->network, ms, err);
+	rc = boot(l, sb->id, tpl, &limits, sb->network, reuse_upper, ms, err);
 	if (rc < 0)
 		return rc;
 	/* One budget for the agent to listen and answer /init. */
@@ -404,6 +405,12 @@ int lcrt_start(struct lc_rt *l, const struct store_sandbox *sb,
 	return rc;
 }
 
+int lcrt_start(struct lc_rt *l, const struct store_sandbox *sb,
+	       const struct lc_template *tpl, struct herr *err)
+{
+	return start(l, sb, tpl, false, err);
+}
+
 int lcrt_prestart(struct lc_rt *l, const char *id, const struct lc_template *tpl,
 		  const struct lc_resources *res, struct herr *err)
 {
@@ -413,7 +420,7 @@ int lcrt_prestart(struct lc_rt *l, const char *id, const struct lc_template *tpl
 	long ms[2];
 
 	/* The default egress policy: the create's own is applied when taken. */
-	return boot(l, id, tpl, &limits, "{}", ms, err);
+	return boot(l, id, tpl, &limits, "{}", false, ms, err);
 }
 
 int lcrt_finish_warm(struct lc_rt *l, const struct store_sandbox *sb,
@@ -504,4 +511,128 @@ int lcrt_stats(struct lc_rt *l, const char *id, struct lc_stats *out, struct her
 	out->memory_bytes = info.memory_bytes;
 	out->disk_bytes = info.disk_bytes;
 	return 0;
+}
+
+/* ---- pause and resume ---- */
+
+/* Time the sandbox's processes get to end after SIGTERM in a memory-less
+ * pause, so that programs can flush what they write before the disk is
+ * unmounted; then the whole cgroup is killed. */
+#define PAUSE_GRACE_MS 500
+
+int lcrt_pause(struct lc_rt *l, const char *id, bool keep_memory,
+	       struct rt_ckpt_stats *stats, struct herr *err)
+{
+	int rc;
+
+	if (keep_memory)
+		return rt_checkpoint(l->rt, id, NULL, stats, err);
+	rc = rt_stop(l->rt, id, PAUSE_GRACE_MS, err);
+	/* The slot, network namespace and cgroups go; the disk image stays. */
+	if (rc == 0)
+		rc = rt_destroy_keep_upper(l->rt, id, err);
+	return rc;
+}
+
+enum lcrt_paused lcrt_paused_kind(struct lc_rt *l, const char *id)
+{
+	if (rt_checkpoint_exists(l->rt, id))
+		return LCRT_PAUSED_MEMORY;
+	if (rt_upper_exists(l->rt, id))
+		return LCRT_PAUSED_DISK;
+	return LCRT_PAUSED_NONE;
+}
+
+int lcrt_known(struct lc_rt *l, const char *id)
+{
+	struct rt_info info;
+	struct herr err;
+	int rc = rt_query(l->rt, id, &info, &err);
+
+	return rc == -ENOENT ? 0 : rc < 0 ? rc : 1;
+}
+
+int lcrt_release_keep_disk(struct lc_rt *l, const char *id, struct herr *err)
+{
+	int rc = rt_destroy_keep_upper(l->rt, id, err);
+
+	return rc == -ENOENT ? 0 : rc;
+}
+
+/* The processes from the images, then the agent listening again. */
+static int restore(struct lc_rt *l, const struct store_sandbox *sb,
+		   const struct lc_template *tpl, struct herr *err)
+{
+	const char *layers[1] = { tpl->rootfs };
+	struct rt_restore_spec spec = {
+		.layers = tpl->n_layers ? (const char *const *)tpl->layers : layers,
+		.n_layers = tpl->n_layers ? tpl->n_layers : 1,
+		.agent_dir = l->cfg.agent_dir,
+	};
+	struct rt_ckpt_stats stats = { 0 };
+	int rc = rt_restore(l->rt, sb->id, &spec, NULL, &stats, err);
+
+	if (rc < 0)
+		return herr_wrap(err, "restoring the sandbox's processes");
+	rc = rt_wait_port(l->rt, sb->id, AGENT_PORT, l->cfg.agent_ready_ms, err);
+	if (rc < 0)
+		return explain_not_ready(l, sb->id, rc, err);
+	log_debug("lifecycle", sb->id, "restored in %llu ms (criu %llu ms, %llu bytes)",
+		  (unsigned long long)stats.total_ms, (unsigned long long)stats.criu_ms,
+		  (unsigned long long)stats.image_bytes);
+	return 0;
+}
+
+/*
+ * A memory-less pause comes back as a new process tree on the kept disk:
+ * the agent is configured again with the same token and the template's
+ * start command runs again. A failed start gives the disk back to the
+ * paused state rather than deleting it.
+ */
+static int cold_resume(struct lc_rt *l, const struct store_sandbox *sb,
+		       const struct lc_template *tpl, struct herr *err)
+{
+	int rc = lcrt_release_keep_disk(l, sb->id, err);
+
+	if (rc == 0)
+		rc = start(l, sb, tpl, true, err);
+	if (rc < 0 && lcrt_known(l, sb->id) > 0)
+		rt_destroy_keep_upper(l->rt, sb->id, NULL);
+	return rc;
+}
+
+int lcrt_resume(struct lc_rt *l, const struct store_sandbox *sb,
+		const struct lc_template *tpl, struct herr *err)
+{
+	switch (lcrt_paused_kind(l, sb->id)) {
+	case LCRT_PAUSED_MEMORY:
+		return restore(l, sb, tpl, err);
+	case LCRT_PAUSED_DISK:
+		return cold_resume(l, sb, tpl, err);
+	default:
+		return herr_set(err, -ENOENT, "sandbox %s has neither images nor a disk "
+				"to resume from", sb->id);
+	}
+}
+
+int lcrt_remove_paused(struct lc_rt *l, const char *id, struct herr *err)
+{
+	int rc = rt_checkpoint_remove(l->rt, id, err);
+
+	if (rc < 0)
+		return rc;
+	rc = rt_destroy(l->rt, id, err);
+	if (rc == -ENOENT)
+		rc = rt_upper_remove(l->rt, id, err);
+	return rc;
+}
+
+void lcrt_stop(struct lc_rt *l, const char *id)
+{
+	rt_stop(l->rt, id, 0, NULL);
+}
+
+void lcrt_thaw(struct lc_rt *l, const char *id)
+{
+	rt_freeze(l->rt, id, false, NULL);
 }

@@ -66,3 +66,43 @@ int lcrt_stats(struct lc_rt *rt, const char *id, struct lc_stats *out, struct he
 {
 	return herr_set(err, -ENOSYS, "no sandbox runtime on this node");
 }
+
+int lcrt_pause(struct lc_rt *rt, const char *id, bool keep_memory,
+	       struct rt_ckpt_stats *stats, struct herr *err)
+{
+	return herr_set(err, -ENOSYS, "no sandbox runtime on this node");
+}
+
+enum lcrt_paused lcrt_paused_kind(struct lc_rt *rt, const char *id)
+{
+	return LCRT_PAUSED_NONE;
+}
+
+int lcrt_known(struct lc_rt *rt, const char *id)
+{
+	return 0;
+}
+
+int lcrt_release_keep_disk(struct lc_rt *rt, const char *id, struct herr *err)
+{
+	return 0;
+}
+
+int lcrt_resume(struct lc_rt *rt, const struct store_sandbox *sb,
+		const struct lc_template *tpl, struct herr *err)
+{
+	return herr_set(err, -ENOSYS, "no sandbox runtime on this node");
+}
+
+int lcrt_remove_paused(struct lc_rt *rt, const char *id, struct herr *err)
+{
+	return herr_set(err, -ENOENT, "no sandbox runtime on this node");
+}
+
+void lcrt_stop(struct lc_rt *rt, const char *id)
+{
+}
+
+void lcrt_thaw(struct lc_rt *rt, const char *id)
+{
+}

@@ -8,6 +8,7 @@
 #ifndef HUTCH_LC_SANDBOX_RT_H
 #define HUTCH_LC_SANDBOX_RT_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include <jansson.h>
@@ -37,6 +38,33 @@ int lcrt_each(struct lc_rt *rt, int (*fn)(void *arg, const char *id), void *arg)
 int lcrt_dial(struct lc_rt *rt, const char *id, uint16_t port, struct herr *err);
 int lcrt_set_network(struct lc_rt *rt, const char *id, json_t *network,
 		     struct herr *err);
+
+/* ---- pause and resume (see docs/snapshot.md, "Lifecycle") ---- */
+struct rt_ckpt_stats;
+enum lcrt_paused {
+	LCRT_PAUSED_NONE,    /* nothing to resume from */
+	LCRT_PAUSED_DISK,    /* the disk alone: resume starts the sandbox again */
+	LCRT_PAUSED_MEMORY,  /* CRIU images: resume restores the processes */
+};
+/* keep_memory: CRIU checkpoint; else stop and keep only the disk. On
+ * failure the sandbox keeps running. */
+int lcrt_pause(struct lc_rt *rt, const char *id, bool keep_memory,
+	       struct rt_ckpt_stats *stats, struct herr *err);
+enum lcrt_paused lcrt_paused_kind(struct lc_rt *rt, const char *id);
+/* 1 when the runtime knows id (running or stopped), 0 when not. */
+int lcrt_known(struct lc_rt *rt, const char *id);
+/* Lets go of a stopped sandbox's runtime objects, keeping its disk. */
+int lcrt_release_keep_disk(struct lc_rt *rt, const char *id, struct herr *err);
+/* Brings a paused sandbox back with the row's id, tokens and network. */
+int lcrt_resume(struct lc_rt *rt, const struct store_sandbox *sb,
+		const struct lc_template *tpl, struct herr *err);
+/* Recovery: ends a sandbox's processes keeping everything else (rt_stop),
+ * or thaws processes a CRIU run left frozen. */
+void lcrt_stop(struct lc_rt *rt, const char *id);
+void lcrt_thaw(struct lc_rt *rt, const char *id);
+/* Deletes a paused sandbox: images, disk and any runtime objects. */
+int lcrt_remove_paused(struct lc_rt *rt, const char *id, struct herr *err);
+
 int lcrt_stats(struct lc_rt *rt, const char *id, struct lc_stats *out, struct herr *err);
 
 #endif

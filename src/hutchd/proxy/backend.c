@@ -4,7 +4,9 @@
  * has no API key, the agent's own access token protects it), tokens are
  * the stored access token and the traffic token derived from the node's
  * secret, and sockets come from the lifecycle (rt_dial inside the
- * sandbox's network namespace).
+ * sandbox's network namespace). A paused sandbox whose create asked for
+ * autoResume is resumed by the lookup of a request for it (the lifecycle
+ * lets one resume run; concurrent lookups wait for it), then routed.
  */
 #include "proxy.h"
 
@@ -40,6 +42,38 @@ static bool reachable(const struct store_sandbox *sb)
 	return strcmp(sb->state, SBX_RUNNING) == 0 && sb->intent[0] == '\0';
 }
 
+static bool auto_resumes(const struct store_sandbox *sb)
+{
+	json_t *life, *v;
+	bool on;
+
+	if (strcmp(sb->state, SBX_PAUSED) != 0 || sb->intent[0] != '\0')
+		return false;
+	life = json_loads(sb->lifecycle ? sb->lifecycle : "{}", 0, NULL);
+	v = json_object_get(life, "autoResume");
+	on = json_is_true(v);
+	json_decref(life);
+	return on;
+}
+
+/* Resumes for a request, with the timeout the sandbox was created with. */
+static int resume_for_traffic(struct hutchd_backend *b, struct store_sandbox *sb,
+			      struct herr *err)
+{
+	char id[SBX_ID_LEN + 1];
+	int rc;
+
+	if (!b->lc)
+		return 0;
+	rc = lc_resume(b->lc, sb->id, sb->timeout_s, err);
+	if (rc < 0)
+		return rc == -ENOENT ? 0 : rc;
+	snprintf(id, sizeof(id), "%s", sb->id);
+	store_sandbox_clear(sb);
+	memset(sb, 0, sizeof(*sb));
+	return store_sandbox_get(b->st, id, -1, sb, err);
+}
+
 static void fill(struct hutchd_backend *b, const struct store_sandbox *sb,
 		 struct proxy_sandbox *out)
 {
@@ -65,6 +99,8 @@ static int lookup(void *ctx, const char *id, struct proxy_sandbox *out,
 	if (strlen(id) > SBX_ID_LEN)
 		return 0;
 	rc = store_sandbox_get(b->st, id, -1, &sb, err);
+	if (rc > 0 && auto_resumes(&sb))
+		rc = resume_for_traffic(b, &sb, err);
 	if (rc <= 0)
 		return rc;
 	if (!reachable(&sb))

@@ -532,7 +532,7 @@ int rt_stop(struct rt *rt, const char *id, unsigned grace_ms, struct herr *err)
 	return 0;
 }
 
-int rt_destroy(struct rt *rt, const char *id, struct herr *err)
+static int destroy(struct rt *rt, const char *id, bool keep_upper, struct herr *err)
 {
 	struct rt_sandbox *s = get_locked(rt, id, err);
 	int r;
@@ -549,11 +549,58 @@ int rt_destroy(struct rt *rt, const char *id, struct herr *err)
 	pthread_mutex_unlock(&rt->lock);
 	if (s->keeper_pid > 0)
 		waitpid(s->keeper_pid, NULL, WNOHANG);
-	r = release_all(rt, s, true, err);
-	log_info("runtime", s->id, "sandbox destroyed");
+	r = release_all(rt, s, !keep_upper, err);
+	/* Without its state file a restart no longer knows the sandbox, so the
+	 * kept disk is left alone until rt_create reuses it or rt_upper_remove. */
+	if (keep_upper)
+		rt_state_remove(rt, s->id);
+	log_info("runtime", s->id, keep_upper ? "sandbox released, writable layer kept" :
+		 "sandbox destroyed");
 	pthread_mutex_unlock(&s->lock);
 	drop_slot(rt, s);
 	return r;
+}
+
+int rt_destroy(struct rt *rt, const char *id, struct herr *err)
+{
+	return destroy(rt, id, false, err);
+}
+
+int rt_destroy_keep_upper(struct rt *rt, const char *id, struct herr *err)
+{
+	return destroy(rt, id, true, err);
+}
+
+int rt_upper_remove(struct rt *rt, const char *id, struct herr *err)
+{
+	char path[4096];
+	bool known;
+
+	if (!rt_id_valid(id))
+		return herr_set(err, -EINVAL, "id: must be 1-%d of [A-Za-z0-9_-]", RT_ID_MAX);
+	pthread_mutex_lock(&rt->lock);
+	known = find_locked(rt, id) != NULL;
+	pthread_mutex_unlock(&rt->lock);
+	/* A sandbox the runtime runs has its disk mounted: rt_destroy it. */
+	if (known)
+		return herr_set(err, -EBUSY, "sandbox %s is known to the runtime", id);
+	int r = rt_disk_remove(rt, id, err);
+	snprintf(path, sizeof(path), "%s/sandboxes/%s/init.log", rt->data_dir, id);
+	unlink(path);
+	snprintf(path, sizeof(path), "%s/sandboxes/%s", rt->data_dir, id);
+	rmdir(path);
+	return r;
+}
+
+bool rt_upper_exists(struct rt *rt, const char *id)
+{
+	char path[4096];
+	struct stat st;
+
+	if (!rt_id_valid(id))
+		return false;
+	snprintf(path, sizeof(path), "%s/sandboxes/%s/disk.img", rt->data_dir, id);
+	return stat(path, &st) == 0;
 }
 
 static void fill_info(struct rt *rt, struct rt_sandbox *s, struct rt_info *info)

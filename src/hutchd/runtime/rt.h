@@ -174,6 +174,18 @@ int rt_stop(struct rt *rt, const char *id, unsigned grace_ms, struct herr *err);
  * is -ENOENT. */
 int rt_destroy(struct rt *rt, const char *id, struct herr *err);
 
+/* rt_destroy, except that the writable layer (disk image) stays for a later
+ * rt_create with reuse_upper: a memory-less pause. The runtime then no longer
+ * knows the id, also after a restart. */
+int rt_destroy_keep_upper(struct rt *rt, const char *id, struct herr *err);
+
+/* Removes a writable layer kept by rt_destroy_keep_upper; -EBUSY when the
+ * runtime runs a sandbox by that id. Idempotent. */
+int rt_upper_remove(struct rt *rt, const char *id, struct herr *err);
+
+/* True when a writable layer exists for id (running or kept). */
+bool rt_upper_exists(struct rt *rt, const char *id);
+
 int rt_query(struct rt *rt, const char *id, struct rt_info *info, struct herr *err);
 
 /* Freezes or thaws every process of the sandbox (cgroup freezer). */

@@ -569,6 +569,15 @@ int store_sandbox_set_end_at(struct store *st, const char *id, int64_t end_at,
 			  err);
 }
 
+int store_sandbox_set_paused(struct store *st, const char *id, int64_t paused_at,
+			     struct herr *err)
+{
+	LOCKED(st);
+	return update_row(st, "UPDATE sandboxes SET state = ?1, intent = '', end_at = ?2"
+			      " WHERE id = ?4 AND state = 'running' AND ?3 = 0",
+			  "marking sandbox paused", SBX_PAUSED, paused_at, 0, id, err);
+}
+
 int store_sandbox_set_network(struct store *st, const char *id, const char *network,
 			      struct herr *err)
 {

@@ -71,8 +71,9 @@ int store_key_revoke(struct store *st, int64_t key_id, struct herr *err);
 /*
  * Sandbox states. A row is inserted as CREATING with intent "create" before the
  * runtime is asked for anything; an operation in flight on a live sandbox
- * records its intent ("kill", "pause") first, so that a restart finds
- * half-done work and finishes or rolls it back.
+ * records its intent ("kill", "pause", "pause-fs" for a memory-less pause,
+ * "resume") first, so that a restart finds half-done work and finishes or
+ * rolls it back.
  */
 #define SBX_CREATING "creating"
 #define SBX_RUNNING "running"
@@ -134,6 +135,13 @@ int store_sandbox_set_intent(struct store *st, const char *id, const char *inten
  */
 int store_sandbox_set_end_at(struct store *st, const char *id, int64_t end_at,
 			     bool only_extend, struct herr *err);
+
+/* RUNNING -> PAUSED, clearing the intent; end_at becomes the pause time
+ * (what the API reports as endAt of a paused sandbox, and no deadline runs
+ * while paused). A resume goes back with store_sandbox_set_running.
+ * Returns 1 when a running row was changed. */
+int store_sandbox_set_paused(struct store *st, const char *id, int64_t paused_at,
+			     struct herr *err);
 
 int store_sandbox_set_network(struct store *st, const char *id, const char *network,
 			      struct herr *err);
