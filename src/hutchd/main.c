@@ -6,6 +6,7 @@
  *   hutchd [settings] keys create [--team NAME]   print a new key on stdout
  *   hutchd [settings] keys list
  *   hutchd [settings] keys revoke ID
+ *   hutchd [settings] templates import NAME[:TAG] FILE-OR-DIR [--team NAME]
  *
  * When the API listens, stdout gets exactly the lines a shell needs to point
  * the E2B SDKs here; everything else goes to stderr.
@@ -28,6 +29,7 @@
 #include "log.h"
 #include "proxy.h"
 #include "store.h"
+#include "tmpl.h"
 
 static struct cfg_opt opts[] = {
 	{ "data-dir", CFG_STR, "/var/lib/hutch", "state: database, secret, sandboxes" },
@@ -90,7 +92,8 @@ static struct cfg_opt opts[] = {
 static const char summary[] =
 	"The Hutch host daemon: E2B-compatible REST API, store and sandbox lifecycle.\n"
 	"Commands: (none) run the daemon; keys create [--team NAME]; keys list;\n"
-	"keys revoke ID.";
+	"keys revoke ID; templates import NAME[:TAG] FILE-OR-DIR [--team NAME]\n"
+	"(a docker save tarball or an OCI layout, folder or tarball).";
 
 static const char *S(const char *name)
 {
@@ -248,6 +251,69 @@ static void default_dirs(char *tpl, char *agent, size_t cap, const char *argv0)
 	snprintf(agent, cap, "%s/lifecycle/agent-bundle", *self ? self : ".");
 	if (access(agent, F_OK) < 0)
 		snprintf(agent, cap, "%s/../libexec/hutch/agent-bundle", *self ? self : ".");
+}
+
+/* A templates manager for a command run beside a possibly running daemon. */
+static int open_templates(struct tmpl_mgr **m, struct herr *err)
+{
+	char tpl[4096], agent[4096];
+	struct tmpl_config tc = { .data_dir = S("data-dir"), .tool = true,
+				  .max_upload_bytes = 4ULL << 30, .max_copy_bytes = 8ULL << 30,
+				  .max_builds = 2 };
+
+	default_dirs(tpl, agent, sizeof(tpl), NULL);
+	tc.template_dir = S("template-dir") ? S("template-dir") : tpl;
+	tc.agent_dir = S("agent-dir") ? S("agent-dir") : agent;
+	return tmpl_open(&tc, m, err);
+}
+
+static int templates_import(struct store *st, struct tmpl_mgr *m, int argc, char **argv,
+			    int i, struct herr *err)
+{
+	const char *team = team_option(argc, argv, i);
+	json_t *reply = NULL;
+	int64_t team_id;
+	char *text;
+	int rc;
+
+	if (i + 2 > argc || strncmp(argv[i], "--", 2) == 0 || strncmp(argv[i + 1], "--", 2) == 0)
+		return herr_set(err, -EINVAL, "usage: templates import NAME[:TAG] FILE-OR-DIR "
+				"[--team NAME]");
+	rc = store_team_ensure(st, team, &team_id, err);
+	if (rc == 0)
+		rc = tmpl_import(m, team_id, argv[i], argv[i + 1], &reply, err);
+	if (rc < 0)
+		return rc;
+	text = json_dumps(reply, JSON_COMPACT);
+	printf("%s\n", text ? text : "{}");
+	free(text);
+	json_decref(reply);
+	return 0;
+}
+
+static int cmd_templates(int argc, char **argv, int i)
+{
+	struct store *st = NULL;
+	struct tmpl_mgr *m = NULL;
+	struct herr err = { 0 };
+	int rc;
+
+	if (i >= argc) {
+		fprintf(stderr, "hutchd templates: import NAME FILE-OR-DIR [--team NAME]\n");
+		return 2;
+	}
+	if (open_store(&st) < 0)
+		return 1;
+	rc = open_templates(&m, &err);
+	if (rc == 0 && strcmp(argv[i], "import") == 0)
+		rc = templates_import(st, m, argc, argv, i + 1, &err);
+	else if (rc == 0)
+		rc = herr_set(&err, -EINVAL, "unknown templates command '%s'", argv[i]);
+	if (rc < 0)
+		fprintf(stderr, "hutchd templates %s: %s\n", argv[i], err.msg);
+	tmpl_close(m);
+	store_close(st);
+	return rc < 0 ? 1 : 0;
 }
 
 static int first_key_line(struct store *st, char *line, size_t cap)
@@ -541,6 +607,8 @@ int main(int argc, char **argv)
 	sigaction(SIGTERM, &sa, NULL);
 	if (first < argc && strcmp(argv[first], "keys") == 0)
 		rc = cmd_keys(argc, argv, first + 1);
+	else if (first < argc && strcmp(argv[first], "templates") == 0)
+		rc = cmd_templates(argc, argv, first + 1);
 	else if (first < argc)
 		rc = (fprintf(stderr, "hutchd: unknown command '%s' (see --help)\n",
 			      argv[first]), 2);

@@ -861,6 +861,9 @@ static int start_from(struct bstate *s, json_t *spec, struct herr *err)
 void tb_run(struct tmpl_mgr *m, struct tbuild *b)
 {
 	struct bstate s = { .m = m, .b = b };
+	/* Layers this build makes are named by no template until tb_finish:
+	 * the shared store lock keeps GC away until then. */
+	_cleanup_close_ int hold = layer_store_hold(m->data_dir, NULL);
 	json_t *spec = b->spec, *steps = json_object_get(spec, "steps"), *st;
 	struct herr err = { 0 };
 	struct timespec t0, t1;

@@ -12,6 +12,11 @@
  * member of the same archive, resolved the same way, so they cannot point
  * at host files. Symlinks themselves are stored as text and only ever
  * resolved later inside the sandbox's own root.
+ *
+ * Image layers (o->image_layer) use the same walk: their whiteouts become
+ * a character device 0/0 or an opaque mark made through a folder fd
+ * reached the same safe way, so an entry such as "a/.wh.b" where "a" is a
+ * planted symlink fails instead of marking a host folder.
  */
 #include "extract.h"
 
@@ -23,12 +28,15 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include <archive.h>
 #include <archive_entry.h>
 
 #include "cleanup.h"
+#include "log.h"
 
 #define RESOLVE_SAFE (RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | \
 		      RESOLVE_NO_XDEV)
@@ -41,6 +49,11 @@ static int open_beneath(int root, const char *path, int flags)
 	if (!*path)
 		path = ".";
 	return (int)syscall(SYS_openat2, root, path, &how, sizeof(how));
+}
+
+int tx_open_beneath(int root, const char *path, int flags)
+{
+	return open_beneath(root, path, flags);
 }
 
 int tx_clean_path(const char *in, char *out, size_t cap, struct herr *err)
@@ -247,6 +260,19 @@ struct tx_ctx {
 	uint64_t total;
 };
 
+/* Owner of an entry: the archive's for image layers, else the COPY's. */
+static void entry_owner(const struct tx_ctx *c, struct archive_entry *e, uid_t *uid,
+			gid_t *gid)
+{
+	if (c->o->image_layer) {
+		*uid = (uid_t)archive_entry_uid(e);
+		*gid = (gid_t)archive_entry_gid(e);
+		return;
+	}
+	*uid = c->o->uid >= 0 ? (uid_t)c->o->uid : 0;
+	*gid = c->o->gid >= 0 ? (gid_t)c->o->gid : 0;
+}
+
 static int write_data(struct tx_ctx *c, int fd, const char *rel, struct herr *err)
 {
 	const void *buf;
@@ -281,6 +307,8 @@ static int put_file(struct tx_ctx *c, struct archive_entry *e, const char *rel,
 	_cleanup_close_ int fd = -1;
 	mode_t mode = c->o->mode >= 0 ? (mode_t)c->o->mode :
 		(mode_t)(archive_entry_perm(e) & 07777);
+	uid_t uid;
+	gid_t gid;
 	int rc;
 
 	if (parent < 0)
@@ -298,9 +326,8 @@ static int put_file(struct tx_ctx *c, struct archive_entry *e, const char *rel,
 	if (rc < 0)
 		return rc;
 	/* Sparse tails: the size is the entry's, not the last block's end. */
-	if (ftruncate(fd, archive_entry_size(e)) < 0 ||
-	    fchown(fd, c->o->uid >= 0 ? (uid_t)c->o->uid : 0,
-		   c->o->gid >= 0 ? (gid_t)c->o->gid : 0) < 0 ||
+	entry_owner(c, e, &uid, &gid);
+	if (ftruncate(fd, archive_entry_size(e)) < 0 || fchown(fd, uid, gid) < 0 ||
 	    fchmod(fd, mode) < 0)
 		return herr_sys(err, -errno, "finishing '%.200s'", rel);
 	return 0;
@@ -312,9 +339,16 @@ static int put_dir(struct tx_ctx *c, struct archive_entry *e, const char *rel,
 	const char *name;
 	_cleanup_close_ int parent = -1;
 	struct stat st;
+	mode_t mode = (mode_t)(archive_entry_perm(e) & 07777);
+	uid_t uid;
+	gid_t gid;
 
 	if (!*rel)
 		return 0; /* the layer root keeps its own metadata */
+	/* A COPY keeps its folders usable by their owner; an image is exact. */
+	if (!c->o->image_layer)
+		mode |= 0700;
+	entry_owner(c, e, &uid, &gid);
 	parent = open_parent(c->layer, rel, &name, err);
 	if (parent < 0)
 		return parent;
@@ -325,9 +359,8 @@ static int put_dir(struct tx_ctx *c, struct archive_entry *e, const char *rel,
 			return herr_set(err, -EEXIST, "archive entry '%.200s': a non-folder of "
 					"that name exists", rel);
 	}
-	if (fchownat(parent, name, c->o->uid >= 0 ? (uid_t)c->o->uid : 0,
-		     c->o->gid >= 0 ? (gid_t)c->o->gid : 0, AT_SYMLINK_NOFOLLOW) < 0 ||
-	    fchmodat(parent, name, (mode_t)(archive_entry_perm(e) & 07777) | 0700, 0) < 0)
+	if (fchownat(parent, name, uid, gid, AT_SYMLINK_NOFOLLOW) < 0 ||
+	    fchmodat(parent, name, mode, 0) < 0)
 		return herr_sys(err, -errno, "setting up folder '%.200s'", rel);
 	return 0;
 }
@@ -337,10 +370,13 @@ static int put_symlink(struct tx_ctx *c, struct archive_entry *e, const char *re
 {
 	const char *name, *target = archive_entry_symlink(e);
 	_cleanup_close_ int parent = open_parent(c->layer, rel, &name, err);
+	uid_t uid;
+	gid_t gid;
 	int rc;
 
 	if (parent < 0)
 		return parent;
+	entry_owner(c, e, &uid, &gid);
 	if (!target || !*target || strlen(target) >= TX_PATH_MAX)
 		return herr_set(err, -EINVAL, "archive entry '%.200s': bad symlink target", rel);
 	rc = clear_slot(parent, name, rel, err);
@@ -348,8 +384,7 @@ static int put_symlink(struct tx_ctx *c, struct archive_entry *e, const char *re
 		return rc;
 	if (symlinkat(target, parent, name) < 0)
 		return herr_sys(err, -errno, "creating symlink '%.200s'", rel);
-	if (fchownat(parent, name, c->o->uid >= 0 ? (uid_t)c->o->uid : 0,
-		     c->o->gid >= 0 ? (gid_t)c->o->gid : 0, AT_SYMLINK_NOFOLLOW) < 0)
+	if (fchownat(parent, name, uid, gid, AT_SYMLINK_NOFOLLOW) < 0)
 		return herr_sys(err, -errno, "owner of symlink '%.200s'", rel);
 	return 0;
 }
@@ -386,6 +421,80 @@ static int put_hardlink(struct tx_ctx *c, const char *link, const char *rel,
 	return 0;
 }
 
+#define WH_PREFIX ".wh."
+#define WH_OPAQUE ".wh..wh..opq"
+
+/* ".wh..wh..opq" in a folder: the folder hides every lower entry. */
+static int put_opaque(struct tx_ctx *c, const char *dir, struct herr *err)
+{
+	_cleanup_close_ int fd = open_beneath(c->layer, dir, O_RDONLY | O_DIRECTORY);
+
+	if (fd < 0)
+		return herr_sys(err, -errno, "opaque mark in '%.200s': folder cannot be reached "
+				"without following a link", *dir ? dir : "/");
+	if (fsetxattr(fd, "user.overlay.opaque", "y", 1, 0) < 0)
+		return herr_sys(err, -errno, "marking '%.200s' opaque", *dir ? dir : "/");
+	return 0;
+}
+
+/* ".wh.name": name is deleted by this layer (overlay's 0/0 character device). */
+static int put_whiteout(struct tx_ctx *c, const char *rel, struct herr *err)
+{
+	const char *name;
+	_cleanup_close_ int parent = open_parent(c->layer, rel, &name, err);
+	int rc;
+
+	if (parent < 0)
+		return parent;
+	rc = clear_slot(parent, name, rel, err);
+	if (rc < 0)
+		return rc;
+	if (mknodat(parent, name, S_IFCHR | 0600, makedev(0, 0)) < 0)
+		return herr_sys(err, -errno, "whiteout '%.200s'", rel);
+	return 0;
+}
+
+/*
+ * Handles an image entry whose last part starts with ".wh.": 1 when it was
+ * a whiteout (done), 0 when not one, negative on error. clean is the
+ * member's cleaned path, which for image layers is also its layer path.
+ */
+static int image_whiteout(struct tx_ctx *c, const char *clean, struct herr *err)
+{
+	char dir[TX_PATH_MAX], target[TX_PATH_MAX];
+	const char *slash = strrchr(clean, '/');
+	const char *base = slash ? slash + 1 : clean;
+	size_t dl = slash ? (size_t)(slash - clean) : 0;
+	int rc;
+
+	if (strncmp(base, WH_PREFIX, strlen(WH_PREFIX)) != 0)
+		return 0;
+	memcpy(dir, clean, dl);
+	dir[dl] = '\0';
+	if (dl) {
+		snprintf(target, sizeof(target), "%s/x", dir);
+		rc = make_parents(c->layer, target, c->o, err);
+		if (rc < 0)
+			return rc;
+	}
+	if (strcmp(base, WH_OPAQUE) == 0) {
+		rc = put_opaque(c, dir, err);
+		return rc < 0 ? rc : 1;
+	}
+	base += strlen(WH_PREFIX);
+	/* ".wh..wh.*" other than the opaque mark are aufs internals: no meaning. */
+	if (strncmp(base, WH_PREFIX, strlen(WH_PREFIX)) == 0) {
+		log_info("template", NULL, "%s: aufs entry '%.200s' skipped",
+			 c->o->what ? c->o->what : "layer", clean);
+		return 1;
+	}
+	if (!*base || !strcmp(base, ".") || !strcmp(base, ".."))
+		return herr_set(err, -EINVAL, "archive entry '%.200s': bad whiteout", clean);
+	snprintf(target, sizeof(target), "%s%s%s", dir, dl ? "/" : "", base);
+	rc = put_whiteout(c, target, err);
+	return rc < 0 ? rc : 1;
+}
+
 static int put_entry(struct tx_ctx *c, struct archive_entry *e, struct herr *err)
 {
 	char clean[TX_PATH_MAX], rel[TX_PATH_MAX];
@@ -398,6 +507,19 @@ static int put_entry(struct tx_ctx *c, struct archive_entry *e, struct herr *err
 	rc = tx_clean_path(raw, clean, sizeof(clean), err);
 	if (rc < 0)
 		return rc;
+	if (c->o->image_layer) {
+		rc = image_whiteout(c, clean, err);
+		if (rc != 0)
+			return rc < 0 ? rc : 0;
+		if (archive_entry_hardlink(e) == NULL && type != AE_IFREG &&
+		    type != AE_IFDIR && type != AE_IFLNK) {
+			/* The runtime gives every sandbox its own /dev. */
+			log_warn("template", NULL, "%s: '%.200s' skipped: devices, fifos and "
+				 "sockets are not imported", c->o->what ? c->o->what : "layer",
+				 clean);
+			return 0;
+		}
+	}
 	if (archive_entry_hardlink(e) == NULL && type != AE_IFREG && type != AE_IFDIR &&
 	    type != AE_IFLNK)
 		return herr_set(err, -EPERM, "archive entry '%.200s': devices, fifos and "
@@ -437,6 +559,10 @@ int tx_extract(int archive_fd, int layer_fd, const struct tx_opts *o, struct her
 		return herr_set(err, -ENOMEM, "out of memory");
 	/* Only tar, plain or gzip: the SDK sends nothing else. */
 	archive_read_support_filter_gzip(c.a);
+	/* Image layers may be zstd (OCI tar+zstd); libarchive decodes it in
+	 * process, unlike filters that run an outside program. */
+	if (o->image_layer)
+		archive_read_support_filter_zstd(c.a);
 	archive_read_support_format_tar(c.a);
 	archive_read_support_format_gnutar(c.a);
 	if (archive_read_open_fd(c.a, archive_fd, 64 * 1024) != ARCHIVE_OK) {

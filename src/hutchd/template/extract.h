@@ -9,6 +9,7 @@
 #ifndef HUTCH_TPL_EXTRACT_H
 #define HUTCH_TPL_EXTRACT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -29,6 +30,14 @@ struct tx_opts {
 	 * new layer does not change /home/user into a root-owned folder. */
 	const int *lower_fds;
 	size_t n_lower;
+	/* An image layer (docker save / OCI, with src "" and dest "/"): owners
+	 * and folder modes come from the archive, OCI whiteouts (".wh.name",
+	 * ".wh..wh..opq") become overlay whiteouts (a 0/0 character device)
+	 * and opaque folders (user.overlay.opaque=y), and devices, fifos and
+	 * sockets are skipped with a warning instead of failing the layer
+	 * (images often carry /dev nodes the runtime provides anyway). */
+	bool image_layer;
+	const char *what;  /* names the archive in log lines, e.g. a digest */
 };
 
 /*
@@ -37,6 +46,14 @@ struct tx_opts {
  * naming the offending entry.
  */
 int tx_extract(int archive_fd, int layer_fd, const struct tx_opts *o, struct herr *err);
+
+/*
+ * Opens path beneath the folder root with openat2(RESOLVE_BENEATH |
+ * RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV): no
+ * component may be a symlink or leave root. "" opens root itself.
+ * Returns the fd or -1 with errno set.
+ */
+int tx_open_beneath(int root, const char *path, int flags);
 
 /*
  * Normalises an archive member name: strips "./" and empty components;

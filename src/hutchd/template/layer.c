@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
@@ -31,6 +32,40 @@ static void hex(const unsigned char *d, size_t n, char *out)
 		snprintf(out + 2 * i, 3, "%02x", d[i]);
 }
 
+static int open_lock(const char *data_dir, struct herr *err)
+{
+	char path[4096];
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/layers/.lock", data_dir);
+	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+	return fd < 0 ? herr_sys(err, -errno, "opening %s", path) : fd;
+}
+
+int layer_store_hold(const char *data_dir, struct herr *err)
+{
+	int fd = open_lock(data_dir, err);
+
+	if (fd >= 0 && flock(fd, LOCK_SH) < 0) {
+		close(fd);
+		return herr_sys(err, -errno, "locking %s/layers", data_dir);
+	}
+	return fd;
+}
+
+int layer_store_lock_all(const char *data_dir, struct herr *err)
+{
+	int fd = open_lock(data_dir, err);
+
+	if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) < 0) {
+		int e = errno;
+		close(fd);
+		return e == EWOULDBLOCK ? herr_set(err, -EBUSY, "a build or import is writing "
+						   "layers") : herr_sys(err, -e, "locking layers");
+	}
+	return fd;
+}
+
 int layer_store_init(const char *data_dir, struct herr *err)
 {
 	char path[4096];
@@ -47,6 +82,11 @@ int layer_store_init(const char *data_dir, struct herr *err)
 	/* Layers hold setuid files owned by host ids: no host user may enter. */
 	if (fchmod(fd, 0700) < 0)
 		return herr_sys(err, -errno, "chmod %s", path);
+	/* Leftovers of a dead process only: a live build or import holds the
+	 * store lock shared, and its temporary folder must stay. */
+	_cleanup_close_ int lock = layer_store_lock_all(data_dir, NULL);
+	if (lock < 0)
+		return 0;
 	d = fdopendir(dup(fd));
 	if (!d)
 		return herr_sys(err, -errno, "listing %s", path);

@@ -49,6 +49,17 @@ int layer_path(const char *data_dir, const char *hash, char *out, size_t cap,
 int layer_register_external(const char *data_dir, const char *dir, const char *marker,
 			    char hash[LAYER_HASH_HEX], struct herr *err);
 
+/*
+ * The store lock (layers/.lock, flock): work that makes layers not yet
+ * named by a template (a build, an import, a pull) holds it shared until
+ * its result is registered; GC and the start-up removal of leftover
+ * temporary folders take it exclusive without waiting, and skip their
+ * work when a holder exists. Returns the fd to close when done.
+ */
+int layer_store_hold(const char *data_dir, struct herr *err);
+/* -EBUSY when someone holds the store; else the fd of the exclusive lock. */
+int layer_store_lock_all(const char *data_dir, struct herr *err);
+
 /* Removes a tree without following symlinks or leaving the file system. */
 int layer_remove_tree(int parent_fd, const char *name, struct herr *err);
 

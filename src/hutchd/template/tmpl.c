@@ -16,12 +16,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/file.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "cleanup.h"
+#include "image.h"
 #include "log.h"
 
 #define MAX_TAGS 32
@@ -85,12 +87,67 @@ int tmpl_save_json(const char *path, json_t *j, struct herr *err)
 	return 0;
 }
 
+static void note_stamp(struct tmpl_mgr *m, const char *path)
+{
+	struct stat st;
+
+	if (stat(path, &st) == 0) {
+		m->reg_mtime = st.st_mtim;
+		m->reg_ino = st.st_ino;
+	}
+}
+
 static int save_registry(struct tmpl_mgr *m, struct herr *err)
 {
 	char path[4096];
+	int rc;
 
 	path_in(m, path, sizeof(path), "registry.json");
-	return tmpl_save_json(path, m->reg, err);
+	rc = tmpl_save_json(path, m->reg, err);
+	if (rc == 0)
+		note_stamp(m, path);
+	return rc;
+}
+
+/* Another process saved the registry (a rename: new inode): read it again. */
+static void reload_if_changed(struct tmpl_mgr *m)
+{
+	char path[4096];
+	struct stat st;
+	json_error_t je;
+	json_t *fresh;
+
+	path_in(m, path, sizeof(path), "registry.json");
+	if (stat(path, &st) < 0 || (st.st_ino == m->reg_ino &&
+				    st.st_mtim.tv_sec == m->reg_mtime.tv_sec &&
+				    st.st_mtim.tv_nsec == m->reg_mtime.tv_nsec))
+		return;
+	fresh = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
+	if (!fresh || !json_is_object(json_object_get(fresh, "templates"))) {
+		log_error("template", NULL, "%s changed but cannot be read (line %d: %s); "
+			  "keeping the copy in memory", path, je.line, je.text);
+		json_decref(fresh);
+		return;
+	}
+	json_decref(m->reg);
+	m->reg = fresh;
+	m->reg_mtime = st.st_mtim;
+	m->reg_ino = st.st_ino;
+}
+
+void reg_enter(struct tmpl_mgr *m)
+{
+	pthread_mutex_lock(&m->lock);
+	/* Blocking is short: holders only read or rewrite one JSON file. */
+	if (m->reg_lock_fd >= 0 && flock(m->reg_lock_fd, LOCK_EX) == 0)
+		reload_if_changed(m);
+}
+
+void reg_leave(struct tmpl_mgr *m)
+{
+	if (m->reg_lock_fd >= 0)
+		flock(m->reg_lock_fd, LOCK_UN);
+	pthread_mutex_unlock(&m->lock);
 }
 
 static int random_chars(char *out, size_t n, const char *alphabet, struct herr *err)
@@ -174,7 +231,8 @@ static void tbuild_free(struct tbuild *b)
 
 static int ensure_dirs(struct tmpl_mgr *m, struct herr *err)
 {
-	static const char *const sub[] = { "", "builds", "files", "cache" };
+	static const char *const sub[] = { "", "builds", "files", "cache", "images",
+					   "images/layers" };
 	char path[4096];
 
 	for (size_t i = 0; i < sizeof(sub) / sizeof(sub[0]); i++) {
@@ -182,6 +240,10 @@ static int ensure_dirs(struct tmpl_mgr *m, struct herr *err)
 		if (mkdir(path, 0700) < 0 && errno != EEXIST)
 			return herr_sys(err, -errno, "creating %s", path);
 	}
+	path_in(m, path, sizeof(path), "registry.lock");
+	m->reg_lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (m->reg_lock_fd < 0)
+		return herr_sys(err, -errno, "opening %s", path);
 	return layer_store_init(m->data_dir, err);
 }
 
@@ -217,6 +279,9 @@ static int load_registry(struct tmpl_mgr *m, struct herr *err)
 	}
 	if (!m->reg || !json_is_object(templates(m)))
 		return herr_set(err, -EINVAL, "%s: no 'templates' object", path);
+	note_stamp(m, path);
+	if (m->cfg.tool)
+		return 0;
 	fail_orphan_builds(m);
 	return save_registry(m, err);
 }
@@ -241,9 +306,15 @@ int tmpl_open(const struct tmpl_config *cfg, struct tmpl_mgr **out, struct herr 
 	m->cfg.data_dir = m->data_dir;
 	m->cfg.template_dir = m->template_dir;
 	m->cfg.agent_dir = m->agent_dir;
+	m->reg_lock_fd = -1;
 	rc = ensure_dirs(m, err);
-	if (rc == 0)
+	if (rc == 0) {
+		reg_enter(m);
+		json_decref(m->reg);
+		m->reg = NULL;
 		rc = load_registry(m, err);
+		reg_leave(m);
+	}
 	if (rc < 0) {
 		tmpl_close(m);
 		return herr_wrap(err, "templates");
@@ -267,6 +338,8 @@ void tmpl_close(struct tmpl_mgr *m)
 		tbuild_free(b);
 	}
 	json_decref(m->reg);
+	if (m->reg_lock_fd >= 0)
+		close(m->reg_lock_fd);
 	pthread_mutex_destroy(&m->lock);
 	pthread_cond_destroy(&m->idle);
 	free(m->data_dir);
@@ -409,7 +482,7 @@ int tmpl_request(struct tmpl_mgr *m, int64_t team, json_t *body, json_t **reply,
 		json_decref(tags);
 		return rc;
 	}
-	pthread_mutex_lock(&m->lock);
+	reg_enter(m);
 	rc = claim_template(m, team, r.name, &tid, &t, err);
 	b = rc == 0 ? tbuild_new(bid, tid, team) : NULL;
 	if (rc == 0 && !b)
@@ -433,7 +506,7 @@ int tmpl_request(struct tmpl_mgr *m, int64_t team, json_t *body, json_t **reply,
 	} else if (b) {
 		tbuild_free(b);
 	}
-	pthread_mutex_unlock(&m->lock);
+	reg_leave(m);
 	json_decref(tags);
 	return rc;
 }
@@ -471,9 +544,9 @@ int tmpl_file_present(struct tmpl_mgr *m, int64_t team, const char *template_id,
 
 	if (rc < 0)
 		return rc;
-	pthread_mutex_lock(&m->lock);
+	reg_enter(m);
 	rc = own_template(m, team, template_id, &tid, &t, err);
-	pthread_mutex_unlock(&m->lock);
+	reg_leave(m);
 	if (rc < 0)
 		return rc;
 	files_path(m, team, hash, path, sizeof(path));
@@ -621,7 +694,7 @@ int tmpl_build_start(struct tmpl_mgr *m, int64_t team, const char *template_id,
 		return rc;
 	if (!tref_is_uuid(build_id))
 		return herr_set(err, -EINVAL, "build id '%.64s' is not a UUID", build_id);
-	pthread_mutex_lock(&m->lock);
+	reg_enter(m);
 	rc = own_template(m, team, template_id, &tid, &t, err);
 	entry = rc == 0 ? json_object_get(json_object_get(t, "builds"), build_id) : NULL;
 	b = find_build(m, build_id);
@@ -653,7 +726,7 @@ int tmpl_build_start(struct tmpl_mgr *m, int64_t team, const char *template_id,
 		}
 		pthread_attr_destroy(&attr);
 	}
-	pthread_mutex_unlock(&m->lock);
+	reg_leave(m);
 	return rc;
 }
 
@@ -686,7 +759,7 @@ void tb_finish(struct tmpl_mgr *m, struct tbuild *b, bool ok, const char *step,
 	size_t i;
 	char ts[48];
 
-	pthread_mutex_lock(&m->lock);
+	reg_enter(m);
 	t = json_object_get(templates(m), b->tid);
 	entry = t ? json_object_get(json_object_get(t, "builds"), b->id) : NULL;
 	snprintf(b->status, sizeof(b->status), "%s", ok ? "ready" : "error");
@@ -708,7 +781,7 @@ void tb_finish(struct tmpl_mgr *m, struct tbuild *b, bool ok, const char *step,
 	if (save_registry(m, NULL) < 0)
 		log_error("template", NULL, "build %s: the registry could not be saved",
 			  b->id);
-	pthread_mutex_unlock(&m->lock);
+	reg_leave(m);
 	log_info("template", NULL, "build %s of %s: %s%s%s", b->id, b->tid,
 		 ok ? "ready" : "error", ok ? "" : ": ", ok ? "" : message);
 }
@@ -722,13 +795,13 @@ int tmpl_build_status(struct tmpl_mgr *m, int64_t team, const char *template_id,
 	struct tbuild *b;
 	int rc;
 
-	pthread_mutex_lock(&m->lock);
+	reg_enter(m);
 	rc = own_template(m, team, template_id, &tid, &t, err);
 	entry = rc == 0 ? json_object_get(json_object_get(t, "builds"), build_id) : NULL;
 	if (rc == 0 && !entry)
 		rc = herr_set(err, -EINVAL, "Build '%.64s' not found", build_id);
 	if (rc < 0) {
-		pthread_mutex_unlock(&m->lock);
+		reg_leave(m);
 		return rc;
 	}
 	b = find_build(m, build_id);
@@ -752,7 +825,7 @@ int tmpl_build_status(struct tmpl_mgr *m, int64_t team, const char *template_id,
 	else if (!b && json_object_get(entry, "reason"))
 		json_object_set_new(*reply, "reason", json_pack("{s:O}", "message",
 			json_object_get(entry, "reason")));
-	pthread_mutex_unlock(&m->lock);
+	reg_leave(m);
 	return *reply ? 0 : herr_set(err, -ENOMEM, "out of memory");
 }
 
@@ -772,7 +845,7 @@ int tmpl_alias(struct tmpl_mgr *m, int64_t team, const char *alias, json_t **rep
 		*reply = json_pack("{s:s,s:b}", "templateID", "base", "public", 1);
 		return 0;
 	}
-	pthread_mutex_lock(&m->lock);
+	reg_enter(m);
 	t = r.ns[0] ? NULL : find_template(m, r.name, &tid);
 	if (!t)
 		rc = herr_set(err, -ENOENT, "template alias '%s' not found", r.name);
@@ -781,7 +854,7 @@ int tmpl_alias(struct tmpl_mgr *m, int64_t team, const char *alias, json_t **rep
 			      r.name);
 	else
 		*reply = json_pack("{s:s,s:b}", "templateID", tid, "public", 0);
-	pthread_mutex_unlock(&m->lock);
+	reg_leave(m);
 	return rc;
 }
 
@@ -811,7 +884,7 @@ int tmpl_tags_assign(struct tmpl_mgr *m, int64_t team, json_t *body, json_t **re
 		rc = tags_list_arg(body, &tags, err);
 	if (rc < 0)
 		return rc;
-	pthread_mutex_lock(&m->lock);
+	reg_enter(m);
 	rc = own_template(m, team, r.name, &tid, &t, err);
 	src = rc == 0 ? json_object_get(json_object_get(t, "tags"),
 					r.tag[0] ? r.tag : "default") : NULL;
@@ -828,7 +901,7 @@ int tmpl_tags_assign(struct tmpl_mgr *m, int64_t team, json_t *body, json_t **re
 						      "createdAt", ts));
 		rc = save_registry(m, err);
 	}
-	pthread_mutex_unlock(&m->lock);
+	reg_leave(m);
 	json_decref(tags);
 	return rc;
 }
@@ -848,7 +921,7 @@ int tmpl_tags_remove(struct tmpl_mgr *m, int64_t team, json_t *body, struct herr
 		rc = tags_list_arg(body, &tags, err);
 	if (rc < 0)
 		return rc;
-	pthread_mutex_lock(&m->lock);
+	reg_enter(m);
 	rc = own_template(m, team, r.name, &tid, &t, err);
 	json_array_foreach(tags, i, tag)
 		if (rc == 0 && json_object_del(json_object_get(t, "tags"),
@@ -857,7 +930,7 @@ int tmpl_tags_remove(struct tmpl_mgr *m, int64_t team, json_t *body, struct herr
 				      json_string_value(tag));
 	if (rc == 0)
 		rc = save_registry(m, err);
-	pthread_mutex_unlock(&m->lock);
+	reg_leave(m);
 	json_decref(tags);
 	return rc;
 }
@@ -869,7 +942,7 @@ int tmpl_tags_list(struct tmpl_mgr *m, int64_t team, const char *template_id,
 	json_t *t, *v;
 	int rc;
 
-	pthread_mutex_lock(&m->lock);
+	reg_enter(m);
 	rc = own_template(m, team, template_id, &tid, &t, err);
 	if (rc == 0) {
 		*reply = json_array();
@@ -878,7 +951,7 @@ int tmpl_tags_list(struct tmpl_mgr *m, int64_t team, const char *template_id,
 				"buildID", json_object_get(v, "buildID"),
 				"createdAt", json_object_get(v, "createdAt")));
 	}
-	pthread_mutex_unlock(&m->lock);
+	reg_leave(m);
 	return rc;
 }
 
@@ -888,7 +961,7 @@ int tmpl_delete(struct tmpl_mgr *m, int64_t team, const char *ref, struct herr *
 	json_t *t, *b;
 	int rc;
 
-	pthread_mutex_lock(&m->lock);
+	reg_enter(m);
 	rc = own_template(m, team, ref, &tid, &t, err);
 	if (rc == 0)
 		json_object_foreach(json_object_get(t, "builds"), bid, b)
@@ -902,7 +975,95 @@ int tmpl_delete(struct tmpl_mgr *m, int64_t team, const char *ref, struct herr *
 		json_object_del(templates(m), id);
 		rc = save_registry(m, err);
 	}
-	pthread_mutex_unlock(&m->lock);
+	reg_leave(m);
+	return rc;
+}
+
+/* ---- image import ---- */
+
+/* Checks that a build result makes a usable template (user, workdir, env). */
+static int check_result(json_t *res, struct herr *err)
+{
+	_cleanup_free_ char *text = json_dumps(res, JSON_COMPACT);
+	struct lc_template t = { 0 };
+	int rc;
+
+	if (!text)
+		return herr_set(err, -ENOMEM, "out of memory");
+	rc = tpl_parse(text, strlen(text), &t, err);
+	tpl_clear(&t);
+	return rc;
+}
+
+/*
+ * Publishes a finished result as a ready build of the template name (the
+ * result file first, then the registry): the same order as a build.
+ */
+static int publish_result(struct tmpl_mgr *m, int64_t team, const char *name_tag,
+			  json_t *res, const char *source, json_t **reply, struct herr *err)
+{
+	char bid[BUILD_ID_LEN + 1], path[4096], ts[48];
+	json_t *tags = NULL, *t, *tag;
+	const char *tid;
+	struct tref r;
+	size_t i;
+	int rc = tref_parse(name_tag, &r, err);
+
+	if (rc == 0 && r.ns[0])
+		rc = herr_set(err, -EINVAL, "template namespaces ('%s/') are not supported",
+			      r.ns);
+	if (rc == 0)
+		rc = collect_tags(NULL, r.tag, &tags, err);
+	if (rc == 0)
+		rc = new_uuid(bid, err);
+	if (rc == 0) {
+		path_in(m, path, sizeof(path), "builds/%s.json", bid);
+		rc = tmpl_save_json(path, res, err);
+	}
+	if (rc < 0) {
+		json_decref(tags);
+		return rc;
+	}
+	reg_enter(m);
+	rc = claim_template(m, team, r.name, &tid, &t, err);
+	if (rc == 0) {
+		rfc3339(now_ms(), ts);
+		json_object_set_new(json_object_get(t, "builds"), bid, json_pack(
+			"{s:s,s:I,s:O,s:s}", "status", "ready", "createdAt", (json_int_t)now_ms(),
+			"tags", tags, "source", source));
+		json_array_foreach(tags, i, tag)
+			json_object_set_new(json_object_get(t, "tags"), json_string_value(tag),
+					    json_pack("{s:s,s:s}", "buildID", bid,
+						      "createdAt", ts));
+		rc = save_registry(m, err);
+	}
+	if (rc == 0)
+		*reply = json_pack("{s:s,s:s,s:O,s:O,s:O}", "templateID", tid, "buildID", bid,
+				   "names", json_object_get(t, "names"), "tags", tags,
+				   "layers", json_object_get(res, "layers"));
+	reg_leave(m);
+	if (rc < 0)
+		unlink(path);
+	json_decref(tags);
+	return rc;
+}
+
+int tmpl_import(struct tmpl_mgr *m, int64_t team, const char *name, const char *path,
+		json_t **reply, struct herr *err)
+{
+	uint64_t max = m->cfg.max_image_bytes ? m->cfg.max_image_bytes : 16ULL << 30;
+	_cleanup_close_ int hold = layer_store_hold(m->data_dir, err);
+	json_t *res = NULL;
+	int rc;
+
+	if (hold < 0)
+		return hold;
+	rc = img_import_path(m->data_dir, path, max, &res, err);
+	if (rc == 0)
+		rc = check_result(res, err);
+	if (rc == 0)
+		rc = publish_result(m, team, name, res, path, reply, err);
+	json_decref(res);
 	return rc;
 }
 
@@ -1004,7 +1165,7 @@ int tmpl_resolve(struct tmpl_mgr *m, int64_t team, const char *ref,
 	for (char *p = copy; *p; p++)
 		*p = (char)tolower((unsigned char)*p);
 	tag = strchr(ref, ':');
-	pthread_mutex_lock(&m->lock);
+	reg_enter(m);
 	t = find_template(m, copy, &tid);
 	/* Another team's template is answered as absent: its name says nothing. */
 	if (!t || team_of(t) != team)
@@ -1016,7 +1177,7 @@ int tmpl_resolve(struct tmpl_mgr *m, int64_t team, const char *ref,
 		snprintf(name, sizeof(name), "%.20s%.*s", tid, TPL_NAME_MAX - 20, tag);
 	else if (rc == 0)
 		snprintf(name, sizeof(name), "%.20s", tid);
-	pthread_mutex_unlock(&m->lock);
+	reg_leave(m);
 	if (rc == 0)
 		rc = tmpl_load_build(m, bid, &res, err);
 	if (rc == 0) {
@@ -1066,13 +1227,13 @@ int tmpl_from(struct tmpl_mgr *m, int64_t team, const char *ref, json_t **out,
 	copy[strcspn(copy, ":")] = '\0';
 	if (strcasecmp(copy, "base") == 0)
 		return from_base(m, out, err);
-	pthread_mutex_lock(&m->lock);
+	reg_enter(m);
 	t = find_template(m, copy, &tid);
 	if (t && team_of(t) != team)
 		rc = herr_set(err, -EPERM, "template '%.80s' belongs to another team", ref);
 	else
 		rc = ref_build(m, ref, bid, err);
-	pthread_mutex_unlock(&m->lock);
+	reg_leave(m);
 	if (rc < 0)
 		return rc;
 	return tmpl_load_build(m, bid, out, err);

@@ -41,6 +41,10 @@ struct tmpl_config {
 	unsigned step_timeout_s;   /* one RUN step */
 	unsigned ready_timeout_s;  /* the ready command, at build and at create */
 	unsigned max_builds;       /* builds running at once */
+	/* A `hutchd templates` command next to a possibly running daemon: it
+	 * neither fails the daemon's builds nor removes its temporary files. */
+	bool tool;
+	uint64_t max_image_bytes;  /* an image, uncompressed; 0 = 16 GiB */
 };
 
 struct tmpl_mgr;
@@ -88,6 +92,14 @@ int tmpl_tags_list(struct tmpl_mgr *m, int64_t team, const char *template_id,
 
 /* DELETE /templates/{id} (id or name). Layers stay for other templates. */
 int tmpl_delete(struct tmpl_mgr *m, int64_t team, const char *ref, struct herr *err);
+
+/*
+ * `hutchd templates import`: imports the image at path (image.h) as the
+ * template name[:tag] of team. reply gets {templateID, buildID, names,
+ * tags, layers}. The template becomes visible only once whole.
+ */
+int tmpl_import(struct tmpl_mgr *m, int64_t team, const char *name, const char *path,
+		json_t **reply, struct herr *err);
 
 /*
  * Resolves a reference to a built template of team (templates are private

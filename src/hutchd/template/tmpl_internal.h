@@ -3,6 +3,8 @@
 #define HUTCH_TPL_TMPL_INTERNAL_H
 
 #include <pthread.h>
+#include <sys/types.h>
+#include <time.h>
 
 #include "layer.h"
 #include "ref.h"
@@ -33,7 +35,17 @@ struct tmpl_mgr {
 	struct tbuild *builds;
 	unsigned running;       /* build threads alive */
 	bool stopping;
+	/* registry.json is shared with `hutchd templates` commands run next to
+	 * the daemon: every access holds an flock on tmpl/registry.lock and
+	 * reloads the file when another process replaced it (reg_stamp). */
+	int reg_lock_fd;
+	struct timespec reg_mtime;
+	ino_t reg_ino;
 };
+
+/* Takes m->lock and the registry file lock; reloads a changed registry. */
+void reg_enter(struct tmpl_mgr *m);
+void reg_leave(struct tmpl_mgr *m);
 
 /* Appends a log line (any thread; takes the lock). */
 void tb_log(struct tmpl_mgr *m, struct tbuild *b, const char *level, const char *step,
