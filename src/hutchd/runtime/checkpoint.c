@@ -14,8 +14,17 @@
  *  - the mounts the runtime makes from host objects (agent bundle, sysfs of
  *    the sandbox netns, the device nodes) are external mounts: on restore we
  *    provide equivalent objects under the same keys;
- *  - descriptors that refer to host files (the init's log and /dev/null from
- *    the keeper) are external files, reopened by us at restore;
+ *  - descriptors that refer to host files (/dev/null from the keeper) are
+ *    external files, reopened by us at restore; the pipe the init writes its
+ *    output into has its read end in the keeper, outside the tree: a new
+ *    keeper's pipe takes its place at restore (--inherit-fd);
+ *  - TCP connections are locked with CRIU's own nftables table inside the
+ *    sandbox netns (--network-lock=nftables): one table, named CRIU-*, that
+ *    hutchd can find and drop when a CRIU run is killed half-way;
+ *  - restore leaves the tasks stopped: CRIU's last step inside each task
+ *    (turning TCP repair mode off) fails there for want of CAP_NET_ADMIN
+ *    over the netns, so the keeper does it (release_tcp_repair) before the
+ *    tasks run again;
  *  - --freeze-cgroup on the sandbox's freezer stops every task atomically,
  *    fork storms included; --leave-stopped keeps them stopped after the dump
  *    so that we end them only once the images are durable.
@@ -25,6 +34,12 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h> /* before the linux headers: they defer to it */
+#include <netinet/tcp.h>
+#include <libmnl/libmnl.h>
+#include <libnftnl/table.h>
+#include <linux/netfilter.h>
+#include <linux/netfilter/nf_tables.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -34,9 +49,12 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/epoll.h>
+#include <sys/socket.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/wait.h>
@@ -53,6 +71,8 @@
 #define CKPT_RESTORING "checkpoint.restoring"
 #define CKPT_LOCK "checkpoint.lock"
 #define CKPT_EXT_FILES "hutch-ext-files" /* our own list, kept with the images */
+#define CKPT_NETNS_PIN "netns" /* <run_dir>/<id>/netns: the netns while paused */
+#define CRIU_LOCK_PREFIX "CRIU-" /* CRIU's nftables lock table, see the header */
 #define DEFAULT_GHOST_LIMIT (64ull << 20)
 #define DEFAULT_TIMEOUT_MS 120000u
 #define MAX_ARGS 96
@@ -75,10 +95,15 @@ static const struct ext_mount {
 #define N_EXT_MOUNTS (sizeof(ext_mounts) / sizeof(ext_mounts[0]))
 
 /* A host file held open inside the sandbox, and how to reopen it. */
-enum ext_kind { EXT_INIT_LOG, EXT_DEV_NULL };
+enum ext_kind { EXT_INIT_LOG, EXT_DEV_NULL, EXT_INIT_PIPE };
+
+static const char *const ext_kind_names[] = {
+	[EXT_INIT_LOG] = "init-log", [EXT_DEV_NULL] = "dev-null",
+	[EXT_INIT_PIPE] = "init-pipe",
+};
 
 struct ext_file {
-	char key[64];          /* file[mnt_id:inode], in CRIU's spelling */
+	char key[64];          /* file[mnt_id:inode] or pipe:[inode], CRIU's spelling */
 	enum ext_kind kind;
 };
 
@@ -420,19 +445,85 @@ static int wait_child(pid_t pid, unsigned ms, bool *timed_out)
 
 /* ---------- pause ---------- */
 
-/* Lists the host files held open by the sandbox's processes (the init's log
- * and the keeper's /dev/null), in CRIU's key spelling. Any other host file
- * would make the dump fail with CRIU's own message. */
+/* Collects the inodes of the pipes the keeper holds: the init's output. */
+static int keeper_pipes(pid_t keeper, ino_t *out, int max)
+{
+	char fdir[64], path[128];
+	struct dirent *e;
+	struct stat st;
+	int n = 0;
+
+	snprintf(fdir, sizeof(fdir), "/proc/%d/fd", keeper);
+	_cleanup_closedir_ DIR *d = keeper > 0 ? opendir(fdir) : NULL;
+	while (d && (e = readdir(d)) && n < max) {
+		snprintf(path, sizeof(path), "%s/%.32s", fdir, e->d_name);
+		if (e->d_name[0] != '.' && stat(path, &st) == 0 && S_ISFIFO(st.st_mode))
+			out[n++] = st.st_ino;
+	}
+	return n;
+}
+
+static unsigned fd_mnt_id(pid_t pid, const char *fd)
+{
+	char info[96], line[128];
+	unsigned mnt_id = 0;
+
+	snprintf(info, sizeof(info), "/proc/%d/fdinfo/%.32s", pid, fd);
+	_cleanup_fclose_ FILE *f = fopen(info, "re");
+	while (f && fgets(line, sizeof(line), f))
+		if (sscanf(line, "mnt_id: %u", &mnt_id) == 1)
+			break;
+	return mnt_id;
+}
+
+/* Names one descriptor in CRIU's spelling if it is a host object; 0 if not. */
+static int ext_key(pid_t pid, const char *fd, const struct stat *st, const struct stat *logst,
+		   const ino_t *kpipes, int n_kpipes, struct ext_file *out)
+{
+	if (S_ISFIFO(st->st_mode)) {
+		for (int i = 0; i < n_kpipes; i++)
+			if (kpipes[i] == st->st_ino) {
+				snprintf(out->key, sizeof(out->key), "pipe:[%llu]",
+					 (unsigned long long)st->st_ino);
+				out->kind = EXT_INIT_PIPE;
+				return 1;
+			}
+		return 0;
+	}
+	if (logst->st_ino && st->st_dev == logst->st_dev && st->st_ino == logst->st_ino)
+		out->kind = EXT_INIT_LOG;
+	else if (S_ISCHR(st->st_mode) && st->st_rdev == makedev(1, 3))
+		out->kind = EXT_DEV_NULL;
+	else
+		return 0;
+	/* The sandbox's own /dev/null is a bind on its own mount; only the
+	 * mount id tells the host's apart, and CRIU only looks up keys it
+	 * cannot resolve, so extra keys are harmless. */
+	unsigned mnt_id = fd_mnt_id(pid, fd);
+	if (!mnt_id)
+		return 0;
+	snprintf(out->key, sizeof(out->key), "file[%x:%llx]", mnt_id,
+		 (unsigned long long)st->st_ino);
+	return 1;
+}
+
+/* Lists the host objects held open by the sandbox's processes (the init's
+ * output pipe, the keeper's /dev/null; init.log of sandboxes started before
+ * the pipe), in CRIU's key spelling. Any other host file would make the dump
+ * fail with CRIU's own message. */
 static int find_ext_files(struct rt *rt, struct rt_sandbox *s, struct ext_file *out,
 			  int max, struct herr *err)
 {
 	char path[4096];
 	struct stat logst = { 0 }, st;
 	pid_t pids[512];
+	ino_t kpipes[16];
 	int n = 0;
 
 	sbx_path(rt, s->id, "init.log", path, sizeof(path));
-	bool have_log = stat(path, &logst) == 0;
+	if (stat(path, &logst) < 0)
+		logst.st_ino = 0;
+	int n_kpipes = keeper_pipes(s->keeper_pid, kpipes, 16);
 	int np = cgroup_pids(rt, s->id, pids, 512);
 	if (np < 0)
 		return herr_sys(err, np, "reading the tasks of sandbox '%s'", s->id);
@@ -442,41 +533,22 @@ static int find_ext_files(struct rt *rt, struct rt_sandbox *s, struct ext_file *
 		_cleanup_closedir_ DIR *d = opendir(fdir);
 		struct dirent *e;
 		while (d && (e = readdir(d))) {
+			struct ext_file f;
 			if (e->d_name[0] == '.')
 				continue;
-			snprintf(path, sizeof(path), "%s/%s", fdir, e->d_name);
-			if (stat(path, &st) < 0)
+			snprintf(path, sizeof(path), "%s/%.32s", fdir, e->d_name);
+			if (stat(path, &st) < 0 ||
+			    !ext_key(pids[i], e->d_name, &st, &logst, kpipes, n_kpipes, &f))
 				continue;
-			enum ext_kind kind;
-			if (have_log && st.st_dev == logst.st_dev && st.st_ino == logst.st_ino)
-				kind = EXT_INIT_LOG;
-			else if (S_ISCHR(st.st_mode) && st.st_rdev == makedev(1, 3))
-				kind = EXT_DEV_NULL;
-			else
-				continue;
-			/* The sandbox's own /dev/null is a bind on its own mount;
-			 * only the mount id tells the host's apart, and CRIU only
-			 * looks up keys it cannot resolve, so extra keys are harmless. */
-			char info[64], line[128];
-			unsigned mnt_id = 0;
-			snprintf(info, sizeof(info), "/proc/%d/fdinfo/%.16s", pids[i], e->d_name);
-			_cleanup_fclose_ FILE *f = fopen(info, "re");
-			while (f && fgets(line, sizeof(line), f))
-				if (sscanf(line, "mnt_id: %u", &mnt_id) == 1)
-					break;
-			char key[64];
-			snprintf(key, sizeof(key), "file[%x:%llx]", mnt_id,
-				 (unsigned long long)st.st_ino);
 			bool dup = false;
 			for (int j = 0; j < n; j++)
-				dup = dup || !strcmp(out[j].key, key);
-			if (dup || !mnt_id)
+				dup = dup || !strcmp(out[j].key, f.key);
+			if (dup)
 				continue;
 			if (n == max)
 				return herr_set(err, -E2BIG, "sandbox '%s': more than %d host files open",
 						s->id, max);
-			snprintf(out[n].key, sizeof(out[n].key), "%s", key);
-			out[n++].kind = kind;
+			out[n++] = f;
 		}
 	}
 	return n;
@@ -489,15 +561,29 @@ static int write_ext_files(const char *dir, const struct ext_file *f, int n, str
 
 	for (int i = 0; i < n; i++)
 		off += (size_t)snprintf(text + off, sizeof(text) - off, "%s %s\n", f[i].key,
-					f[i].kind == EXT_INIT_LOG ? "init-log" : "dev-null");
+					ext_kind_names[f[i].kind]);
 	snprintf(path, sizeof(path), "%.3900s/%s", dir, CKPT_EXT_FILES);
 	return rt_write_file(path, text, err);
+}
+
+/* "file[hex:hex]" or "pipe:[decimal]", nothing else. */
+static bool ext_key_valid(const char *key)
+{
+	size_t len = strlen(key);
+
+	if (!strncmp(key, "file[", 5))
+		return len > 6 && key[len - 1] == ']' &&
+		       strspn(key + 5, "0123456789abcdef:") == len - 6;
+	if (!strncmp(key, "pipe:[", 6))
+		return len > 7 && key[len - 1] == ']' &&
+		       strspn(key + 6, "0123456789") == len - 7;
+	return false;
 }
 
 static int read_ext_files(const char *dir, struct ext_file *f, int max, struct herr *err)
 {
 	char path[4096], key[64], kind[16];
-	int n = 0;
+	int n = 0, pipes = 0;
 
 	snprintf(path, sizeof(path), "%.3900s/%s", dir, CKPT_EXT_FILES);
 	_cleanup_fclose_ FILE *fp = fopen(path, "re");
@@ -505,16 +591,18 @@ static int read_ext_files(const char *dir, struct ext_file *f, int max, struct h
 		return herr_sys(err, -errno, "open %s", path);
 	while (n < max && fscanf(fp, "%63s %15s", key, kind) == 2) {
 		/* Our own file, but still checked: it names what we reopen. */
-		if (strncmp(key, "file[", 5) != 0 || strspn(key + 5, "0123456789abcdef:]") !=
-		    strlen(key + 5))
+		if (!ext_key_valid(key))
 			return herr_set(err, -EINVAL, "%s: bad key '%s'", path, key);
 		snprintf(f[n].key, sizeof(f[n].key), "%s", key);
-		if (!strcmp(kind, "init-log"))
-			f[n].kind = EXT_INIT_LOG;
-		else if (!strcmp(kind, "dev-null"))
-			f[n].kind = EXT_DEV_NULL;
-		else
+		size_t k = 0;
+		while (k < sizeof(ext_kind_names) / sizeof(ext_kind_names[0]) &&
+		       strcmp(kind, ext_kind_names[k]))
+			k++;
+		if (k == sizeof(ext_kind_names) / sizeof(ext_kind_names[0]))
 			return herr_set(err, -EINVAL, "%s: unknown kind '%s'", path, kind);
+		f[n].kind = (enum ext_kind)k;
+		if (f[n].kind == EXT_INIT_PIPE && ++pipes > 1)
+			return herr_set(err, -EINVAL, "%s: more than one init pipe", path);
 		n++;
 	}
 	return n;
@@ -533,13 +621,16 @@ static void dump_args(struct rt *rt, struct rt_sandbox *s, const struct rt_ckpt_
 	arg_add(a, "--images-dir=%s", dir);
 	arg_add(a, "--freeze-cgroup=%s", cg);
 	arg_add(a, "--tcp-established");
+	arg_add(a, "--network-lock=nftables");
 	arg_add(a, "--leave-stopped");
 	arg_add(a, "--ghost-limit=%llu", (unsigned long long)(o && o->ghost_limit ?
 				o->ghost_limit : DEFAULT_GHOST_LIMIT));
 	for (size_t i = 0; i < N_EXT_MOUNTS; i++)
 		arg_add(a, "--external=mnt[%s]:%s", ext_mounts[i].mountpoint, ext_mounts[i].key);
+	/* A pipe is dumped as a pipe; only host files are external. */
 	for (int i = 0; i < n_files; i++)
-		arg_add(a, "--external=%s", files[i].key);
+		if (files[i].kind != EXT_INIT_PIPE)
+			arg_add(a, "--external=%s", files[i].key);
 	arg_add(a, "--log-file=dump.log");
 	arg_add(a, "%s", o && o->verbose_log ? "-v4" : "-v2");
 }
@@ -579,6 +670,236 @@ static int run_dump(struct argv_buf *a, int netns, unsigned timeout_ms, const ch
 	return err ? err->code : -EIO;
 }
 
+/* ---------- undoing what a CRIU run leaves on the network ---------- */
+
+/*
+ * Turns TCP repair mode off on every socket of the sandbox that is in it.
+ * Sockets are taken with pidfd_getfd (we are root in the host user
+ * namespace, which owns the netns, so setsockopt(TCP_REPAIR) is allowed);
+ * only TCP sockets in repair mode answer TCP_REPAIR_WINDOW, so sockets not
+ * in repair mode, listeners and other families are left alone. Leaving
+ * repair mode resets SO_REUSEADDR, so it is saved and put back. A socket
+ * shared by several processes is met again and then skipped. Returns how
+ * many sockets were switched.
+ */
+static int release_tcp_repair(struct rt *rt, const char *id)
+{
+	pid_t pids[512];
+	int np = cgroup_pids(rt, id, pids, 512), released = 0;
+
+	for (int i = 0; i < np && i < 512; i++) {
+		char fdir[64], path[128], link[64];
+		snprintf(fdir, sizeof(fdir), "/proc/%d/fd", pids[i]);
+		_cleanup_close_ int pidfd = pidfd_of(pids[i]);
+		_cleanup_closedir_ DIR *d = pidfd >= 0 ? opendir(fdir) : NULL;
+		struct dirent *e;
+		while (d && (e = readdir(d))) {
+			snprintf(path, sizeof(path), "%s/%.32s", fdir, e->d_name);
+			ssize_t n = readlink(path, link, sizeof(link) - 1);
+			if (n <= 0)
+				continue;
+			link[n] = '\0';
+			if (strncmp(link, "socket:", 7) != 0)
+				continue;
+			int target = atoi(e->d_name);
+			_cleanup_close_ int sk = (int)syscall(SYS_pidfd_getfd, pidfd, target, 0);
+			struct tcp_repair_window w;
+			socklen_t wl = sizeof(w);
+			int reuse = 0, off = 0;
+			socklen_t rl = sizeof(reuse);
+			if (sk < 0 || getsockopt(sk, SOL_TCP, TCP_REPAIR_WINDOW, &w, &wl) < 0)
+				continue;
+			getsockopt(sk, SOL_SOCKET, SO_REUSEADDR, &reuse, &rl);
+			if (setsockopt(sk, SOL_TCP, TCP_REPAIR, &off, sizeof(off)) < 0) {
+				log_warn("runtime", id, "TCP repair off for pid %d fd %d: %s",
+					 pids[i], target, strerror(errno));
+				continue;
+			}
+			setsockopt(sk, SOL_SOCKET, SO_REUSEADDR, &reuse, sizeof(reuse));
+			released++;
+		}
+	}
+	return released;
+}
+
+/* Sends SIGCONT to every task of the sandbox (restore left them stopped). */
+static void continue_tasks(struct rt *rt, const char *id)
+{
+	pid_t pids[512];
+	int np = cgroup_pids(rt, id, pids, 512);
+
+	for (int i = 0; i < np && i < 512; i++) {
+		_cleanup_close_ int pidfd = pidfd_of(pids[i]);
+		if (pidfd >= 0)
+			syscall(SYS_pidfd_send_signal, pidfd, SIGCONT, NULL, 0);
+	}
+}
+
+struct lock_tables {
+	char names[8][64];
+	int n;
+};
+
+static int collect_lock_table(const struct nlmsghdr *nlh, void *data)
+{
+	struct lock_tables *lt = data;
+	struct nftnl_table *t = nftnl_table_alloc();
+
+	if (t && nftnl_table_nlmsg_parse(nlh, t) == 0) {
+		const char *name = nftnl_table_get_str(t, NFTNL_TABLE_NAME);
+		if (name && !strncmp(name, CRIU_LOCK_PREFIX, strlen(CRIU_LOCK_PREFIX)) &&
+		    lt->n < 8)
+			snprintf(lt->names[lt->n++], sizeof(lt->names[0]), "%s", name);
+	}
+	nftnl_table_free(t);
+	return MNL_CB_OK;
+}
+
+/* One request on a netlink socket, answers through cb (may be NULL). */
+static int nl_talk(struct mnl_socket *nl, struct nlmsghdr *nlh, mnl_cb_t cb, void *data)
+{
+	char buf[MNL_SOCKET_BUFFER_SIZE];
+	uint32_t portid = mnl_socket_get_portid(nl), seq = nlh->nlmsg_seq;
+
+	if (mnl_socket_sendto(nl, nlh, nlh->nlmsg_len) < 0)
+		return -errno;
+	for (;;) {
+		ssize_t n = mnl_socket_recvfrom(nl, buf, sizeof(buf));
+		if (n < 0)
+			return -errno;
+		int r = mnl_cb_run(buf, (size_t)n, seq, portid, cb, data);
+		if (r <= MNL_CB_STOP)
+			return r < 0 ? -errno : 0;
+	}
+}
+
+/* A netlink socket made inside the sandbox netns; it keeps acting there. */
+static struct mnl_socket *nl_in_netns(int netns)
+{
+	_cleanup_close_ int self = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+	struct mnl_socket *nl = NULL;
+
+	if (self < 0 || setns(netns, CLONE_NEWNET) < 0)
+		return NULL;
+	nl = mnl_socket_open(NETLINK_NETFILTER);
+	if (setns(self, CLONE_NEWNET) < 0)
+		log_error("runtime", NULL, "cannot return to own netns: %s", strerror(errno));
+	if (nl && mnl_socket_bind(nl, 0, MNL_SOCKET_AUTOPID) < 0) {
+		mnl_socket_close(nl);
+		nl = NULL;
+	}
+	return nl;
+}
+
+/*
+ * Drops CRIU's connection lock (its nftables table CRIU-<run id>) from the
+ * sandbox netns. Only after a CRIU run that did not finish: a finished dump
+ * leaves the lock on purpose until the restore removes it. Nothing in the
+ * sandbox can make a table there (the netns belongs to the host user
+ * namespace), so every CRIU-* table is CRIU's. Returns how many went.
+ */
+static int drop_criu_locks(const char *id, int netns)
+{
+	char buf[MNL_SOCKET_BUFFER_SIZE];
+	struct lock_tables lt = { .n = 0 };
+	struct mnl_socket *nl = netns >= 0 ? nl_in_netns(netns) : NULL;
+	int dropped = 0;
+
+	if (!nl)
+		return -EIO;
+	struct nlmsghdr *nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_GETTABLE, NFPROTO_INET,
+						     NLM_F_DUMP, (uint32_t)time(NULL));
+	if (nl_talk(nl, nlh, collect_lock_table, &lt) < 0)
+		lt.n = 0;
+	for (int i = 0; i < lt.n; i++) {
+		/* A table delete outside a batch is accepted by nf_tables. */
+		struct nftnl_table *t = nftnl_table_alloc();
+		if (!t)
+			break;
+		nftnl_table_set_str(t, NFTNL_TABLE_NAME, lt.names[i]);
+		nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_DELTABLE, NFPROTO_INET, NLM_F_ACK,
+					    (uint32_t)time(NULL) + 1 + (uint32_t)i);
+		nftnl_table_nlmsg_build_payload(nlh, t);
+		nftnl_table_free(t);
+		if (nl_talk(nl, nlh, NULL, NULL) == 0)
+			dropped++;
+		else
+			log_warn("runtime", id, "cannot drop nft table %s: %s", lt.names[i],
+				 strerror(errno));
+	}
+	mnl_socket_close(nl);
+	return dropped;
+}
+
+/* After a CRIU dump that did not finish: the connections work again. */
+static void undo_dump_network(struct rt *rt, struct rt_sandbox *s)
+{
+	int released = release_tcp_repair(rt, s->id);
+	int dropped = drop_criu_locks(s->id, s->net.fd);
+
+	if (released || dropped > 0)
+		log_info("runtime", s->id, "undid an unfinished dump: %d sockets out of repair, "
+			 "%d lock tables dropped", released, dropped);
+}
+
+/* ---------- the netns while paused ---------- */
+
+static void netns_pin_path(struct rt *rt, const char *id, char *buf, size_t len)
+{
+	snprintf(buf, len, "%s/%s/%s", rt->run_dir, id, CKPT_NETNS_PIN);
+}
+
+/*
+ * While paused nothing in the sandbox holds its netns (veth, address,
+ * firewall entries, CRIU's lock): only our descriptor does. A bind mount of
+ * the nsfs file under the runtime's run dir keeps it alive for a hutchd
+ * that restarts and re-adopts the sandbox. Removed on resume and by
+ * rt_checkpoint_remove.
+ */
+static int netns_pin(struct rt *rt, struct rt_sandbox *s, struct herr *err)
+{
+	char path[4096], src[64];
+
+	netns_pin_path(rt, s->id, path, sizeof(path));
+	int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd < 0)
+		return herr_sys(err, -errno, "create %s", path);
+	close(fd);
+	snprintf(src, sizeof(src), "/proc/self/fd/%d", s->net.fd);
+	if (mount(src, path, NULL, MS_BIND, NULL) < 0) {
+		int e = errno;
+		unlink(path);
+		return herr_sys(err, -e, "bind mount of the netns onto %s", path);
+	}
+	return 0;
+}
+
+static void netns_unpin(struct rt *rt, const char *id)
+{
+	char path[4096];
+
+	netns_pin_path(rt, id, path, sizeof(path));
+	while (umount2(path, MNT_DETACH | UMOUNT_NOFOLLOW) == 0)
+		;
+	unlink(path);
+}
+
+/* A restarted hutchd has no descriptor of a paused sandbox's netns. */
+static int netns_from_pin(struct rt *rt, const char *id)
+{
+	char path[4096];
+	struct statfs sfs;
+
+	netns_pin_path(rt, id, path, sizeof(path));
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	/* Only a mounted nsfs file is a netns; a plain file is a leftover. */
+	if (fd >= 0 && (fstatfs(fd, &sfs) < 0 || sfs.f_type != NSFS_MAGIC)) {
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
 /* After a failed or interrupted dump the tasks may still be frozen. */
 static void resume_running(struct rt *rt, const char *id)
 {
@@ -615,15 +936,18 @@ static void end_paused_processes(struct rt *rt, struct rt_sandbox *s)
 	pthread_mutex_unlock(&rt->lock);
 }
 
-/* Clears what an interrupted pause left: a partial image dir, frozen tasks. */
-static void recover_pause(struct rt *rt, const char *id)
+/* Clears what an interrupted pause left: a partial image dir, frozen tasks,
+ * sockets in repair mode and CRIU's network lock. */
+static void recover_pause(struct rt *rt, struct rt_sandbox *s)
 {
 	char tmp[4096], fin[4096];
+	const char *id = s->id;
 
 	sbx_path(rt, id, CKPT_TMP, tmp, sizeof(tmp));
 	sbx_path(rt, id, CKPT_FINAL, fin, sizeof(fin));
 	if (dir_exists(tmp)) {
 		remove_tree(tmp);
+		undo_dump_network(rt, s);
 		resume_running(rt, id);
 	}
 	/* Complete images and live tasks: the crash came between the rename
@@ -650,7 +974,7 @@ int rt_checkpoint(struct rt *rt, const char *id, const struct rt_ckpt_opts *opts
 		r = lock;
 		goto out;
 	}
-	recover_pause(rt, id);
+	recover_pause(rt, s);
 	if (s->state != RT_STATE_RUNNING || s->init_pidfd < 0) {
 		r = herr_set(err, -EINVAL, "sandbox '%s' is not running (state %s)", id,
 			     rt_state_name(s->state));
@@ -696,6 +1020,10 @@ int rt_checkpoint(struct rt *rt, const char *id, const struct rt_ckpt_opts *opts
 		snprintf(kept, sizeof(kept), "%s/checkpoint-failed.log", sdir);
 		rename(log, kept);
 		remove_tree(tmp);
+		/* A CRIU that was killed (or timed out) left the connections
+		 * in repair mode and locked; one that failed cleanly undid
+		 * both itself, and then this finds nothing. */
+		undo_dump_network(rt, s);
 		resume_running(rt, id);
 		log_warn("runtime", id, "pause failed, sandbox left running: %s",
 			 err ? err->msg : "");
@@ -713,10 +1041,18 @@ int rt_checkpoint(struct rt *rt, const char *id, const struct rt_ckpt_opts *opts
 		/* The images are not durable: the sandbox goes on running. */
 		rename(fin, tmp);
 		remove_tree(tmp);
+		/* CRIU finished: its lock stays for a restore that will not
+		 * come, so both are undone here. */
+		undo_dump_network(rt, s);
 		resume_running(rt, id);
+		continue_tasks(rt, id); /* --leave-stopped stopped them */
 		herr_sys(err, r, "making the images of '%s' durable", id);
 		goto out;
 	}
+	struct herr pin_err;
+	if (netns_pin(rt, s, &pin_err) < 0)
+		log_warn("runtime", id, "paused, but a hutchd restart will lose it: %s",
+			 pin_err.msg);
 	end_paused_processes(rt, s);
 	st.total_ms = now_ms() - t0;
 	log_info("runtime", id, "paused criu_ms=%llu sync_ms=%llu total_ms=%llu bytes=%llu",
@@ -735,6 +1071,7 @@ out:
 struct restore_report {
 	int code;
 	pid_t init_pid;
+	int repaired;           /* sockets taken out of TCP repair mode */
 	char msg[HERR_MSG_MAX];
 };
 
@@ -746,6 +1083,8 @@ struct restore_ctx {
 	const char *dir;        /* the images (checkpoint.restoring) */
 	char pidfile[4200];
 	int report_fd;
+	int out_r;              /* read end of the init's new output pipe, or -1 */
+	int log_fd;             /* init.log, written by the keeper, or -1 */
 	int file_fds[MAX_EXT_FILES];
 	struct ext_file files[MAX_EXT_FILES];
 	int n_files;
@@ -914,6 +1253,9 @@ static void restore_args(struct restore_ctx *c, const char *scratch, struct argv
 	arg_add(a, "--restore-detached");
 	arg_add(a, "--pidfile=%s", c->pidfile);
 	arg_add(a, "--tcp-established");
+	arg_add(a, "--network-lock=nftables");
+	/* The keeper turns TCP repair off, then lets the tasks run. */
+	arg_add(a, "--leave-stopped");
 	for (size_t i = 0; i < N_EXT_MOUNTS; i++) {
 		const char *m = ext_mounts[i].mountpoint;
 		if (!strcmp(m, RT_AGENT_MOUNT))
@@ -1001,12 +1343,17 @@ static void keeper_record_exit(struct rt *rt, const char *id, int wstatus)
  */
 static int keeper_own_fds(struct restore_ctx *c)
 {
-	int src[2 + MAX_EXT_FILES], n = 0;
+	int src[4 + MAX_EXT_FILES], n = 0;
 
 	src[n++] = c->report_fd;
 	src[n++] = c->s->net.fd;
 	for (int i = 0; i < c->n_files; i++)
 		src[n++] = c->file_fds[i];
+	/* Above CRIU's numbers: its child closes them before exec. */
+	if (c->out_r >= 0)
+		src[n++] = c->out_r;
+	if (c->log_fd >= 0)
+		src[n++] = c->log_fd;
 	/* Out of the way first, so that no target number clobbers a source. */
 	for (int i = 0; i < n; i++) {
 		src[i] = fcntl(src[i], F_DUPFD_CLOEXEC, 1000);
@@ -1022,66 +1369,140 @@ static int keeper_own_fds(struct restore_ctx *c)
 	c->s->net.fd = 4;
 	for (int i = 0; i < c->n_files; i++)
 		c->file_fds[i] = 5 + i;
+	int next = 5 + c->n_files;
+	if (c->out_r >= 0)
+		c->out_r = next++;
+	if (c->log_fd >= 0)
+		c->log_fd = next++;
 	null_stdio();
 	return 0;
 }
 
-/*
- * The new keeper: a child subreaper, so the init CRIU restores detached
- * becomes its child once CRIU exits; from then on it does what the
- * original keeper did: wait for the init and record how it ended.
- */
-static __attribute__((noreturn)) void restore_keeper(struct restore_ctx *c)
+/* CRIU failed or was killed: restored tasks it left behind were re-parented
+ * to us (a subreaper) and must not live on half-restored. Killing the
+ * sandbox's pid-namespace init ends the rest of the namespace. */
+static void keeper_kill_children(void)
 {
-	struct restore_report rep = { 0 };
-	int ep[2];
-	bool timed_out;
+	char path[64];
+	long pid;
 
-	setsid();
-	prctl(PR_SET_CHILD_SUBREAPER, 1);
-	if (keeper_own_fds(c) < 0)
-		_exit(1);
+	snprintf(path, sizeof(path), "/proc/self/task/%d/children", (int)getpid());
+	_cleanup_fclose_ FILE *f = fopen(path, "re");
+	while (f && fscanf(f, "%ld", &pid) == 1)
+		if (pid > 0)
+			kill((pid_t)pid, SIGKILL);
+}
+
+/* Runs CRIU and waits for it; fills rep (code 0 and the init's pid). */
+static void keeper_run_criu(struct restore_ctx *c, struct restore_report *rep)
+{
+	int ep[2];
+	bool timed_out = false;
+
 	if (pipe2(ep, O_CLOEXEC) < 0) {
-		rep.code = -errno;
-		snprintf(rep.msg, sizeof(rep.msg), "pipe: %s", strerror(errno));
-		keeper_send(c->report_fd, &rep);
-		_exit(1);
+		rep->code = -errno;
+		snprintf(rep->msg, sizeof(rep->msg), "pipe: %s", strerror(errno));
+		return;
 	}
 	pid_t criu = fork();
 	if (criu == 0) {
 		close(ep[0]);
 		restore_criu_child(c, ep[1]);
 	}
+	int fork_errno = errno;
 	close(ep[1]);
 	unsigned ms = c->opts && c->opts->timeout_ms ? c->opts->timeout_ms : DEFAULT_TIMEOUT_MS;
 	int status = criu < 0 ? 0 : wait_child(criu, ms, &timed_out);
-	ssize_t got = read(ep[0], &rep, sizeof(rep));
+	ssize_t got = read(ep[0], rep, sizeof(*rep));
 	close(ep[0]);
 	if (criu < 0) {
-		rep.code = -errno;
-		snprintf(rep.msg, sizeof(rep.msg), "fork of criu: %s", strerror(errno));
-	} else if (got == (ssize_t)sizeof(rep) && rep.code < 0) {
-		rep.msg[sizeof(rep.msg) - 1] = '\0';
+		rep->code = -fork_errno;
+		snprintf(rep->msg, sizeof(rep->msg), "fork of criu: %s", strerror(fork_errno));
+	} else if (got == (ssize_t)sizeof(*rep) && rep->code < 0) {
+		rep->msg[sizeof(rep->msg) - 1] = '\0';
 	} else if (timed_out) {
-		rep.code = -ETIMEDOUT;
-		snprintf(rep.msg, sizeof(rep.msg), "criu restore ran over %u ms", ms);
+		rep->code = -ETIMEDOUT;
+		snprintf(rep->msg, sizeof(rep->msg), "criu restore ran over %u ms", ms);
 	} else if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-		rep.code = WIFEXITED(status) && WEXITSTATUS(status) == 127 ? -ENOEXEC : -EIO;
-		snprintf(rep.msg, sizeof(rep.msg), "criu restore failed (%s %d)",
+		rep->code = WIFEXITED(status) && WEXITSTATUS(status) == 127 ? -ENOEXEC : -EIO;
+		snprintf(rep->msg, sizeof(rep->msg), "criu restore failed (%s %d)",
 			 WIFEXITED(status) ? "exit" : "signal",
 			 WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
 	} else {
-		rep.init_pid = read_pidfile(c->pidfile);
-		if (rep.init_pid <= 0) {
-			rep.code = -EIO;
-			snprintf(rep.msg, sizeof(rep.msg), "criu left no pid in %.400s", c->pidfile);
+		rep->code = 0;
+		rep->init_pid = read_pidfile(c->pidfile);
+		if (rep->init_pid <= 0) {
+			rep->code = -EIO;
+			snprintf(rep->msg, sizeof(rep->msg), "criu left no pid in %.400s",
+				 c->pidfile);
 		}
+	}
+}
+
+/* Until the init ends: its output goes to the capped init.log. */
+static void keeper_pump(struct restore_ctx *c, pid_t init)
+{
+	_cleanup_close_ int pidfd = pidfd_of(init);
+	struct rt_initlog log;
+	struct pollfd p[2] = {
+		{ .fd = pidfd, .events = POLLIN },
+		{ .fd = c->out_r, .events = POLLIN },
+	};
+
+	if (pidfd < 0 || c->out_r < 0 || c->log_fd < 0)
+		return;
+	rt_initlog_init(&log, c->log_fd, RT_INIT_LOG_MAX);
+	while (!(p[0].revents & POLLIN)) {
+		if (poll(p, 2, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			return;
+		}
+		if (p[1].revents && rt_initlog_drain(&log, c->out_r) == 0)
+			p[1].fd = -1; /* EOF: every writer is gone */
+	}
+	/* The init has ended: what is still in the pipe, without waiting. */
+	int flags = fcntl(c->out_r, F_GETFL);
+	if (flags >= 0 && fcntl(c->out_r, F_SETFL, flags | O_NONBLOCK) == 0)
+		for (int i = 0; i < 64 && rt_initlog_drain(&log, c->out_r) > 0; i++)
+			;
+}
+
+/*
+ * The new keeper: a child subreaper, so the init CRIU restores detached
+ * becomes its child once CRIU exits. CRIU leaves the tasks stopped; the
+ * keeper turns TCP repair mode off (CRIU cannot, see the file header) and
+ * only then lets them run, so no user code ever sees a socket in repair
+ * mode, and a hutchd that dies meanwhile changes nothing. From then on it
+ * does what the original keeper did: drains the init's output into
+ * init.log, waits for the init and records how it ended.
+ */
+static __attribute__((noreturn)) void restore_keeper(struct restore_ctx *c)
+{
+	struct restore_report rep = { 0 };
+
+	setsid();
+	prctl(PR_SET_CHILD_SUBREAPER, 1);
+	if (keeper_own_fds(c) < 0)
+		_exit(1);
+	keeper_run_criu(c, &rep);
+	/* Only the sandbox may hold the write end of its output pipe now,
+	 * so that the read end sees EOF when the sandbox is gone. */
+	for (int i = 0; i < c->n_files; i++)
+		close(c->file_fds[i]);
+	if (rep.code == 0) {
+		int n = release_tcp_repair(c->rt, c->s->id);
+		continue_tasks(c->rt, c->s->id);
+		rep.repaired = n;
+	} else {
+		keeper_kill_children();
 	}
 	keeper_send(c->report_fd, &rep);
 	close(c->report_fd);
 	if (rep.code < 0)
 		_exit(1);
 
+	keeper_pump(c, rep.init_pid);
 	/* Orphans of CRIU's helpers may land here too; only the init counts. */
 	for (;;) {
 		int ws;
@@ -1118,20 +1539,47 @@ static int wait_restore_report(int fd, struct restore_report *rep, unsigned ms,
 	return rep->code < 0 ? herr_set(err, rep->code, "%s", rep->msg) : 0;
 }
 
-static int open_ext_files(struct rt *rt, struct restore_ctx *c, struct herr *err)
+static int open_log(struct rt *rt, const char *id)
 {
 	char log[4096];
 
-	sbx_path(rt, c->s->id, "init.log", log, sizeof(log));
+	sbx_path(rt, id, "init.log", log, sizeof(log));
+	return open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0600);
+}
+
+/*
+ * Makes what stands in for each host object at restore: /dev/null, init.log
+ * (older sandboxes), and for the init's output a new pipe whose write end
+ * CRIU puts where the old one was and whose read end the new keeper drains
+ * into init.log.
+ */
+static int open_ext_files(struct rt *rt, struct restore_ctx *c, struct herr *err)
+{
 	for (int i = 0; i < c->n_files; i++) {
-		if (c->files[i].kind == EXT_INIT_LOG)
-			c->file_fds[i] = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC |
-					      O_NOFOLLOW, 0600);
-		else
+		const char *what = "/dev/null";
+		int p[2];
+
+		switch (c->files[i].kind) {
+		case EXT_INIT_LOG:
+			what = "init.log";
+			c->file_fds[i] = open_log(rt, c->s->id);
+			break;
+		case EXT_DEV_NULL:
 			c->file_fds[i] = open("/dev/null", O_RDWR | O_CLOEXEC);
+			break;
+		case EXT_INIT_PIPE:
+			what = "the init's output pipe";
+			c->log_fd = open_log(rt, c->s->id);
+			if (c->log_fd < 0 || pipe2(p, O_CLOEXEC) < 0) {
+				c->file_fds[i] = -1;
+				break;
+			}
+			c->out_r = p[0];
+			c->file_fds[i] = p[1];
+			break;
+		}
 		if (c->file_fds[i] < 0)
-			return herr_sys(err, -errno, "reopening %s",
-					c->files[i].kind == EXT_INIT_LOG ? log : "/dev/null");
+			return herr_sys(err, -errno, "sandbox '%s': reopening %s", c->s->id, what);
 	}
 	return 0;
 }
@@ -1220,6 +1668,7 @@ int rt_restore(struct rt *rt, const char *id, const struct rt_restore_spec *spec
 	if (!s)
 		return -ENOENT;
 	c.s = s;
+	c.out_r = c.log_fd = -1;
 	for (int i = 0; i < MAX_EXT_FILES; i++)
 		c.file_fds[i] = -1;
 	_cleanup_close_ int lock = lock_sandbox(rt, id, err);
@@ -1239,9 +1688,11 @@ int rt_restore(struct rt *rt, const char *id, const struct rt_restore_spec *spec
 		r = herr_set(err, -EBUSY, "sandbox '%s' is running", id);
 		goto out;
 	}
+	if (s->net.fd < 0)
+		s->net.fd = netns_from_pin(rt, id);
 	if (s->net.fd < 0) {
 		r = herr_set(err, -ENOTSUP, "sandbox '%s': its network namespace is gone "
-			     "(hutchd restarted while paused)", id);
+			     "(the host restarted while it was paused)", id);
 		goto out;
 	}
 	c.n_files = read_ext_files(fin, c.files, MAX_EXT_FILES, err);
@@ -1285,17 +1736,23 @@ int rt_restore(struct rt *rt, const char *id, const struct rt_restore_spec *spec
 		goto out;
 	}
 	adopt_restored(rt, s, keeper, rep.init_pid);
+	netns_unpin(rt, id);
 	st.image_bytes = dir_bytes(restoring);
 	remove_tree(restoring);
 	st.total_ms = now_ms() - t0;
-	log_info("runtime", id, "resumed pid=%d criu_ms=%llu total_ms=%llu", rep.init_pid,
-		 (unsigned long long)st.criu_ms, (unsigned long long)st.total_ms);
+	log_info("runtime", id, "resumed pid=%d criu_ms=%llu total_ms=%llu tcp_repaired=%d",
+		 rep.init_pid, (unsigned long long)st.criu_ms, (unsigned long long)st.total_ms,
+		 rep.repaired);
 	if (stats)
 		*stats = st;
 out:
 	for (int i = 0; i < MAX_EXT_FILES; i++)
 		if (c.file_fds[i] >= 0)
 			close(c.file_fds[i]);
+	if (c.out_r >= 0)
+		close(c.out_r);
+	if (c.log_fd >= 0)
+		close(c.log_fd);
 	pthread_mutex_unlock(&s->lock);
 	return r;
 }
@@ -1328,6 +1785,7 @@ int rt_checkpoint_remove(struct rt *rt, const char *id, struct herr *err)
 		if (r < 0 && r != -ENOENT)
 			return herr_sys(err, r, "removing %s", path);
 	}
+	netns_unpin(rt, id);
 	sbx_path(rt, id, CKPT_LOCK, path, sizeof(path));
 	unlink(path);
 	sbx_path(rt, id, "checkpoint-failed.log", path, sizeof(path));
