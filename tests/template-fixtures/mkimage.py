@@ -8,7 +8,8 @@ oci-tar (the same layout as a tarball), oci-gz (folder, gzip layers).
 The image is a busybox-static root filesystem in two layers: the second
 deletes a file of the first (a whiteout) and empties a folder (an opaque
 mark). VARIANT makes it hostile: bad-digest, dotdot, symlink-escape,
-missing-blob, blob-symlink, truncated, hardlink-outside, bad-diff-id.
+missing-blob, blob-symlink, truncated, hardlink-outside, bad-diff-id;
+bad-digest-fresh is bad-digest with a layer no other variant has.
 Everything is built here from /usr/bin/busybox; nothing is downloaded.
 """
 import gzip
@@ -58,8 +59,12 @@ def layer_one(variant):
             add(tar, d + "/", "dir", mode=0o1777 if d == "tmp" else 0o755)
         add(tar, "home/user/", "dir", mode=0o750, uid=1000, gid=1000)
         add(tar, "bin/busybox", data=bb, mode=0o755)
-        for tool in ["sh", "cat", "ls", "echo", "id", "sleep", "env", "touch", "pwd"]:
+        for tool in ["sh", "cat", "ls", "echo", "id", "sleep", "env", "touch", "pwd",
+                     "setsid", "test", "[", "readlink", "mkdir", "rm", "whoami", "grep",
+                     "stat", "timeout", "kill"]:
             add(tar, "bin/" + tool, "sym", link="busybox")
+        # The SDK runs commands with /bin/bash -l -c; busybox's sh takes both.
+        add(tar, "bin/bash", data=b'#!/bin/sh\nexec /bin/sh "$@"\n', mode=0o755)
         add(tar, "usr/bin/env", "sym", link="/bin/busybox")
         add(tar, "bin/bb-hard", "hard", link="bin/busybox")
         add(tar, "etc/passwd", data=b"root:x:0:0:root:/root:/bin/sh\n"
@@ -86,6 +91,8 @@ def layer_two(variant):
         add(tar, "opt/old/.wh..wh..opq")
         add(tar, "opt/old/b", data=b"b\n")
         add(tar, "etc/motd", data=b"hello from layer two\n")
+        if "fresh" in variant:
+            add(tar, "etc/fresh", data=b"a layer no other image has\n")
     return tar_bytes(fill)
 
 
@@ -116,7 +123,7 @@ def layers_for(variant):
 def write_docker(out, variant):
     raw = layers_for(variant)
     diff_ids = ["sha256:" + sha(b) for b in raw]
-    if variant == "bad-digest":
+    if variant.startswith("bad-digest"):
         raw[1] = raw[1].replace(b"hello from layer two", b"HELLO FROM LAYER TWO")
     cfg = config_of(diff_ids, variant)
     members = {sha(cfg) + ".json": cfg}
@@ -142,7 +149,7 @@ def write_oci(out, variant, compress, as_tar):
     blobs = [gzip.compress(b, mtime=0) if compress else b for b in raw]
     mt = "application/vnd.oci.image.layer.v1.tar" + ("+gzip" if compress else "")
     descs = [{"mediaType": mt, "digest": "sha256:" + sha(b), "size": len(b)} for b in blobs]
-    if variant == "bad-digest":
+    if variant.startswith("bad-digest"):
         blobs[1] = blobs[1][:-1] + bytes([blobs[1][-1] ^ 1])
     cfg = config_of(diff_ids, variant)
     manifest = json.dumps({

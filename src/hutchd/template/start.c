@@ -41,11 +41,14 @@ int tmpl_start_script(const char *start, const char *ready, unsigned timeout_s,
 	int rc = 0;
 
 	if (start) {
-		rc = hbuf_append_str(out, "setsid -f /bin/bash -l -c ");
+		/* "setsid ... &" rather than "setsid -f": busybox's setsid has no
+		 * -f, and a background job of a shell without job control is no
+		 * group leader, so setsid detaches it in place either way. */
+		rc = hbuf_append_str(out, "setsid /bin/bash -l -c ");
 		if (rc == 0)
 			rc = quote(out, start);
 		if (rc == 0)
-			rc = hbuf_append_str(out, " </dev/null >/dev/null 2>&1\n");
+			rc = hbuf_append_str(out, " </dev/null >/dev/null 2>&1 &\n");
 	}
 	if (rc == 0 && ready) {
 		rc = hbuf_append_str(out, "n=0\nuntil /bin/bash -c ");
