@@ -3,11 +3,13 @@
  * state that a checkpoint must carry over and answers questions about it:
  *   - MB MiB of patterned memory, checked against a checksum on request;
  *   - a counter that ticks every 100 ms (time inside the sandbox goes on);
- *   - a TCP listener on :7000 (control) and :7001 (peer), and a forked peer
- *     process holding an ESTABLISHED connection to :7001 that ping-pongs;
+ *   - a TCP listener on :7000 (control) and :7001 (peer), and two forked
+ *     peer processes holding ESTABLISHED connections to :7001 that
+ *     ping-pong: one over loopback, one over the sandbox's eth0 address;
  *   - /data/marker, a file written once at start.
  * Control (one line per connection on :7000): "state" answers
- *   "counter=N mem=OK|BAD peer_port=P pongs=N peer=up|down marker=TEXT".
+ *   "counter=N mem=OK|BAD peer_port=P pongs=N peer=up|down marker=TEXT
+ *    eth_port=P eth_pongs=N eth=up|down" (eth_* for the eth0 peer).
  *
  *   snap-app MB MARKER [nopeer]
  * Statically linked so that it runs in a bare busybox root.
@@ -15,6 +17,8 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <net/if.h>
+#include <sys/ioctl.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -55,15 +59,35 @@ static int listen_on(int port)
 	return fd;
 }
 
-/* The peer: connects to :7001 and sends "ping N" every 100 ms. */
-static void peer_main(void)
+/* The address of eth0 (network order), 0 while it has none. */
+static uint32_t eth0_addr(void)
+{
+	struct ifreq ifr = { 0 };
+	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	uint32_t addr = 0;
+
+	snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "eth0");
+	if (fd >= 0 && ioctl(fd, SIOCGIFADDR, &ifr) == 0)
+		addr = ((struct sockaddr_in *)&ifr.ifr_addr)->sin_addr.s_addr;
+	if (fd >= 0)
+		close(fd);
+	return addr;
+}
+
+/* A peer: connects to :7001 (over loopback, or eth0's address) and sends
+ * "ping N" every 100 ms. */
+static void peer_main(int over_eth0)
 {
 	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(7001),
 				 .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
 	char buf[64];
 	int fd = -1;
 
-	for (int i = 0; i < 100 && fd < 0; i++) {
+	for (int i = 0; i < 200 && fd < 0; i++) {
+		if (over_eth0 && !(a.sin_addr.s_addr = eth0_addr())) {
+			usleep(20000);
+			continue;
+		}
 		fd = socket(AF_INET, SOCK_STREAM, 0);
 		if (connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
 			close(fd);
@@ -97,8 +121,8 @@ int main(int argc, char **argv)
 {
 	size_t mb = argc > 1 ? strtoul(argv[1], NULL, 10) : 16;
 	const char *marker = argc > 2 ? argv[2] : "none";
-	unsigned long counter = 0, pongs = 0;
-	int peer_port = 0, peer_fd = -1;
+	unsigned long counter = 0, pongs[2] = { 0, 0 };
+	int peer_port[2] = { 0, 0 }, peer_fd[2] = { -1, -1 };
 	char marker_read[128] = "";
 
 	signal(SIGPIPE, SIG_IGN);
@@ -109,11 +133,12 @@ int main(int argc, char **argv)
 		return 1;
 	/* Fork before the memory exists, so it is not shared copy-on-write
 	 * (criu would write it once per process). */
-	if ((argc < 4 || strcmp(argv[3], "nopeer")) && fork() == 0) {
-		close(ctl);
-		close(pl);
-		peer_main();
-	}
+	for (int k = 0; k < 2 && (argc < 4 || strcmp(argv[3], "nopeer")); k++)
+		if (fork() == 0) {
+			close(ctl);
+			close(pl);
+			peer_main(k);
+		}
 	mem_words = mb * 1024 * 1024 / sizeof(uint64_t);
 	mem = malloc(mem_words * sizeof(uint64_t) + 1);
 	if (!mem)
@@ -125,9 +150,9 @@ int main(int argc, char **argv)
 	struct timespec last;
 	clock_gettime(CLOCK_MONOTONIC, &last);
 	for (;;) {
-		struct pollfd p[3] = { { ctl, POLLIN, 0 }, { pl, POLLIN, 0 },
-				       { peer_fd, POLLIN, 0 } };
-		poll(p, 3, 100);
+		struct pollfd p[4] = { { ctl, POLLIN, 0 }, { pl, POLLIN, 0 },
+				       { peer_fd[0], POLLIN, 0 }, { peer_fd[1], POLLIN, 0 } };
+		poll(p, 4, 100);
 		while (waitpid(-1, NULL, WNOHANG) > 0)
 			;
 		struct timespec now;
@@ -142,25 +167,25 @@ int main(int argc, char **argv)
 			struct sockaddr_in a;
 			socklen_t al = sizeof(a);
 			int fd = accept4(pl, (struct sockaddr *)&a, &al, SOCK_CLOEXEC);
-			if (fd >= 0 && peer_fd < 0) {
-				peer_fd = fd;
-				peer_port = ntohs(a.sin_port);
+			/* Which peer: loopback (0) or eth0 (1), by source. */
+			int k = fd >= 0 && a.sin_addr.s_addr != htonl(INADDR_LOOPBACK);
+			if (fd >= 0 && peer_fd[k] < 0) {
+				peer_fd[k] = fd;
+				peer_port[k] = ntohs(a.sin_port);
 			} else if (fd >= 0) {
 				close(fd);
 			}
 		}
-		if (peer_fd >= 0 && (p[2].revents & (POLLIN | POLLHUP | POLLERR))) {
+		for (int k = 0; k < 2; k++) {
+			if (peer_fd[k] < 0 || !(p[2 + k].revents & (POLLIN | POLLHUP | POLLERR)))
+				continue;
 			char buf[256];
-			ssize_t n = read(peer_fd, buf, sizeof(buf));
-			if (n <= 0) {
-				close(peer_fd);
-				peer_fd = -1;
+			ssize_t n = read(peer_fd[k], buf, sizeof(buf));
+			if (n <= 0 || write(peer_fd[k], "pong\n", 5) != 5) {
+				close(peer_fd[k]);
+				peer_fd[k] = -1;
 			} else {
-				pongs++;
-				if (write(peer_fd, "pong\n", 5) != 5) {
-					close(peer_fd);
-					peer_fd = -1;
-				}
+				pongs[k]++;
 			}
 		}
 		if (p[0].revents & POLLIN) {
@@ -174,9 +199,11 @@ int main(int argc, char **argv)
 				if (fd >= 0)
 					close(fd);
 				int len = snprintf(out, sizeof(out),
-					"counter=%lu mem=%s peer_port=%d pongs=%lu peer=%s marker=%s\n",
-					counter, checksum() == mem_sum ? "OK" : "BAD", peer_port,
-					pongs, peer_fd >= 0 ? "up" : "down", marker_read);
+					"counter=%lu mem=%s peer_port=%d pongs=%lu peer=%s marker=%s "
+					"eth_port=%d eth_pongs=%lu eth=%s\n",
+					counter, checksum() == mem_sum ? "OK" : "BAD", peer_port[0],
+					pongs[0], peer_fd[0] >= 0 ? "up" : "down", marker_read,
+					peer_port[1], pongs[1], peer_fd[1] >= 0 ? "up" : "down");
 				if (write(c, out, (size_t)len) < 0) {
 					/* the client left */
 				}
