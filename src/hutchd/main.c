@@ -7,6 +7,7 @@
  *   hutchd [settings] keys list
  *   hutchd [settings] keys revoke ID
  *   hutchd [settings] templates import NAME[:TAG] FILE-OR-DIR [--team NAME]
+ *   hutchd [settings] templates pull IMAGE [NAME[:TAG]] [--team NAME]
  *
  * When the API listens, stdout gets exactly the lines a shell needs to point
  * the E2B SDKs here; everything else goes to stderr.
@@ -33,6 +34,8 @@
 
 static struct cfg_opt opts[] = {
 	{ "data-dir", CFG_STR, "/var/lib/hutch", "state: database, secret, sandboxes" },
+	{ "insecure-registries", CFG_STR, "",
+	  "image registries pulled over plain http (host[:port],...); loopback always" },
 	{ "run-dir", CFG_STR, "/run/hutch", "runtime state, re-read after a restart" },
 	{ "api-listen", CFG_STR, "127.0.0.1", "IPv4 address of the REST API" },
 	{ "api-port", CFG_INT, "3000", "port of the REST API (E2B_API_URL)" },
@@ -93,7 +96,8 @@ static const char summary[] =
 	"The Hutch host daemon: E2B-compatible REST API, store and sandbox lifecycle.\n"
 	"Commands: (none) run the daemon; keys create [--team NAME]; keys list;\n"
 	"keys revoke ID; templates import NAME[:TAG] FILE-OR-DIR [--team NAME]\n"
-	"(a docker save tarball or an OCI layout, folder or tarball).";
+	"(a docker save tarball or an OCI layout, folder or tarball); templates pull\n"
+	"IMAGE [NAME[:TAG]] [--team NAME] (from its registry).";
 
 static const char *S(const char *name)
 {
@@ -258,6 +262,7 @@ static int open_templates(struct tmpl_mgr **m, struct herr *err)
 {
 	char tpl[4096], agent[4096];
 	struct tmpl_config tc = { .data_dir = S("data-dir"), .tool = true,
+				  .insecure_registries = S("insecure-registries"),
 				  .max_upload_bytes = 4ULL << 30, .max_copy_bytes = 8ULL << 30,
 				  .max_builds = 2 };
 
@@ -291,6 +296,50 @@ static int templates_import(struct store *st, struct tmpl_mgr *m, int argc, char
 	return 0;
 }
 
+/* The words after "templates CMD" that are not --team and its value. */
+static int plain_args(int argc, char **argv, int i, const char **out, int cap)
+{
+	int n = 0;
+
+	for (; i < argc; i++) {
+		if (strcmp(argv[i], "--team") == 0) {
+			i++;
+			continue;
+		}
+		if (strncmp(argv[i], "--team=", 7) == 0)
+			continue;
+		if (n == cap)
+			return -1;
+		out[n++] = argv[i];
+	}
+	return n;
+}
+
+static int templates_pull(struct store *st, struct tmpl_mgr *m, int argc, char **argv,
+			  int i, struct herr *err)
+{
+	const char *words[2];
+	int n = plain_args(argc, argv, i, words, 2);
+	json_t *reply = NULL;
+	int64_t team_id;
+	char *text;
+	int rc;
+
+	if (n < 1)
+		return herr_set(err, -EINVAL, "usage: templates pull IMAGE [NAME[:TAG]] "
+				"[--team NAME]");
+	rc = store_team_ensure(st, team_option(argc, argv, i), &team_id, err);
+	if (rc == 0)
+		rc = tmpl_pull(m, team_id, words[0], n > 1 ? words[1] : NULL, &reply, err);
+	if (rc < 0)
+		return rc;
+	text = json_dumps(reply, JSON_COMPACT);
+	printf("%s\n", text ? text : "{}");
+	free(text);
+	json_decref(reply);
+	return 0;
+}
+
 static int cmd_templates(int argc, char **argv, int i)
 {
 	struct store *st = NULL;
@@ -299,7 +348,8 @@ static int cmd_templates(int argc, char **argv, int i)
 	int rc;
 
 	if (i >= argc) {
-		fprintf(stderr, "hutchd templates: import NAME FILE-OR-DIR [--team NAME]\n");
+		fprintf(stderr, "hutchd templates: import NAME FILE-OR-DIR | pull IMAGE [NAME] "
+			"(--team NAME)\n");
 		return 2;
 	}
 	if (open_store(&st) < 0)
@@ -307,6 +357,8 @@ static int cmd_templates(int argc, char **argv, int i)
 	rc = open_templates(&m, &err);
 	if (rc == 0 && strcmp(argv[i], "import") == 0)
 		rc = templates_import(st, m, argc, argv, i + 1, &err);
+	else if (rc == 0 && strcmp(argv[i], "pull") == 0)
+		rc = templates_pull(st, m, argc, argv, i + 1, &err);
 	else if (rc == 0)
 		rc = herr_set(&err, -EINVAL, "unknown templates command '%s'", argv[i]);
 	if (rc < 0)

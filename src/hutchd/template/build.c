@@ -836,24 +836,29 @@ static int start_from(struct bstate *s, json_t *spec, struct herr *err)
 	_cleanup_free_ char *layers = NULL;
 	int rc;
 
-	if (!tpl) {
-		/* The SDK's default image is the E2B base: ours is `base`. */
-		if (img && strncmp(img, "e2bdev/base", 11) != 0 && strcmp(img, "base") != 0)
-			return herr_set(err, -ENOTSUP, "image '%.200s' cannot be used: this node "
-					"does not pull images; build from the template 'base' "
-					"(fromTemplate('base') or fromBaseImage())", img);
+	/* The SDK's default image is the E2B base: ours is `base`. */
+	if (!tpl && (!img || strncmp(img, "e2bdev/base", 11) == 0 || strcmp(img, "base") == 0))
 		tpl = "base";
+	if (tpl) {
+		rc = tmpl_from(s->m, s->b->team, tpl, &s->cfg, err);
+		if (rc < 0)
+			return herr_wrap(err, "base template '%.80s'", tpl);
+	} else {
+		tb_log(s->m, s->b, "info", "base", "image %.200s: looking for it, pulling it "
+		       "when it is not stored", img);
+		rc = tmpl_image_result(s->m, img, &s->cfg, err);
+		if (rc < 0)
+			return herr_wrap(err, "image '%.200s'", img);
+		/* Where the layers came from is the image's record, not the build's. */
+		json_object_del(s->cfg, "image");
 	}
-	rc = tmpl_from(s->m, s->b->team, tpl, &s->cfg, err);
-	if (rc < 0)
-		return herr_wrap(err, "base template '%.80s'", tpl);
 	json_object_del(s->cfg, "startCmd");
 	json_object_del(s->cfg, "readyCmd");
 	layers = json_dumps(json_object_get(s->cfg, "layers"), JSON_COMPACT);
 	if (!layers)
 		return herr_set(err, -ENOMEM, "out of memory");
 	sha256_hex("hutch-build-v1", layers, s->key);
-	tb_log(s->m, s->b, "info", "base", "FROM %s (%zu layer(s))", tpl,
+	tb_log(s->m, s->b, "info", "base", "FROM %s (%zu layer(s))", tpl ? tpl : img,
 	       json_array_size(json_object_get(s->cfg, "layers")));
 	return 0;
 }

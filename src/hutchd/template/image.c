@@ -534,6 +534,14 @@ static bool known_layer(struct img_ctx *c, const char *diff_hex, char hash[LAYER
 	return true;
 }
 
+bool img_layer_known(const char *data_dir, const char *diff_hex)
+{
+	struct img_ctx c = { .data_dir = data_dir };
+	char hash[LAYER_HASH_HEX];
+
+	return is_hex64(diff_hex) && known_layer(&c, diff_hex, hash);
+}
+
 static void remember_layer(struct img_ctx *c, const char *diff_hex, const char *hash)
 {
 	char path[4096], tmp[4200];

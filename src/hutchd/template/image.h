@@ -18,6 +18,7 @@
 #ifndef HUTCH_TPL_IMAGE_H
 #define HUTCH_TPL_IMAGE_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include <jansson.h>
@@ -40,6 +41,9 @@ int img_import_path(const char *data_dir, const char *path, uint64_t max_bytes,
 /* The same for an open folder holding the image (what names it in errors). */
 int img_import_dir(const char *data_dir, int dir_fd, const char *what, uint64_t max_bytes,
 		   json_t **out, struct herr *err);
+
+/* True when the layer of this diff id (64 hex) is stored already. */
+bool img_layer_known(const char *data_dir, const char *diff_hex);
 
 /* "sha256:<64 hex>" -> the hex part; NULL when not of that form. */
 const char *img_digest_hex(const char *digest);

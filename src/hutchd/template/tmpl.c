@@ -22,8 +22,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
+
 #include "cleanup.h"
 #include "image.h"
+#include "pull.h"
 #include "log.h"
 
 #define MAX_TAGS 32
@@ -1048,6 +1051,121 @@ static int publish_result(struct tmpl_mgr *m, int64_t team, const char *name_tag
 	return rc;
 }
 
+/* tmpl/images/refs/<sha256 of the canonical reference>.json */
+static int image_ref_path(struct tmpl_mgr *m, const char *ref, char *out, size_t cap,
+			  struct herr *err)
+{
+	struct pull_ref r;
+	char text[800], hex[LAYER_HASH_HEX];
+	unsigned char d[32];
+	unsigned len = 0;
+	int rc = pull_parse_ref(ref, &r, err);
+
+	if (rc < 0)
+		return rc;
+	pull_ref_text(&r, text, sizeof(text));
+	EVP_Digest(text, strlen(text), d, &len, EVP_sha256(), NULL);
+	for (int i = 0; i < 32; i++)
+		snprintf(hex + 2 * i, 3, "%02x", d[i]);
+	path_in(m, out, cap, "images/refs/%s.json", hex);
+	return 0;
+}
+
+/* Remembers the image under every name it carries, for fromImage. */
+static void remember_refs(struct tmpl_mgr *m, json_t *res)
+{
+	json_t *refs = json_object_get(json_object_get(res, "image"), "refs"), *v;
+	char path[4096];
+	size_t i;
+
+	path_in(m, path, sizeof(path), "images/refs");
+	if (mkdir(path, 0700) < 0 && errno != EEXIST)
+		return;
+	json_array_foreach(refs, i, v)
+		if (image_ref_path(m, json_string_value(v), path, sizeof(path), NULL) == 0)
+			tmpl_save_json(path, res, NULL);
+}
+
+static bool layers_present(struct tmpl_mgr *m, json_t *res)
+{
+	char path[4096];
+	json_t *v;
+	size_t i;
+
+	json_array_foreach(json_object_get(res, "layers"), i, v)
+		if (layer_path(m->data_dir, json_string_value(v) ?: "", path, sizeof(path),
+			       NULL) < 0)
+			return false;
+	return json_array_size(json_object_get(res, "layers")) > 0;
+}
+
+static int pull_result(struct tmpl_mgr *m, const char *ref, json_t **res,
+		       struct herr *err)
+{
+	struct pull_opts o = {
+		.data_dir = m->data_dir, .insecure = m->cfg.insecure_registries,
+		.max_bytes = m->cfg.max_image_bytes ? m->cfg.max_image_bytes : 16ULL << 30,
+	};
+	int rc = pull_image(&o, ref, res, err);
+
+	if (rc == 0)
+		rc = check_result(*res, err);
+	if (rc == 0)
+		remember_refs(m, *res);
+	return rc;
+}
+
+int tmpl_image_result(struct tmpl_mgr *m, const char *ref, json_t **out,
+		      struct herr *err)
+{
+	char path[4096];
+	int rc = image_ref_path(m, ref, path, sizeof(path), err);
+
+	if (rc < 0)
+		return rc;
+	*out = json_load_file(path, JSON_REJECT_DUPLICATES, NULL);
+	if (*out && layers_present(m, *out))
+		return 0;
+	json_decref(*out);
+	*out = NULL;
+	return pull_result(m, ref, out, err);
+}
+
+/* The default template name of an image: its repository's last part. */
+static void name_of_ref(const char *ref, char *out, size_t cap)
+{
+	struct pull_ref r;
+	const char *base;
+
+	if (pull_parse_ref(ref, &r, NULL) < 0) {
+		snprintf(out, cap, "%s", ref);
+		return;
+	}
+	base = strrchr(r.repo, '/');
+	snprintf(out, cap, "%s", base ? base + 1 : r.repo);
+}
+
+int tmpl_pull(struct tmpl_mgr *m, int64_t team, const char *ref, const char *name,
+	      json_t **reply, struct herr *err)
+{
+	_cleanup_close_ int hold = layer_store_hold(m->data_dir, err);
+	char def[300];
+	json_t *res = NULL;
+	int rc;
+
+	if (hold < 0)
+		return hold;
+	if (!name) {
+		name_of_ref(ref, def, sizeof(def));
+		name = def;
+	}
+	rc = pull_result(m, ref, &res, err);
+	if (rc == 0)
+		rc = publish_result(m, team, name, res, ref, reply, err);
+	json_decref(res);
+	return rc;
+}
+
 int tmpl_import(struct tmpl_mgr *m, int64_t team, const char *name, const char *path,
 		json_t **reply, struct herr *err)
 {
@@ -1061,6 +1179,8 @@ int tmpl_import(struct tmpl_mgr *m, int64_t team, const char *name, const char *
 	rc = img_import_path(m->data_dir, path, max, &res, err);
 	if (rc == 0)
 		rc = check_result(res, err);
+	if (rc == 0)
+		remember_refs(m, res);
 	if (rc == 0)
 		rc = publish_result(m, team, name, res, path, reply, err);
 	json_decref(res);

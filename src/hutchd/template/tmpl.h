@@ -45,6 +45,9 @@ struct tmpl_config {
 	 * neither fails the daemon's builds nor removes its temporary files. */
 	bool tool;
 	uint64_t max_image_bytes;  /* an image, uncompressed; 0 = 16 GiB */
+	/* Registries pulled over plain http (comma-separated host[:port]);
+	 * loopback ones always may. NULL: none. */
+	const char *insecure_registries;
 };
 
 struct tmpl_mgr;
@@ -100,6 +103,22 @@ int tmpl_delete(struct tmpl_mgr *m, int64_t team, const char *ref, struct herr *
  */
 int tmpl_import(struct tmpl_mgr *m, int64_t team, const char *name, const char *path,
 		json_t **reply, struct herr *err);
+
+/*
+ * `hutchd templates pull`: pulls the image ref from its registry (pull.h)
+ * and publishes it as the template name[:tag] (NULL: the repository's last
+ * part). reply as for tmpl_import.
+ */
+int tmpl_pull(struct tmpl_mgr *m, int64_t team, const char *ref, const char *name,
+	      json_t **reply, struct herr *err);
+
+/*
+ * The build result of an image for fromImage: one imported or pulled
+ * before under that reference (its layers still stored), else pulled now.
+ * The caller holds the layer store (layer_store_hold).
+ */
+int tmpl_image_result(struct tmpl_mgr *m, const char *ref, json_t **out,
+		      struct herr *err);
 
 /*
  * Resolves a reference to a built template of team (templates are private
