@@ -154,8 +154,9 @@ test('a failing step fails the build with its output, nothing is published', asy
     return true;
   });
   await assert.rejects(Sandbox.create('e2e-broken'), /not found/);
-  await assert.rejects(build(Template().fromImage('python:3.12'), 'e2e-image'),
-    (e) => e instanceof BuildError && /does not pull images/.test(e.message));
+  // An image no registry serves (a closed loopback port: no traffic leaves).
+  await assert.rejects(build(Template().fromImage('127.0.0.1:1/none/such:v1'), 'e2e-image'),
+    (e) => e instanceof BuildError && /image '127\.0\.0\.1:1\/none\/such:v1'/.test(e.message));
   // A start command that ends before the ready command succeeds fails at once.
   const ready = Template().fromTemplate('base').setStartCmd('exit 3', 'false');
   await assert.rejects(build(ready, 'e2e-never-ready'), (e) => {

@@ -5,19 +5,24 @@
 // whiteout and an opaque folder in the second), as a `docker save` tarball
 // and as a gzip OCI layout; both carry the same layers, which are stored
 // once. A hostile image (a layer not matching its digest) is refused and
-// leaves no template and no layer behind.
+// leaves no template and no layer behind. Pulls run against
+// tests/template-fixtures/registry.py on 127.0.0.1 (OCI distribution API,
+// anonymous bearer tokens, blobs through a redirect): `hutchd templates
+// pull`, fromImage in an SDK build, and a registry sending corrupt layers.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, rmdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Sandbox } from 'e2b';
+import { Sandbox, Template, BuildError } from 'e2b';
 import { hutchdBin, startHutchd, useEnv } from './lib/hutchd.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const mkimage = join(here, '..', 'template-fixtures', 'mkimage.py');
+const registryPy = join(here, '..', 'template-fixtures', 'registry.py');
+const registries = [];
 const isolation = ['--cgroup-name=hutchimp', '--veth-prefix=him', '--net-cidr=10.236.0.0/16'];
 let h;
 let restore;
@@ -60,6 +65,7 @@ before(async () => {
   work = mkdtempSync(join(tmpdir(), 'hutch-img-'));
 });
 after(async () => {
+  for (const r of registries) r.child.stdin.end();
   restore?.();
   await h?.stop();
   if (h) removeIsolatedRoots();
@@ -136,4 +142,85 @@ test('a layer not matching its digest is refused and leaves nothing', async () =
   assert.deepEqual(layersOnDisk(), before);
   assert.equal((await h.api('GET', '/templates/aliases/bad')).status, 404);
   await assert.rejects(Sandbox.create('bad'));
+});
+
+// Starts the test registry serving an OCI layout; resolves with its port.
+async function startRegistry(layout, repo, ...flags) {
+  const child = spawn('python3', [registryPy, layout, repo, ...flags],
+    { stdio: ['pipe', 'pipe', 'inherit'] });
+  const port = await new Promise((resolve, reject) => {
+    let out = '';
+    child.stdout.on('data', (d) => {
+      out += d;
+      const m = /PORT (\d+)/.exec(out);
+      if (m) resolve(Number(m[1]));
+    });
+    child.on('exit', (code) => reject(new Error(`registry exited ${code}`)));
+  });
+  const reg = { child, port, stats: async () => (await fetch(`http://127.0.0.1:${port}/stats`)).json() };
+  registries.push(reg);
+  return reg;
+}
+
+test('templates pull: a registry image becomes a template; stored layers are not fetched',
+  async () => {
+    const layout = makeImage('oci-gz', 'pull-layout', 'fresh');
+    const reg = await startRegistry(layout, 'hutch/busy');
+    const r = hutchd('templates', 'pull', `127.0.0.1:${reg.port}/hutch/busy:v1`, 'pulled');
+    assert.equal(r.status, 0, r.stderr);
+    assert.deepEqual(JSON.parse(r.stdout).names, ['pulled']);
+    const first = await reg.stats();
+    assert.equal(first.token, 1);
+    // The config and the new layer, through the redirect; layer one was
+    // stored by the imports above.
+    assert.equal(first.blob, 2);
+
+    const sbx = await Sandbox.create('pulled');
+    try {
+      assert.equal((await sbx.commands.run('cat /etc/motd; id -un')).stdout,
+        'hello from layer two\nuser\n');
+    } finally {
+      await sbx.kill();
+    }
+    // Another tag of the same image: the config is fetched, the layers not.
+    const again = hutchd('templates', 'pull', `127.0.0.1:${reg.port}/hutch/busy:v2`);
+    assert.equal(again.status, 0, again.stderr);
+    assert.deepEqual(JSON.parse(again.stdout).names, ['busy']);
+    assert.equal((await reg.stats()).blob, 3);
+  });
+
+test('fromImage in an SDK build pulls the image and builds on it', async () => {
+  const layout = makeImage('oci', 'from-layout');
+  const reg = await startRegistry(layout, 'hutch/base-img');
+  const ref = `127.0.0.1:${reg.port}/hutch/base-img:1.0`;
+  const tpl = Template().fromImage(ref)
+    .runCmd('echo "built on $(cat /etc/motd)" > /built', { user: 'root' });
+  const logs = [];
+  await Template.build(tpl, 'from-img', { onBuildLogs: (e) => logs.push(e.message) });
+  assert.ok(logs.some((l) => l.includes(`FROM ${ref}`)), logs.join('\n'));
+  const sbx = await Sandbox.create('from-img');
+  try {
+    assert.equal((await sbx.commands.run('cat /built')).stdout,
+      'built on hello from layer two\n');
+  } finally {
+    await sbx.kill();
+  }
+  // A second build finds the image by its reference: nothing is pulled.
+  const before = await reg.stats();
+  await Template.build(Template().fromImage(ref).runCmd('true', { user: 'root' }), 'from-img2');
+  assert.deepEqual(await reg.stats(), before);
+});
+
+test('a registry sending corrupt layers: the pull fails, nothing is kept', async () => {
+  const layout = makeImage('oci', 'corrupt-layout', 'fresh2');
+  const reg = await startRegistry(layout, 'hutch/bad', '--corrupt-layers');
+  const before = layersOnDisk();
+  const r = hutchd('templates', 'pull', `127.0.0.1:${reg.port}/hutch/bad:v1`);
+  assert.notEqual(r.status, 0);
+  assert.match(r.stderr, /layers\[\d\].*blob sha256:[0-9a-f]{64}: \d+ bytes hashing to/);
+  assert.deepEqual(layersOnDisk(), before);
+  assert.deepEqual(readdirSync(join(h.dir, 'data', 'tmpl')).filter((n) => n.startsWith('.')), []);
+  await assert.rejects(
+    Template.build(Template().fromImage(`127.0.0.1:${reg.port}/hutch/bad:v1`), 'bad-img'),
+    (e) => e instanceof BuildError && /hashing to sha256/.test(e.message));
 });

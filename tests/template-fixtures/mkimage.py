@@ -9,7 +9,8 @@ The image is a busybox-static root filesystem in two layers: the second
 deletes a file of the first (a whiteout) and empties a folder (an opaque
 mark). VARIANT makes it hostile: bad-digest, dotdot, symlink-escape,
 missing-blob, blob-symlink, truncated, hardlink-outside, bad-diff-id;
-bad-digest-fresh is bad-digest with a layer no other variant has.
+A variant naming "fresh" (fresh, fresh2, bad-digest-fresh) adds a file naming
+it, so its second layer is one no other variant has.
 Everything is built here from /usr/bin/busybox; nothing is downloaded.
 """
 import gzip
@@ -92,7 +93,8 @@ def layer_two(variant):
         add(tar, "opt/old/b", data=b"b\n")
         add(tar, "etc/motd", data=b"hello from layer two\n")
         if "fresh" in variant:
-            add(tar, "etc/fresh", data=b"a layer no other image has\n")
+            add(tar, "etc/fresh", data=b"a layer no other variant has: %s\n"
+                % variant.encode())
     return tar_bytes(fill)
 
 
