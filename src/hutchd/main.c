@@ -8,6 +8,7 @@
  *   hutchd [settings] keys revoke ID
  *   hutchd [settings] templates import NAME[:TAG] FILE-OR-DIR [--team NAME]
  *   hutchd [settings] templates pull IMAGE [NAME[:TAG]] [--team NAME]
+ *   hutchd [settings] templates gc
  *
  * When the API listens, stdout gets exactly the lines a shell needs to point
  * the E2B SDKs here; everything else goes to stderr.
@@ -36,6 +37,8 @@ static struct cfg_opt opts[] = {
 	{ "data-dir", CFG_STR, "/var/lib/hutch", "state: database, secret, sandboxes" },
 	{ "insecure-registries", CFG_STR, "",
 	  "image registries pulled over plain http (host[:port],...); loopback always" },
+	{ "template-upload-max-age", CFG_INT, "604800",
+	  "seconds `templates gc` keeps uploaded COPY archives" },
 	{ "run-dir", CFG_STR, "/run/hutch", "runtime state, re-read after a restart" },
 	{ "api-listen", CFG_STR, "127.0.0.1", "IPv4 address of the REST API" },
 	{ "api-port", CFG_INT, "3000", "port of the REST API (E2B_API_URL)" },
@@ -97,7 +100,8 @@ static const char summary[] =
 	"Commands: (none) run the daemon; keys create [--team NAME]; keys list;\n"
 	"keys revoke ID; templates import NAME[:TAG] FILE-OR-DIR [--team NAME]\n"
 	"(a docker save tarball or an OCI layout, folder or tarball); templates pull\n"
-	"IMAGE [NAME[:TAG]] [--team NAME] (from its registry).";
+	"IMAGE [NAME[:TAG]] [--team NAME] (from its registry); templates gc (unused\n"
+	"layers and old uploads).";
 
 static const char *S(const char *name)
 {
@@ -258,15 +262,17 @@ static void default_dirs(char *tpl, char *agent, size_t cap, const char *argv0)
 }
 
 /* A templates manager for a command run beside a possibly running daemon. */
-static int open_templates(struct tmpl_mgr **m, struct herr *err)
+static int open_templates(struct store *st, struct tmpl_mgr **m, struct herr *err)
 {
 	char tpl[4096], agent[4096];
 	struct tmpl_config tc = { .data_dir = S("data-dir"), .tool = true,
 				  .insecure_registries = S("insecure-registries"),
+				  .upload_max_age_s = I("template-upload-max-age"),
 				  .max_upload_bytes = 4ULL << 30, .max_copy_bytes = 8ULL << 30,
 				  .max_builds = 2 };
 
 	default_dirs(tpl, agent, sizeof(tpl), NULL);
+	tc.store = st;
 	tc.template_dir = S("template-dir") ? S("template-dir") : tpl;
 	tc.agent_dir = S("agent-dir") ? S("agent-dir") : agent;
 	return tmpl_open(&tc, m, err);
@@ -340,6 +346,23 @@ static int templates_pull(struct store *st, struct tmpl_mgr *m, int argc, char *
 	return 0;
 }
 
+static int templates_gc(struct tmpl_mgr *m, int argc, char **argv, int i,
+			struct herr *err)
+{
+	struct tmpl_gc_stats st;
+	int rc;
+
+	if (i < argc)
+		return herr_set(err, -EINVAL, "unexpected argument '%s'", argv[i]);
+	rc = tmpl_gc(m, &st, err);
+	if (rc < 0)
+		return rc;
+	printf("{\"layersRemoved\":%u,\"recordsRemoved\":%u,\"uploadsRemoved\":%u,"
+	       "\"layersDeferred\":%s}\n", st.layers_removed, st.records_removed,
+	       st.uploads_removed, st.deferred ? "true" : "false");
+	return 0;
+}
+
 static int cmd_templates(int argc, char **argv, int i)
 {
 	struct store *st = NULL;
@@ -349,16 +372,18 @@ static int cmd_templates(int argc, char **argv, int i)
 
 	if (i >= argc) {
 		fprintf(stderr, "hutchd templates: import NAME FILE-OR-DIR | pull IMAGE [NAME] "
-			"(--team NAME)\n");
+			"(--team NAME) | gc\n");
 		return 2;
 	}
 	if (open_store(&st) < 0)
 		return 1;
-	rc = open_templates(&m, &err);
+	rc = open_templates(st, &m, &err);
 	if (rc == 0 && strcmp(argv[i], "import") == 0)
 		rc = templates_import(st, m, argc, argv, i + 1, &err);
 	else if (rc == 0 && strcmp(argv[i], "pull") == 0)
 		rc = templates_pull(st, m, argc, argv, i + 1, &err);
+	else if (rc == 0 && strcmp(argv[i], "gc") == 0)
+		rc = templates_gc(m, argc, argv, i + 1, &err);
 	else if (rc == 0)
 		rc = herr_set(&err, -EINVAL, "unknown templates command '%s'", argv[i]);
 	if (rc < 0)

@@ -364,6 +364,7 @@ static int start_templates(struct lifecycle *lc, struct herr *err)
 		.agent_dir = lc->cfg.agent_dir, .rt = lc->rt ? lcrt_runtime(lc->rt) : NULL,
 		.max_upload_bytes = 4ULL << 30, .max_copy_bytes = 8ULL << 30,
 		.step_timeout_s = 1800, .ready_timeout_s = 60, .max_builds = 2,
+		.store = lc->store, /* template GC keeps what live sandboxes use */
 	};
 
 	return tmpl_open(&tc, &lc->templates, err);

@@ -112,6 +112,11 @@ static int save_registry(struct tmpl_mgr *m, struct herr *err)
 	return rc;
 }
 
+int tmpl_save_registry(struct tmpl_mgr *m, struct herr *err)
+{
+	return save_registry(m, err);
+}
+
 /* Another process saved the registry (a rename: new inode): read it again. */
 static void reload_if_changed(struct tmpl_mgr *m)
 {
@@ -289,6 +294,51 @@ static int load_registry(struct tmpl_mgr *m, struct herr *err)
 	return save_registry(m, err);
 }
 
+static void *gc_thread(void *arg)
+{
+	struct tmpl_mgr *m = arg;
+	struct tmpl_gc_stats st;
+	struct herr err = { 0 };
+	bool again = true;
+
+	while (again) {
+		if (tmpl_gc(m, &st, &err) < 0)
+			log_error("template", NULL, "gc: %s", err.msg);
+		pthread_mutex_lock(&m->lock);
+		again = m->gc_again && !m->stopping;
+		m->gc_again = false;
+		pthread_mutex_unlock(&m->lock);
+	}
+	pthread_mutex_lock(&m->lock);
+	m->gc_running--;
+	pthread_cond_broadcast(&m->idle);
+	pthread_mutex_unlock(&m->lock);
+	return NULL;
+}
+
+/* Starts a GC in the background (one at a time; a request while one runs
+ * makes it run once more). Commands (cfg.tool) run theirs explicitly. */
+static void gc_soon(struct tmpl_mgr *m)
+{
+	pthread_t th;
+	pthread_attr_t attr;
+
+	if (m->cfg.tool)
+		return;
+	pthread_mutex_lock(&m->lock);
+	if (m->gc_running || m->stopping) {
+		m->gc_again = !m->stopping;
+		pthread_mutex_unlock(&m->lock);
+		return;
+	}
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	if (pthread_create(&th, &attr, gc_thread, m) == 0)
+		m->gc_running++;
+	pthread_attr_destroy(&attr);
+	pthread_mutex_unlock(&m->lock);
+}
+
 int tmpl_open(const struct tmpl_config *cfg, struct tmpl_mgr **out, struct herr *err)
 {
 	struct tmpl_mgr *m = calloc(1, sizeof(*m));
@@ -323,6 +373,7 @@ int tmpl_open(const struct tmpl_config *cfg, struct tmpl_mgr **out, struct herr 
 		return herr_wrap(err, "templates");
 	}
 	*out = m;
+	gc_soon(m);
 	return 0;
 }
 
@@ -332,7 +383,7 @@ void tmpl_close(struct tmpl_mgr *m)
 		return;
 	pthread_mutex_lock(&m->lock);
 	m->stopping = true;
-	while (m->running)
+	while (m->running || m->gc_running)
 		pthread_cond_wait(&m->idle, &m->lock);
 	pthread_mutex_unlock(&m->lock);
 	while (m->builds) {
@@ -958,6 +1009,22 @@ int tmpl_tags_list(struct tmpl_mgr *m, int64_t team, const char *template_id,
 	return rc;
 }
 
+/* Keeps a deleted template's builds under "retired" for its sandboxes. */
+static void retire(struct tmpl_mgr *m, const char *tid, json_t *t)
+{
+	json_t *retired = json_object_get(m->reg, "retired"), *bids = json_array(), *b;
+	const char *bid;
+
+	if (!json_is_object(retired)) {
+		retired = json_object();
+		json_object_set_new(m->reg, "retired", retired);
+	}
+	json_object_foreach(json_object_get(t, "builds"), bid, b)
+		json_array_append_new(bids, json_string(bid));
+	json_object_set_new(retired, tid, json_pack("{s:o,s:I}", "builds", bids,
+						    "deletedAt", (json_int_t)now_ms()));
+}
+
 int tmpl_delete(struct tmpl_mgr *m, int64_t team, const char *ref, struct herr *err)
 {
 	const char *tid, *bid;
@@ -975,10 +1042,13 @@ int tmpl_delete(struct tmpl_mgr *m, int64_t team, const char *ref, struct herr *
 		char id[TREF_ID_LEN + 1];
 
 		snprintf(id, sizeof(id), "%s", tid);
+		retire(m, id, t);
 		json_object_del(templates(m), id);
 		rc = save_registry(m, err);
 	}
 	reg_leave(m);
+	if (rc == 0)
+		gc_soon(m);
 	return rc;
 }
 

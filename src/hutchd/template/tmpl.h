@@ -30,6 +30,7 @@
 #include "template.h"
 
 struct rt;
+struct store;
 
 struct tmpl_config {
 	const char *data_dir;
@@ -48,6 +49,17 @@ struct tmpl_config {
 	/* Registries pulled over plain http (comma-separated host[:port]);
 	 * loopback ones always may. NULL: none. */
 	const char *insecure_registries;
+	/* Sandboxes that are not ended keep their template's layers from GC
+	 * (NULL: no sandboxes are considered, e.g. in tests). */
+	struct store *store;
+	int64_t upload_max_age_s;  /* uploaded archives GC keeps; 0 = 7 days */
+};
+
+struct tmpl_gc_stats {
+	unsigned layers_removed;
+	unsigned records_removed;  /* step cache and image records */
+	unsigned uploads_removed;
+	bool deferred;             /* a build or import held the store */
 };
 
 struct tmpl_mgr;
@@ -93,7 +105,11 @@ int tmpl_tags_remove(struct tmpl_mgr *m, int64_t team, json_t *body, struct herr
 int tmpl_tags_list(struct tmpl_mgr *m, int64_t team, const char *template_id,
 		   json_t **reply, struct herr *err);
 
-/* DELETE /templates/{id} (id or name). Layers stay for other templates. */
+/*
+ * DELETE /templates/{id} (id or name). Its builds are kept aside until no
+ * sandbox names the template; then a GC (started in the background by a
+ * daemon) removes the layers no other template uses.
+ */
 int tmpl_delete(struct tmpl_mgr *m, int64_t team, const char *ref, struct herr *err);
 
 /*
@@ -119,6 +135,15 @@ int tmpl_pull(struct tmpl_mgr *m, int64_t team, const char *ref, const char *nam
  */
 int tmpl_image_result(struct tmpl_mgr *m, const char *ref, json_t **out,
 		      struct herr *err);
+
+/*
+ * Garbage collection (gc.c): removes layers no template, build or
+ * sandbox needs (skipped, with deferred set, while a build or import is
+ * writing layers), the cache and image records that named them, and
+ * uploaded archives older than upload_max_age_s of teams with no pending
+ * build. A daemon runs it at start and after a template delete.
+ */
+int tmpl_gc(struct tmpl_mgr *m, struct tmpl_gc_stats *st, struct herr *err);
 
 /*
  * Resolves a reference to a built template of team (templates are private

@@ -39,6 +39,8 @@ struct tmpl_mgr {
 	 * the daemon: every access holds an flock on tmpl/registry.lock and
 	 * reloads the file when another process replaced it (reg_stamp). */
 	int reg_lock_fd;
+	unsigned gc_running;    /* background GC threads alive */
+	bool gc_again;          /* a GC was asked for while one ran */
 	struct timespec reg_mtime;
 	ino_t reg_ino;
 };
@@ -57,6 +59,9 @@ void tb_finish(struct tmpl_mgr *m, struct tbuild *b, bool ok, const char *step,
 
 /* The build thread's body (build.c). */
 void tb_run(struct tmpl_mgr *m, struct tbuild *b);
+
+/* Saves registry.json (registry lock held). */
+int tmpl_save_registry(struct tmpl_mgr *m, struct herr *err);
 
 /* Writes JSON to path through a temporary file and rename. */
 int tmpl_save_json(const char *path, json_t *j, struct herr *err);
