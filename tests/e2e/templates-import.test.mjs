@@ -9,6 +9,9 @@
 // tests/template-fixtures/registry.py on 127.0.0.1 (OCI distribution API,
 // anonymous bearer tokens, blobs through a redirect): `hutchd templates
 // pull`, fromImage in an SDK build, and a registry sending corrupt layers.
+// Garbage collection: a template deleted through the API loses the layers
+// only it used (the daemon collects in the background), not before its
+// last sandbox ended (then `hutchd templates gc` collects them).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
@@ -223,4 +226,46 @@ test('a registry sending corrupt layers: the pull fails, nothing is kept', async
   await assert.rejects(
     Template.build(Template().fromImage(`127.0.0.1:${reg.port}/hutch/bad:v1`), 'bad-img'),
     (e) => e instanceof BuildError && /hashing to sha256/.test(e.message));
+});
+
+async function waitFor(cond, what) {
+  for (let i = 0; i < 100; i++) {
+    if (cond()) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  assert.fail(`timed out waiting for ${what}`);
+}
+
+test('deleting a template through the API collects the layers only it used', async () => {
+  const r = hutchd('templates', 'import', 'gc-b', makeImage('docker', 'gc-b.tar', 'fresh4'));
+  assert.equal(r.status, 0, r.stderr);
+  const [shared, own] = JSON.parse(r.stdout).layers;
+  assert.ok(layersOnDisk().includes(own));
+  assert.equal((await h.api('DELETE', '/templates/gc-b')).status, 204);
+  await waitFor(() => !layersOnDisk().includes(own), `layer ${own} to go`);
+  assert.ok(layersOnDisk().includes(shared));
+  // The other templates still make sandboxes.
+  const sbx = await Sandbox.create('busy');
+  await sbx.kill();
+});
+
+test('a deleted template keeps its layers while a sandbox uses it', async () => {
+  const r = hutchd('templates', 'import', 'gc-a', makeImage('docker', 'gc-a.tar', 'fresh3'));
+  assert.equal(r.status, 0, r.stderr);
+  const own = JSON.parse(r.stdout).layers[1];
+  const sbx = await Sandbox.create('gc-a');
+  try {
+    assert.equal((await h.api('DELETE', '/templates/gc-a')).status, 204);
+    const gc = hutchd('templates', 'gc');
+    assert.equal(gc.status, 0, gc.stderr);
+    assert.equal(JSON.parse(gc.stdout).layersRemoved, 0);
+    assert.ok(layersOnDisk().includes(own));
+    assert.match((await sbx.commands.run('cat /etc/fresh')).stdout, /fresh3/);
+  } finally {
+    await sbx.kill();
+  }
+  const gc = hutchd('templates', 'gc');
+  assert.equal(gc.status, 0, gc.stderr);
+  assert.equal(JSON.parse(gc.stdout).layersRemoved, 1);
+  assert.ok(!layersOnDisk().includes(own));
 });
