@@ -278,30 +278,6 @@ static int open_templates(struct store *st, struct tmpl_mgr **m, struct herr *er
 	return tmpl_open(&tc, m, err);
 }
 
-static int templates_import(struct store *st, struct tmpl_mgr *m, int argc, char **argv,
-			    int i, struct herr *err)
-{
-	const char *team = team_option(argc, argv, i);
-	json_t *reply = NULL;
-	int64_t team_id;
-	char *text;
-	int rc;
-
-	if (i + 2 > argc || strncmp(argv[i], "--", 2) == 0 || strncmp(argv[i + 1], "--", 2) == 0)
-		return herr_set(err, -EINVAL, "usage: templates import NAME[:TAG] FILE-OR-DIR "
-				"[--team NAME]");
-	rc = store_team_ensure(st, team, &team_id, err);
-	if (rc == 0)
-		rc = tmpl_import(m, team_id, argv[i], argv[i + 1], &reply, err);
-	if (rc < 0)
-		return rc;
-	text = json_dumps(reply, JSON_COMPACT);
-	printf("%s\n", text ? text : "{}");
-	free(text);
-	json_decref(reply);
-	return 0;
-}
-
 /* The words after "templates CMD" that are not --team and its value. */
 static int plain_args(int argc, char **argv, int i, const char **out, int cap)
 {
@@ -321,6 +297,30 @@ static int plain_args(int argc, char **argv, int i, const char **out, int cap)
 	return n;
 }
 
+static int templates_import(struct store *st, struct tmpl_mgr *m, int argc, char **argv,
+			    int i, struct herr *err)
+{
+	const char *words[2];
+	json_t *reply = NULL;
+	int64_t team_id;
+	char *text;
+	int rc;
+
+	if (plain_args(argc, argv, i, words, 2) != 2)
+		return herr_set(err, -EINVAL, "usage: templates import NAME[:TAG] FILE-OR-DIR "
+				"[--team NAME]");
+	rc = store_team_ensure(st, team_option(argc, argv, i), &team_id, err);
+	if (rc == 0)
+		rc = tmpl_import(m, team_id, words[0], words[1], &reply, err);
+	if (rc < 0)
+		return rc;
+	text = json_dumps(reply, JSON_COMPACT);
+	printf("%s\n", text ? text : "{}");
+	free(text);
+	json_decref(reply);
+	return 0;
+}
+
 static int templates_pull(struct store *st, struct tmpl_mgr *m, int argc, char **argv,
 			  int i, struct herr *err)
 {
@@ -331,7 +331,7 @@ static int templates_pull(struct store *st, struct tmpl_mgr *m, int argc, char *
 	char *text;
 	int rc;
 
-	if (n < 1)
+	if (n < 1 || n > 2)
 		return herr_set(err, -EINVAL, "usage: templates pull IMAGE [NAME[:TAG]] "
 				"[--team NAME]");
 	rc = store_team_ensure(st, team_option(argc, argv, i), &team_id, err);

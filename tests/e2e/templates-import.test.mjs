@@ -160,7 +160,8 @@ async function startRegistry(layout, repo, ...flags) {
     });
     child.on('exit', (code) => reject(new Error(`registry exited ${code}`)));
   });
-  const reg = { child, port, stats: async () => (await fetch(`http://127.0.0.1:${port}/stats`)).json() };
+  const stats = async () => (await fetch(`http://127.0.0.1:${port}/stats`)).json();
+  const reg = { child, port, stats };
   registries.push(reg);
   return reg;
 }

@@ -201,7 +201,8 @@ static void sweep_records(struct tmpl_mgr *m, const char *sub, bool json_doc,
 			size_t i;
 
 			json_array_foreach(json_object_get(doc, "layers"), i, l)
-				drop |= json_object_get(dropped, json_string_value(l) ?: "") != NULL;
+				drop |= json_is_string(l) &&
+					json_object_get(dropped, json_string_value(l));
 			json_decref(doc);
 		} else {
 			_cleanup_close_ int f = openat(fd, e->d_name, O_RDONLY | O_NOFOLLOW |

@@ -366,20 +366,17 @@ static int oci_image(struct img_ctx *c, json_t **config, char cfg_hex[65],
 	return 0;
 }
 
-/* The 64 hex characters in a docker-archive config name ("<hex>.json"). */
-static const char *name_hex(const char *path)
+/* The 64 hex characters of a docker-archive config name ("<hex>.json"). */
+static bool name_hex(const char *path, char hex[65])
 {
 	const char *base = strrchr(path, '/');
-	static __thread char hex[65];
 
 	base = base ? base + 1 : path;
 	if (strlen(base) < 64)
-		return NULL;
+		return false;
 	memcpy(hex, base, 64);
 	hex[64] = '\0';
-	if (!is_hex64(hex) || (base[64] && strcmp(base + 64, ".json") != 0))
-		return NULL;
-	return hex;
+	return is_hex64(hex) && (!base[64] || strcmp(base + 64, ".json") == 0);
 }
 
 /* A docker-archive: manifest.json names the config and the layer tars. */
@@ -388,7 +385,8 @@ static int docker_image(struct img_ctx *c, json_t **config, char cfg_hex[65],
 {
 	_cleanup_(json_decrefp) json_t *manifest = NULL;
 	json_t *entry, *paths, *v;
-	const char *cfg, *hex;
+	const char *cfg;
+	char hex[65];
 	size_t i;
 	int rc = read_doc(c, "manifest.json", NULL, -1, &manifest, err);
 
@@ -406,8 +404,7 @@ static int docker_image(struct img_ctx *c, json_t **config, char cfg_hex[65],
 	json_array_foreach(json_object_get(entry, "RepoTags"), i, v)
 		add_ref(c, json_string_value(v));
 	/* The config's name is its digest (the image id): check it. */
-	hex = name_hex(cfg);
-	if (!hex)
+	if (!name_hex(cfg, hex))
 		return herr_set(err, -EINVAL, "%s: manifest.json Config '%.200s' is not named "
 				"by its sha256", c->what, cfg);
 	rc = read_doc(c, cfg, hex, -1, config, err);

@@ -243,7 +243,9 @@ static int http_get(struct puller *p, const char *url, const char *accept, bool 
 		snprintf(bearer, sizeof(bearer), "Authorization: Bearer %s", p->token);
 		h = curl_slist_append(h, bearer);
 	}
-	/* Plain http only towards hosts allowed it; redirects obey the same. */
+	/* Plain http only towards hosts allowed it; redirects obey the same.
+	 * libcurl (since 7.83) drops a custom Authorization header when a
+	 * redirect leaves the host, so blob storage never sees the token. */
 	if (host_insecure(p->o, p->ref.host))
 		protocols = "http,https";
 	curl_easy_setopt(c, CURLOPT_URL, url);
@@ -333,7 +335,9 @@ static int fetch_token(struct puller *p, const char *challenge, struct herr *err
 	}
 	curl_free(host);
 	{
-		char *es = curl_easy_escape(NULL, service, 0), *ec = curl_easy_escape(NULL, scope, 0);
+		char *es = curl_easy_escape(NULL, service, 0);
+		char *ec = curl_easy_escape(NULL, scope, 0);
+
 		snprintf(url, sizeof(url), "%s%sservice=%s&scope=%s", realm,
 			 strchr(realm, '?') ? "&" : "?", es ? es : "", ec ? ec : "");
 		curl_free(es);
@@ -539,10 +543,11 @@ static int stage_manifest(struct puller *p, int stage, json_t **manifest, struct
 		rc = put_blob_file(stage, hex, body.data, body.len, err);
 	if (rc == 0) {
 		snprintf(digest, sizeof(digest), "sha256:%s", hex);
+		const char *mt = json_string_value(json_object_get(m, "mediaType"));
+
 		index = json_pack("{s:i,s:[{s:s,s:s,s:I}]}", "schemaVersion", 2, "manifests",
-				  "mediaType", json_string_value(json_object_get(m, "mediaType"))
-				  ?: "application/vnd.oci.image.manifest.v1+json", "digest", digest,
-				  "size", (json_int_t)body.len);
+				  "mediaType", mt ? mt : "application/vnd.oci.image.manifest.v1+json",
+				  "digest", digest, "size", (json_int_t)body.len);
 		if (!index)
 			rc = herr_set(err, -ENOMEM, "out of memory");
 		if (rc == 0) {

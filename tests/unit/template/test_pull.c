@@ -15,6 +15,8 @@
 
 #include "pull.h"
 
+#define HEX64 "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+
 static void expect(const char *in, const char *canonical)
 {
 	struct pull_ref r;
@@ -46,8 +48,7 @@ static void test_references(void **state)
 	expect("ghcr.io/org/app:v1.2", "ghcr.io/org/app:v1.2");
 	expect("127.0.0.1:5000/a/b/c:x", "127.0.0.1:5000/a/b/c:x");
 	expect("localhost/app", "localhost/app:latest");
-	expect("quay.io/a/b@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
-	       "quay.io/a/b@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef");
+	expect("quay.io/a/b@sha256:" HEX64, "quay.io/a/b@sha256:" HEX64);
 }
 
 static void test_bad_references(void **state)
