@@ -21,10 +21,10 @@
  *  - TCP connections are locked with CRIU's own nftables table inside the
  *    sandbox netns (--network-lock=nftables): one table, named CRIU-*, that
  *    hutchd can find and drop when a CRIU run is killed half-way;
- *  - restore leaves the tasks stopped: CRIU's last step inside each task
- *    (turning TCP repair mode off) fails there for want of CAP_NET_ADMIN
- *    over the netns, so the keeper does it (release_tcp_repair) before the
- *    tasks run again;
+ *  - TCP repair mode needs CAP_NET_ADMIN over the netns, which the restored
+ *    tasks (sandbox userns) lack: Hutch's CRIU patches switch it from
+ *    CRIU's usernsd and, before the tasks are released, from CRIU's root
+ *    task (scripts/criu-patches); the keeper checks that none is left;
  *  - --freeze-cgroup on the sandbox's freezer stops every task atomically,
  *    fork storms included; --leave-stopped keeps them stopped after the dump
  *    so that we end them only once the images are durable.
@@ -791,6 +791,47 @@ static struct mnl_socket *nl_in_netns(int netns)
 	return nl;
 }
 
+/* Deletes one inet table: nf_tables takes changes only inside a batch. */
+static int delete_table(struct mnl_socket *nl, const char *name)
+{
+	char buf[MNL_SOCKET_BUFFER_SIZE], rbuf[MNL_SOCKET_BUFFER_SIZE];
+	uint32_t seq = (uint32_t)time(NULL);
+	struct mnl_nlmsg_batch *b = mnl_nlmsg_batch_start(buf, sizeof(buf));
+	struct nftnl_table *t = nftnl_table_alloc();
+	int r = -ENOMEM;
+
+	if (!b || !t)
+		goto out;
+	nftnl_table_set_str(t, NFTNL_TABLE_NAME, name);
+	nftnl_batch_begin(mnl_nlmsg_batch_current(b), seq++);
+	mnl_nlmsg_batch_next(b);
+	struct nlmsghdr *nlh = nftnl_nlmsg_build_hdr(mnl_nlmsg_batch_current(b),
+						     NFT_MSG_DELTABLE, NFPROTO_INET,
+						     NLM_F_ACK, seq);
+	nftnl_table_nlmsg_build_payload(nlh, t);
+	mnl_nlmsg_batch_next(b);
+	nftnl_batch_end(mnl_nlmsg_batch_current(b), seq + 1);
+	mnl_nlmsg_batch_next(b);
+	if (mnl_socket_sendto(nl, mnl_nlmsg_batch_head(b), mnl_nlmsg_batch_size(b)) < 0) {
+		r = -errno;
+		goto out;
+	}
+	/* The delete is the only message asking for an ack. */
+	ssize_t n = mnl_socket_recvfrom(nl, rbuf, sizeof(rbuf));
+	if (n < 0)
+		r = -errno;
+	else
+		r = mnl_cb_run(rbuf, (size_t)n, seq, mnl_socket_get_portid(nl), NULL, NULL) < 0 ?
+			-errno : 0;
+out:
+	if (b)
+		mnl_nlmsg_batch_stop(b);
+	nftnl_table_free(t);
+	if (r < 0)
+		errno = -r;
+	return r;
+}
+
 /*
  * Drops CRIU's connection lock (its nftables table CRIU-<run id>) from the
  * sandbox netns. Only after a CRIU run that did not finish: a finished dump
@@ -812,16 +853,7 @@ static int drop_criu_locks(const char *id, int netns)
 	if (nl_talk(nl, nlh, collect_lock_table, &lt) < 0)
 		lt.n = 0;
 	for (int i = 0; i < lt.n; i++) {
-		/* A table delete outside a batch is accepted by nf_tables. */
-		struct nftnl_table *t = nftnl_table_alloc();
-		if (!t)
-			break;
-		nftnl_table_set_str(t, NFTNL_TABLE_NAME, lt.names[i]);
-		nlh = nftnl_nlmsg_build_hdr(buf, NFT_MSG_DELTABLE, NFPROTO_INET, NLM_F_ACK,
-					    (uint32_t)time(NULL) + 1 + (uint32_t)i);
-		nftnl_table_nlmsg_build_payload(nlh, t);
-		nftnl_table_free(t);
-		if (nl_talk(nl, nlh, NULL, NULL) == 0)
+		if (delete_table(nl, lt.names[i]) == 0)
 			dropped++;
 		else
 			log_warn("runtime", id, "cannot drop nft table %s: %s", lt.names[i],
@@ -949,6 +981,8 @@ static void recover_pause(struct rt *rt, struct rt_sandbox *s)
 		remove_tree(tmp);
 		undo_dump_network(rt, s);
 		resume_running(rt, id);
+		/* A CRIU that finished after hutchd died left them stopped. */
+		continue_tasks(rt, id);
 	}
 	/* Complete images and live tasks: the crash came between the rename
 	 * and the kill; the images are the truth, the tasks are stale. */
@@ -1254,8 +1288,6 @@ static void restore_args(struct restore_ctx *c, const char *scratch, struct argv
 	arg_add(a, "--pidfile=%s", c->pidfile);
 	arg_add(a, "--tcp-established");
 	arg_add(a, "--network-lock=nftables");
-	/* The keeper turns TCP repair off, then lets the tasks run. */
-	arg_add(a, "--leave-stopped");
 	for (size_t i = 0; i < N_EXT_MOUNTS; i++) {
 		const char *m = ext_mounts[i].mountpoint;
 		if (!strcmp(m, RT_AGENT_MOUNT))
@@ -1470,12 +1502,11 @@ static void keeper_pump(struct restore_ctx *c, pid_t init)
 
 /*
  * The new keeper: a child subreaper, so the init CRIU restores detached
- * becomes its child once CRIU exits. CRIU leaves the tasks stopped; the
- * keeper turns TCP repair mode off (CRIU cannot, see the file header) and
- * only then lets them run, so no user code ever sees a socket in repair
- * mode, and a hutchd that dies meanwhile changes nothing. From then on it
- * does what the original keeper did: drains the init's output into
- * init.log, waits for the init and records how it ended.
+ * becomes its child once CRIU exits. It checks that no socket was left in
+ * TCP repair mode (the patched CRIU turns it off before the tasks run; an
+ * unpatched one would have failed the restore earlier) and turns off any
+ * it finds. From then on it does what the original keeper did: drains the
+ * init's output into init.log, waits for the init and records how it ended.
  */
 static __attribute__((noreturn)) void restore_keeper(struct restore_ctx *c)
 {
@@ -1491,9 +1522,7 @@ static __attribute__((noreturn)) void restore_keeper(struct restore_ctx *c)
 	for (int i = 0; i < c->n_files; i++)
 		close(c->file_fds[i]);
 	if (rep.code == 0) {
-		int n = release_tcp_repair(c->rt, c->s->id);
-		continue_tasks(c->rt, c->s->id);
-		rep.repaired = n;
+		rep.repaired = release_tcp_repair(c->rt, c->s->id);
 	} else {
 		keeper_kill_children();
 	}
