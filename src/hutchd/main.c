@@ -38,7 +38,7 @@ static struct cfg_opt opts[] = {
 	{ "insecure-registries", CFG_STR, "",
 	  "image registries pulled over plain http (host[:port],...); loopback always" },
 	{ "template-upload-max-age", CFG_INT, "604800",
-	  "seconds `templates gc` keeps uploaded COPY archives" },
+	  "seconds template GC keeps uploaded COPY archives" },
 	{ "run-dir", CFG_STR, "/run/hutch", "runtime state, re-read after a restart" },
 	{ "api-listen", CFG_STR, "127.0.0.1", "IPv4 address of the REST API" },
 	{ "api-port", CFG_INT, "3000", "port of the REST API (E2B_API_URL)" },
@@ -466,6 +466,8 @@ static void fill_lc_config(struct lc_config *c, const char *tpl, const char *age
 			      .disk_mb = I("disk-mb") },
 		.warm_pool = I("warm-pool") > 0 ? (unsigned)I("warm-pool") : 0,
 		.warm_template = S("warm-template"),
+		.insecure_registries = S("insecure-registries"),
+		.template_upload_max_age_s = I("template-upload-max-age"),
 	};
 }
 

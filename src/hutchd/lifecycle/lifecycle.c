@@ -365,6 +365,8 @@ static int start_templates(struct lifecycle *lc, struct herr *err)
 		.max_upload_bytes = 4ULL << 30, .max_copy_bytes = 8ULL << 30,
 		.step_timeout_s = 1800, .ready_timeout_s = 60, .max_builds = 2,
 		.store = lc->store, /* template GC keeps what live sandboxes use */
+		.insecure_registries = lc->cfg.insecure_registries,
+		.upload_max_age_s = lc->cfg.template_upload_max_age_s,
 	};
 
 	return tmpl_open(&tc, &lc->templates, err);

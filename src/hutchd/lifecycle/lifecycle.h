@@ -46,6 +46,10 @@ struct lc_config {
 	 * agent gets a secret derived from it that /init must carry. NULL: the
 	 * agents take /init without one. */
 	const unsigned char *server_secret;
+	/* Templates: registries pulled over http (NULL: loopback only) and
+	 * the age at which GC removes uploaded archives (0: 7 days). */
+	const char *insecure_registries;
+	int64_t template_upload_max_age_s;
 };
 
 /* What the runtime reports about a live sandbox, for the metrics endpoint. */
