@@ -685,6 +685,7 @@ int proxy_start(const struct proxy_config *cfg, const struct proxy_backend *be,
 	p->cfg = *cfg;
 	p->be = *be;
 	registry_init(&p->reg);
+	workers_init(&p->workers);
 	pthread_mutex_init(&p->relay_mu, NULL);
 	pthread_cond_init(&p->relay_cv, NULL);
 	/* A quarter of the limit may owe a request: the rest stays for
@@ -751,6 +752,7 @@ void proxy_stop(struct proxy *p)
 		}
 	}
 	pthread_mutex_unlock(&p->relay_mu);
+	workers_stop(&p->workers);
 	conn_guard_free(p->guard);
 	registry_free(&p->reg);
 	pthread_mutex_destroy(&p->relay_mu);

@@ -3,6 +3,7 @@
 #define HUTCH_PROXY_INTERNAL_H
 
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include <microhttpd.h>
@@ -32,6 +33,16 @@ struct fd_registry {
 	size_t n, cap;
 };
 
+/* Threads that run upstream exchanges (workers.c). */
+struct worker_pool {
+	pthread_mutex_t mu;
+	pthread_cond_t work_cv;   /* idle threads wait here */
+	pthread_cond_t done_cv;   /* exchange owners and workers_stop wait here */
+	struct preq *head, *tail; /* requests no thread has taken yet */
+	unsigned queued, idle, threads;
+	bool stopping;
+};
+
 struct proxy {
 	struct proxy_config cfg;
 	char *listen;
@@ -44,6 +55,7 @@ struct proxy {
 	pthread_cond_t relay_cv;
 	unsigned relays; /* WebSocket relay threads alive */
 	struct conn_guard *guard;
+	struct worker_pool workers;
 };
 
 /* A bounded byte ring between the client side and the upstream side. */
@@ -81,10 +93,11 @@ struct preq {
 	bool routed, replied, upgrade, has_body;
 	int64_t content_length; /* of the request; -1 unknown */
 
-	/* upstream exchange, run by a worker thread */
+	/* upstream exchange, run by a pool thread */
 	struct pconn *pc;
 	bool worker_started;
-	pthread_t worker;
+	struct preq *next_job; /* in the pool's queue */
+	bool released;         /* the pool thread is done with this request */
 	struct hbuf head;   /* the request head as it goes upstream */
 	int up_fd;
 	pthread_mutex_t mu;
@@ -126,6 +139,17 @@ void pconn_free(struct pconn *pc);
 bool header_is_hop_by_hop(const char *name, const char *connection);
 /* Request headers the proxy never forwards (hutchd's own, to agents). */
 bool header_is_control_plane(const char *name);
+
+/* Runs one exchange start to end (a pool thread). */
+void upstream_exchange(struct preq *q);
+
+/* workers.c */
+void workers_init(struct worker_pool *w);
+/* Hands q to an idle thread or a new one; negative errno if none can run. */
+int workers_run(struct worker_pool *w, struct preq *q);
+/* Returns once the thread that ran q no longer touches it. */
+void workers_wait(struct worker_pool *w, struct preq *q);
+void workers_stop(struct worker_pool *w);
 
 /* websocket.c: Upgrade requests */
 enum MHD_Result ws_forward(struct preq *q);

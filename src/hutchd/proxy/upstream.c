@@ -9,7 +9,7 @@
  * given (EISCONN), and a socket can only be made inside the sandbox's
  * namespace by the runtime, already connected.
  *
- * A worker thread runs the exchange. The request body flows from the client
+ * A thread of the proxy's pool (workers.c) runs the exchange. The request body flows from the client
  * thread into a bounded ring that the worker drains to the socket; the
  * response body flows from the worker into another bounded ring that
  * libmicrohttpd's content reader drains. Whichever side is ahead waits on
@@ -333,9 +333,8 @@ static void keep_or_close(struct preq *q, int fd, bool ok)
 	drop_fd(q->p, fd);
 }
 
-static void *worker_main(void *arg)
+void upstream_exchange(struct preq *q)
 {
-	struct preq *q = arg;
 	int fd = reuse(q);
 	bool reused = fd >= 0, ok = false;
 
@@ -360,7 +359,6 @@ static void *worker_main(void *arg)
 	q->done = true;
 	pthread_cond_broadcast(&q->cv);
 	pthread_mutex_unlock(&q->mu);
-	return NULL;
 }
 
 /* ---- libmicrohttpd's content reader (client thread) ---- */
@@ -507,9 +505,9 @@ int upstream_start(struct preq *q, struct pconn *pc, struct herr *err)
 	rc = build_head(q, err);
 	if (rc < 0)
 		return rc;
-	rc = pthread_create(&q->worker, NULL, worker_main, q);
-	if (rc != 0)
-		return herr_set(err, -rc, "starting the upstream thread failed");
+	rc = workers_run(&q->p->workers, q);
+	if (rc < 0)
+		return herr_set(err, rc, "starting the upstream thread failed");
 	q->worker_started = true;
 	return 0;
 }
@@ -536,7 +534,7 @@ void upstream_end(struct preq *q)
 		}
 		pthread_cond_broadcast(&q->cv);
 		pthread_mutex_unlock(&q->mu);
-		pthread_join(q->worker, NULL);
+		workers_wait(&q->p->workers, q);
 		q->worker_started = false;
 	}
 	for (size_t i = 0; i < q->n_resp_hdrs; i++) {
