@@ -9,7 +9,9 @@
  *   - /data/marker, a file written once at start.
  * Control (one line per connection on :7000): "state" answers
  *   "counter=N mem=OK|BAD peer_port=P pongs=N peer=up|down marker=TEXT
- *    eth_port=P eth_pongs=N eth=up|down" (eth_* for the eth0 peer).
+ *    eth_port=P eth_pongs=N eth=up|down" (eth_* for the eth0 peer);
+ *   "say TEXT" writes TEXT to stdout (the runtime's init.log) and answers
+ *   "said".
  *
  *   snap-app MB MARKER [nopeer]
  * Statically linked so that it runs in a bare busybox root.
@@ -192,7 +194,13 @@ int main(int argc, char **argv)
 			int c = accept4(ctl, NULL, NULL, SOCK_CLOEXEC);
 			char cmd[64], out[512];
 			ssize_t n = c >= 0 ? read(c, cmd, sizeof(cmd) - 1) : -1;
-			if (n > 0) {
+			if (n > 4 && !strncmp(cmd, "say ", 4)) {
+				cmd[n] = '\0';
+				ssize_t w = write(1, cmd + 4, strlen(cmd + 4));
+				if (write(c, w > 0 ? "said\n" : "fail\n", 5) < 0) {
+					/* the client left */
+				}
+			} else if (n > 0) {
 				int fd = open("/data/marker", O_RDONLY | O_CLOEXEC);
 				ssize_t m = fd >= 0 ? read(fd, marker_read, sizeof(marker_read) - 1) : 0;
 				marker_read[m > 0 ? m : 0] = '\0';

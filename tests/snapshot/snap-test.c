@@ -266,6 +266,45 @@ static void test_cycles(struct rt *rt, const char *id, const struct rt_restore_s
 	}
 }
 
+/* True when init.log has the text within 2 s: the init's output pipe was
+ * handed over to the new keeper on resume. */
+static bool init_log_has(const char *id, const char *text)
+{
+	char path[4200], buf[8192];
+
+	snprintf(path, sizeof(path), "%s/sandboxes/%s/init.log", data_dir, id);
+	for (int i = 0; i < 20; i++) {
+		FILE *f = fopen(path, "re");
+		size_t n = f ? fread(buf, 1, sizeof(buf) - 1, f) : 0;
+		if (f)
+			fclose(f);
+		buf[n] = '\0';
+		if (strstr(buf, text))
+			return true;
+		sleep_ms(100);
+	}
+	return false;
+}
+
+static void test_init_output(struct rt *rt, const char *id)
+{
+	struct herr err;
+	char line[64], ans[16] = "";
+
+	snprintf(line, sizeof(line), "say after-resume-%ld\n", (long)getpid());
+	int fd = rt_dial(rt, id, 7000, &err);
+	ssize_t n = -1;
+	if (fd >= 0 && write(fd, line, strlen(line)) == (ssize_t)strlen(line))
+		n = read(fd, ans, sizeof(ans) - 1);
+	if (fd >= 0)
+		close(fd);
+	ans[n > 0 ? n : 0] = '\0';
+	line[strlen(line) - 1] = '\0';
+	check(!strncmp(ans, "said", 4) && init_log_has(id, line + 4),
+	      "init output reaches init.log after resume", "answer '%s', '%s' not in init.log",
+	      ans, line + 4);
+}
+
 static void test_double_resume(struct rt *rt, const char *id, const struct rt_restore_spec *spec)
 {
 	struct app_state a;
@@ -486,6 +525,7 @@ int main(int argc, char **argv)
 	check(r == 0, "create sandbox", "%s", err.msg);
 	if (r == 0) {
 		test_cycles(rt, spec.id, &rspec, mb, marker);
+		test_init_output(rt, spec.id);
 		test_double_resume(rt, spec.id, &rspec);
 		test_kill_restore(rt, spec.id, &rspec);
 		rt = test_restart(rt, &cfg, spec.id, &rspec);
