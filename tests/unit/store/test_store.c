@@ -1,5 +1,6 @@
 /* The SQLite store on a real database file in a temporary directory. */
 #include <errno.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -251,6 +252,64 @@ static void test_list_pages_and_filters(void **state)
 	assert_string_equal(c.ids[2], "i3");
 }
 
+/*
+ * Group commit: writers on several threads share fdatasyncs. Every write
+ * that returned must be committed (seen by another connection, as another
+ * process would see it), and no writer may be left waiting for a sync.
+ */
+#define WRITERS 8
+#define EVENTS_EACH 40
+
+struct writer {
+	struct store *st;
+	int failures;
+};
+
+static void *write_events(void *arg)
+{
+	struct writer *w = arg;
+	struct herr err;
+
+	for (int i = 0; i < EVENTS_EACH; i++)
+		if (store_event_add(w->st, "sbxgroupcommit0000001", "tick", "", &err) < 0)
+			w->failures++;
+	return NULL;
+}
+
+static int count_event(int64_t at, const char *kind, const char *detail, void *ctx)
+{
+	(void)at;
+	(void)detail;
+	if (strcmp(kind, "tick") == 0)
+		(*(int *)ctx)++;
+	return 0;
+}
+
+static void test_concurrent_writes_all_commit(void **state)
+{
+	struct fx *f = *state;
+	struct writer w[WRITERS];
+	pthread_t t[WRITERS];
+	struct store *other = NULL;
+	struct herr err;
+	int seen = 0;
+
+	add_sandbox(f, "sbxgroupcommit0000001", 1000, "{}");
+	for (int i = 0; i < WRITERS; i++) {
+		w[i] = (struct writer){ .st = f->st };
+		assert_int_equal(pthread_create(&t[i], NULL, write_events, &w[i]), 0);
+	}
+	for (int i = 0; i < WRITERS; i++) {
+		assert_int_equal(pthread_join(t[i], NULL), 0);
+		assert_int_equal(w[i].failures, 0);
+	}
+	assert_int_equal(store_open(f->path, "node-a", &other, &err), 0);
+	assert_int_equal(store_event_list(other, "sbxgroupcommit0000001", 0, 10000,
+					  count_event, &seen, &err), 0);
+	store_close(other);
+	assert_int_equal(seen, WRITERS * EVENTS_EACH);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -261,6 +320,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_end_keeps_reason_once, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_deadlines, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_list_pages_and_filters, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_concurrent_writes_all_commit, setup,
+						teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
