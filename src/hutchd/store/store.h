@@ -3,9 +3,10 @@
  * events, behind one interface so that another database (PostgreSQL, for
  * several nodes) can replace SQLite later without touching the callers.
  *
- * Every write is committed before the function returns, so a caller may
- * acknowledge it to a client. Rows carry the node that owns them. Functions
- * are safe to call from any thread.
+ * Every write is committed and on disk (fdatasync, shared by concurrent
+ * writers) before the function returns, so a caller may acknowledge it to a
+ * client. Rows carry the node that owns them. Functions are safe to call
+ * from any thread.
  *
  * Times are milliseconds since the Unix epoch (int64).
  */
