@@ -9,8 +9,8 @@
  * given (EISCONN), and a socket can only be made inside the sandbox's
  * namespace by the runtime, already connected.
  *
- * A thread of the proxy's pool (workers.c) runs the exchange. The request body flows from the client
- * thread into a bounded ring that the worker drains to the socket; the
+ * A thread of the proxy's pool (workers.c) runs the exchange. The request
+ * body flows from the client thread into a bounded ring that the worker drains to the socket; the
  * response body flows from the worker into another bounded ring that
  * libmicrohttpd's content reader drains. Whichever side is ahead waits on
  * the request's condition variable, so memory stays bounded and a slow
