@@ -38,6 +38,13 @@ async function checkFiles(sb) {
   assert.equal(await sb.files.read('/home/user/notes.txt'), 'kept across a pause');
   const r = await sb.commands.run('cat /opt/data/x /etc/hutch-pause-test');
   assert.equal(r.stdout, 'opt\netc\n');
+  // the root is writable again (an overlay mounted by the wrong user comes
+  // back read-only, which reads alone would not show)
+  await sb.files.write('/home/user/after-resume.txt', 'written after');
+  assert.equal(await sb.files.read('/home/user/after-resume.txt'), 'written after');
+  const w = await sb.commands.run('touch /opt/data/y /etc/hutch-after && echo ok',
+    { user: 'root' });
+  assert.equal(w.stdout, 'ok\n');
 }
 
 test('disk-only pause keeps files and the id; connect resumes it (201)',

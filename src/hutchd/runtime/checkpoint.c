@@ -1205,6 +1205,95 @@ static int attach_idmapped(const char *src, int userns, const char *path, struct
 	return attach_tree(fd, path, err);
 }
 
+/* The child of overlay_as_sandbox_root: never returns. */
+static __attribute__((noreturn)) void overlay_child(int userns, const char *opts, int sock)
+{
+	int fs = -1, mnt = -1;
+	char cbuf[CMSG_SPACE(sizeof(int))] = { 0 };
+	char byte = 0;
+	struct iovec iov = { .iov_base = &byte, .iov_len = 1 };
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1,
+			      .msg_control = cbuf, .msg_controllen = sizeof(cbuf) };
+	struct cmsghdr *cm;
+
+	/* Root of the sandbox's user namespace, in a mount namespace it owns:
+	 * only there may an overlay be made with these credentials. */
+	if (setns(userns, CLONE_NEWUSER) < 0 || unshare(CLONE_NEWNS) < 0 ||
+	    setresgid(0, 0, 0) < 0 || setresuid(0, 0, 0) < 0)
+		_exit(1);
+	fs = (int)syscall(SYS_fsopen, "overlay", FSOPEN_CLOEXEC);
+	if (fs < 0 || syscall(SYS_fsconfig, fs, FSCONFIG_SET_STRING, "source", "overlay", 0) < 0)
+		_exit(2);
+	/* The options are the same text mount(2) takes; fsconfig wants them
+	 * one by one. */
+	char *copy = strdup(opts), *save = NULL;
+	for (char *kv = copy ? strtok_r(copy, ",", &save) : NULL; kv;
+	     kv = strtok_r(NULL, ",", &save)) {
+		char *eq = strchr(kv, '=');
+		if (eq)
+			*eq = '\0';
+		if (syscall(SYS_fsconfig, fs, eq ? FSCONFIG_SET_STRING : FSCONFIG_SET_FLAG,
+			    kv, eq ? eq + 1 : NULL, 0) < 0)
+			_exit(3);
+	}
+	if (!copy || syscall(SYS_fsconfig, fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0)
+		_exit(4);
+	mnt = (int)syscall(SYS_fsmount, fs, FSMOUNT_CLOEXEC, 0);
+	if (mnt < 0)
+		_exit(5);
+	cm = CMSG_FIRSTHDR(&msg);
+	cm->cmsg_level = SOL_SOCKET;
+	cm->cmsg_type = SCM_RIGHTS;
+	cm->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(cm), &mnt, sizeof(int));
+	_exit(sendmsg(sock, &msg, 0) == 1 ? 0 : 6);
+}
+
+/*
+ * The overlay root must be made by root of the sandbox's user namespace, as
+ * at the start (spawn.c): overlayfs does its own work (workdir, copy-up)
+ * with the credentials of whoever mounted it. Host root has no id on the
+ * idmapped disk, so every such step fails with EOVERFLOW and overlayfs
+ * falls back to read-only: the restored sandbox then cannot write a file.
+ * A child made root of the sandbox's namespace creates the overlay and
+ * hands back the detached mount; only this (private) mount namespace ever
+ * gets it attached.
+ */
+static int overlay_as_sandbox_root(int userns, const char *opts, struct herr *err)
+{
+	int sv[2], status = 0, fd = -1;
+	char cbuf[CMSG_SPACE(sizeof(int))] = { 0 };
+	char byte;
+	struct iovec iov = { .iov_base = &byte, .iov_len = 1 };
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1,
+			      .msg_control = cbuf, .msg_controllen = sizeof(cbuf) };
+
+	if (socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, sv) < 0)
+		return herr_sys(err, -errno, "socketpair for the overlay root");
+	pid_t pid = fork();
+	if (pid < 0) {
+		close(sv[0]);
+		close(sv[1]);
+		return herr_sys(err, -errno, "fork for the overlay root");
+	}
+	if (pid == 0) {
+		close(sv[0]);
+		overlay_child(userns, opts, sv[1]);
+	}
+	close(sv[1]);
+	ssize_t got = recvmsg(sv[0], &msg, MSG_CMSG_CLOEXEC);
+	close(sv[0]);
+	struct cmsghdr *cm = got == 1 ? CMSG_FIRSTHDR(&msg) : NULL;
+	if (cm && cm->cmsg_type == SCM_RIGHTS && cm->cmsg_len == CMSG_LEN(sizeof(int)))
+		memcpy(&fd, CMSG_DATA(cm), sizeof(int));
+	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+		;
+	if (fd < 0)
+		return herr_set(err, -EIO, "mount of the overlay root as the sandbox's root "
+				"failed (step %d)", WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+	return fd;
+}
+
 /*
  * Rebuilds, in CRIU's private mount namespace, what the sandbox's mounts
  * were made from: the overlay root over the same idmapped layers and disk,
@@ -1258,8 +1347,11 @@ static int build_restore_mounts(struct restore_ctx *c, const char *scratch, stru
 	snprintf(path, sizeof(path), "%.3900s/root", scratch);
 	if (mkdir(path, 0755) < 0)
 		return herr_sys(err, -errno, "mkdir %s", path);
-	if (mount("overlay", path, "overlay", 0, opts) < 0)
-		return herr_sys(err, -errno, "mount overlay root at %s", path);
+	_cleanup_close_ int root = overlay_as_sandbox_root(userns, opts, err);
+	if (root < 0)
+		return root;
+	if ((r = attach_tree(root, path, err)) < 0)
+		return r;
 
 	snprintf(path, sizeof(path), "%.3900s/agent", scratch);
 	if ((r = attach_idmapped(c->spec->agent_dir, userns, path, err)) < 0)
