@@ -682,9 +682,11 @@ static void reset_stmt(sqlite3_stmt **s)
 int store_sandbox_get(struct store *st, const char *id, int64_t team_id,
 		      struct store_sandbox *out, struct herr *err)
 {
-	__attribute__((cleanup(reset_stmt))) sqlite3_stmt *s = NULL;
 	int rc;
+	/* Declared after the lock so that its reset runs before the unlock:
+	 * the next user may step it the moment the mutex is free. */
 	LOCKED(st);
+	__attribute__((cleanup(reset_stmt))) sqlite3_stmt *s = NULL;
 
 	if (!st->get_stmt &&
 	    sqlite3_prepare_v3(st->db, "SELECT " SBX_COLS " FROM sandboxes WHERE id = ?"

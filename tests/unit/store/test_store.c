@@ -310,6 +310,50 @@ static void test_concurrent_writes_all_commit(void **state)
 	assert_int_equal(seen, WRITERS * EVENTS_EACH);
 }
 
+/* The kept lookup statement is shared: readers on several threads must each
+ * get their own sandbox, whole, every time. */
+struct reader {
+	struct store *st;
+	const char *id;
+	int wrong;
+};
+
+static void *read_sandboxes(void *arg)
+{
+	struct reader *r = arg;
+	struct herr err;
+
+	for (int i = 0; i < 400; i++) {
+		struct store_sandbox sb = { 0 };
+
+		if (store_sandbox_get(r->st, r->id, -1, &sb, &err) != 1 ||
+		    strcmp(sb.id, r->id) != 0 || strcmp(sb.state, SBX_RUNNING) != 0 ||
+		    !sb.template_id || strcmp(sb.template_id, "base") != 0)
+			r->wrong++;
+		store_sandbox_clear(&sb);
+	}
+	return NULL;
+}
+
+static void test_concurrent_lookups(void **state)
+{
+	static const char *const ids[] = { "sbxlookup00000000001", "sbxlookup00000000002" };
+	struct fx *f = *state;
+	struct reader r[WRITERS];
+	pthread_t t[WRITERS];
+
+	add_sandbox(f, ids[0], 1000, "{}");
+	add_sandbox(f, ids[1], 2000, "{}");
+	for (int i = 0; i < WRITERS; i++) {
+		r[i] = (struct reader){ .st = f->st, .id = ids[i % 2] };
+		assert_int_equal(pthread_create(&t[i], NULL, read_sandboxes, &r[i]), 0);
+	}
+	for (int i = 0; i < WRITERS; i++) {
+		assert_int_equal(pthread_join(t[i], NULL), 0);
+		assert_int_equal(r[i].wrong, 0);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -322,6 +366,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_list_pages_and_filters, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_concurrent_writes_all_commit, setup,
 						teardown),
+		cmocka_unit_test_setup_teardown(test_concurrent_lookups, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
