@@ -72,4 +72,12 @@ void sbx_network(struct api_req *r, const char *id);
 void sbx_metrics(struct api_req *r, const char *id);
 void sbx_logs(struct api_req *r, const char *id, bool v2);
 
+/* Snapshots and fork (snapshots.c). */
+void snap_create(struct api_req *r, const char *id);
+void snap_list(struct api_req *r);
+void snap_get(struct api_req *r, const char *snapshot_id);
+void snap_delete(struct api_req *r, const char *snapshot_id);
+void snap_fork(struct api_req *r, const char *snapshot_id);
+void sbx_fork(struct api_req *r, const char *id);
+
 #endif

@@ -261,6 +261,32 @@ static void route_sandbox_action(struct api_req *r, const char *id, const char *
 		sbx_network(r, id);
 	else if (is(action, "metrics") && get)
 		sbx_metrics(r, id);
+	else if (is(action, "snapshots") && post)
+		snap_create(r, id); /* snapshots.c */
+	else if (is(action, "fork") && post)
+		sbx_fork(r, id);
+	else
+		api_error(r, 404, "no such endpoint");
+}
+
+/* /snapshots, /snapshots/{id} and /snapshots/{id}/fork (snapshots.c) */
+static void route_snapshots(struct api_req *r, char **seg, int n)
+{
+	if (n == 0 && is(r->method, "GET"))
+		snap_list(r);
+	else if (n == 0)
+		method_not_allowed(r);
+	else if (!sandbox_id_valid(seg[0]))
+		api_error(r, 404, "Snapshot \"%.64s\" doesn't exist or you don't have "
+			  "access to it", seg[0]);
+	else if (n == 1 && is(r->method, "GET"))
+		snap_get(r, seg[0]);
+	else if (n == 1 && is(r->method, "DELETE"))
+		snap_delete(r, seg[0]);
+	else if (n == 1)
+		method_not_allowed(r);
+	else if (n == 2 && is(seg[1], "fork") && is(r->method, "POST"))
+		snap_fork(r, seg[0]);
 	else
 		api_error(r, 404, "no such endpoint");
 }
@@ -310,6 +336,8 @@ static void route(struct api_req *r, const char *url)
 		route_sandboxes(r, seg + 1, n - 1, false);
 	else if (n >= 2 && is(seg[0], "v2") && is(seg[1], "sandboxes"))
 		route_sandboxes(r, seg + 2, n - 2, true);
+	else if (n >= 1 && is(seg[0], "snapshots"))
+		route_snapshots(r, seg + 1, n - 1);
 	else if (n >= 1 && tpl_api_route(r, seg, n)) /* templates.c */
 		;
 	else

@@ -58,6 +58,19 @@ const char *const store_migrations[] = {
 	"  detail TEXT NOT NULL DEFAULT '',"
 	"  node TEXT NOT NULL);"
 	"CREATE INDEX events_sandbox ON events(sandbox_id, at);",
+	/* 2: snapshots of sandboxes (docs/api.md, "Snapshots and fork"); config
+	 * is what a fork needs of the source's row, as a JSON object. */
+	"CREATE TABLE snapshots ("
+	"  id TEXT PRIMARY KEY,"
+	"  team_id INTEGER NOT NULL REFERENCES teams(id),"
+	"  sandbox_id TEXT NOT NULL,"
+	"  template_id TEXT NOT NULL,"
+	"  name TEXT NOT NULL DEFAULT '',"
+	"  created_at INTEGER NOT NULL,"
+	"  size_bytes INTEGER NOT NULL,"
+	"  config TEXT NOT NULL DEFAULT '{}',"
+	"  node TEXT NOT NULL);"
+	"CREATE INDEX snapshots_team ON snapshots(team_id, created_at);",
 };
 
 const int store_migration_count = sizeof(store_migrations) / sizeof(store_migrations[0]);

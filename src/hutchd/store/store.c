@@ -1089,3 +1089,128 @@ int store_event_list(struct store *st, const char *sandbox_id, int64_t since,
 		return db_err(st, err, "listing events");
 	return 0;
 }
+
+/* ---- snapshots ---- */
+
+void store_snapshot_clear(struct store_snapshot *s)
+{
+	free(s->template_id);
+	free(s->name);
+	free(s->config);
+	free(s->node);
+	memset(s, 0, sizeof(*s));
+}
+
+#define SNAP_COLS "id, team_id, sandbox_id, template_id, name, created_at, size_bytes," \
+		  " config, node"
+
+static int read_snapshot(sqlite3_stmt *s, struct store_snapshot *o)
+{
+	memset(o, 0, sizeof(*o));
+	copy_col(o->id, sizeof(o->id), s, 0);
+	o->team_id = sqlite3_column_int64(s, 1);
+	copy_col(o->sandbox_id, sizeof(o->sandbox_id), s, 2);
+	o->template_id = col_dup(s, 3);
+	o->name = col_dup(s, 4);
+	o->created_at = sqlite3_column_int64(s, 5);
+	o->size_bytes = sqlite3_column_int64(s, 6);
+	o->config = col_dup(s, 7);
+	o->node = col_dup(s, 8);
+	if (!o->template_id || !o->name || !o->config || !o->node) {
+		store_snapshot_clear(o);
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+int store_snapshot_insert(struct store *st, const struct store_snapshot *x,
+			  struct herr *err)
+{
+	_cleanup_stmt_ sqlite3_stmt *s = NULL;
+	int rc;
+	WRITE_LOCKED(st);
+
+	rc = prepare(st, "INSERT INTO snapshots (" SNAP_COLS ") VALUES (?, ?, ?, ?, ?,"
+			 " ?, ?, ?, ?)", &s, err);
+	if (rc < 0)
+		return rc;
+	bind_text(s, 1, x->id);
+	sqlite3_bind_int64(s, 2, x->team_id);
+	bind_text(s, 3, x->sandbox_id);
+	bind_text(s, 4, x->template_id);
+	bind_text(s, 5, x->name);
+	sqlite3_bind_int64(s, 6, x->created_at);
+	sqlite3_bind_int64(s, 7, x->size_bytes);
+	bind_text(s, 8, or_default(x->config, "{}"));
+	bind_text(s, 9, st->node);
+	rc = step_done(st, s, "inserting snapshot", err);
+	return rc < 0 ? rc : 0;
+}
+
+int store_snapshot_get(struct store *st, const char *id, int64_t team_id,
+		       struct store_snapshot *out, struct herr *err)
+{
+	_cleanup_stmt_ sqlite3_stmt *s = NULL;
+	int rc;
+	LOCKED(st);
+
+	rc = prepare(st, "SELECT " SNAP_COLS " FROM snapshots WHERE id = ?"
+			 " AND (? < 0 OR team_id = ?)", &s, err);
+	if (rc < 0)
+		return rc;
+	bind_text(s, 1, id);
+	sqlite3_bind_int64(s, 2, team_id);
+	sqlite3_bind_int64(s, 3, team_id);
+	rc = sqlite3_step(s);
+	if (rc == SQLITE_DONE)
+		return 0;
+	if (rc != SQLITE_ROW)
+		return db_err(st, err, "reading snapshot");
+	if (read_snapshot(s, out) < 0)
+		return herr_set(err, -ENOMEM, "out of memory");
+	return 1;
+}
+
+int store_snapshot_list(struct store *st, int64_t team_id, const char *sandbox_id,
+			store_snapshot_cb cb, void *ctx, struct herr *err)
+{
+	_cleanup_stmt_ sqlite3_stmt *s = NULL;
+	struct store_snapshot snap;
+	int rc;
+	LOCKED(st);
+
+	rc = prepare(st, "SELECT " SNAP_COLS " FROM snapshots WHERE team_id = ?"
+			 " AND (? = '' OR sandbox_id = ?) ORDER BY created_at, id", &s, err);
+	if (rc < 0)
+		return rc;
+	sqlite3_bind_int64(s, 1, team_id);
+	bind_text(s, 2, sandbox_id);
+	bind_text(s, 3, sandbox_id);
+	while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+		if (read_snapshot(s, &snap) < 0)
+			return herr_set(err, -ENOMEM, "out of memory");
+		rc = cb(&snap, ctx);
+		store_snapshot_clear(&snap);
+		if (rc != 0)
+			return 0;
+	}
+	if (rc != SQLITE_DONE)
+		return db_err(st, err, "listing snapshots");
+	return 0;
+}
+
+int store_snapshot_delete(struct store *st, const char *id, int64_t team_id,
+			  struct herr *err)
+{
+	_cleanup_stmt_ sqlite3_stmt *s = NULL;
+	int rc;
+	WRITE_LOCKED(st);
+
+	rc = prepare(st, "DELETE FROM snapshots WHERE id = ? AND team_id = ?", &s, err);
+	if (rc < 0)
+		return rc;
+	bind_text(s, 1, id);
+	sqlite3_bind_int64(s, 2, team_id);
+	rc = step_done(st, s, "deleting snapshot", err);
+	return rc < 0 ? rc : rc > 0;
+}

@@ -201,6 +201,42 @@ struct store_list_query {
 int store_sandbox_list(struct store *st, const struct store_list_query *q,
 		       store_sandbox_cb cb, void *ctx, bool *more, struct herr *err);
 
+/* ---- snapshots (docs/api.md, "Snapshots and fork") ---- */
+
+struct store_snapshot {
+	char id[SBX_ID_LEN + 1];
+	int64_t team_id;
+	char sandbox_id[SBX_ID_LEN + 1];
+	char *template_id;
+	char *name;            /* "" when none was given */
+	int64_t created_at;
+	int64_t size_bytes;    /* bytes the snapshot's files take on disk */
+	char *config;          /* JSON object: what a fork takes of the source */
+	char *node;
+};
+
+void store_snapshot_clear(struct store_snapshot *s);
+static inline void cleanup_snapshotp(struct store_snapshot *s)
+{
+	store_snapshot_clear(s);
+}
+#define _cleanup_snapshot_ __attribute__((cleanup(cleanup_snapshotp)))
+
+/* -EEXIST on an id clash. */
+int store_snapshot_insert(struct store *st, const struct store_snapshot *s,
+			  struct herr *err);
+/* team_id < 0 means any team. Returns 1 found, 0 not. */
+int store_snapshot_get(struct store *st, const char *id, int64_t team_id,
+		       struct store_snapshot *out, struct herr *err);
+typedef int (*store_snapshot_cb)(const struct store_snapshot *s, void *ctx);
+/* A team's snapshots, oldest first; sandbox_id NULL = of every sandbox. cb
+ * runs under the store's lock: it must not call the store. */
+int store_snapshot_list(struct store *st, int64_t team_id, const char *sandbox_id,
+			store_snapshot_cb cb, void *ctx, struct herr *err);
+/* Returns 1 when a row of that team was deleted, 0 when there was none. */
+int store_snapshot_delete(struct store *st, const char *id, int64_t team_id,
+			  struct herr *err);
+
 /* ---- events ---- */
 
 /* Appends an event about a sandbox (kind: "created", "killed", ...). */

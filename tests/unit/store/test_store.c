@@ -80,9 +80,9 @@ static void test_reopen_keeps_schema(void **state)
 	struct store *again;
 	struct herr err;
 
-	assert_int_equal(store_schema_version(f->st), 1);
+	assert_int_equal(store_schema_version(f->st), 2);
 	assert_int_equal(store_open(f->path, "node-a", &again, &err), 0);
-	assert_int_equal(store_schema_version(again), 1);
+	assert_int_equal(store_schema_version(again), 2);
 	store_close(again);
 }
 
