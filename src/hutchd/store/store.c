@@ -54,7 +54,9 @@ struct store {
 	bool syncing;			/* a thread is in fdatasync */
 };
 
-/* Scope guard for the store mutex. */
+/* Scope guard for the store mutex, for functions that only read. One that
+ * writes takes WRITE_LOCKED instead: under synchronous=NORMAL a write made
+ * under LOCKED would return before it is on disk. */
 static void unlock_store(struct store **stp)
 {
 	if (*stp)
