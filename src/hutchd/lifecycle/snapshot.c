@@ -341,9 +341,10 @@ static int restart_source(struct lifecycle *lc, const struct store_sandbox *sb,
 			  struct herr *err)
 {
 	struct lc_template tpl = { 0 };
+	/* set_intent answers the rows it changed: only an error counts here. */
 	int rc = store_sandbox_set_intent(lc->store, sb->id, "resume", err);
 
-	if (rc == 0)
+	if (rc >= 0)
 		rc = lc_template_get_team(lc, sb->team_id, sb->template_id, &tpl, err);
 	if (rc == 0)
 		rc = lcrt_resume(lc->rt, sb, &tpl, err);
