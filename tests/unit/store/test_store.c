@@ -134,6 +134,63 @@ static void test_insert_is_creating_with_intent(void **state)
 	assert_int_equal(store_sandbox_get(f->st, "iaaaa", f->team + 1, &got, &err), 0);
 }
 
+/* Many creates racing for the last places: the cap is never exceeded. */
+struct capped_arg {
+	struct store *st;
+	int64_t team;
+	int index;
+	int rc;
+};
+
+static void *insert_capped(void *p)
+{
+	struct capped_arg *a = p;
+	struct store_sandbox s = { 0 };
+	struct herr err;
+
+	snprintf(s.id, sizeof(s.id), "icap%02d", a->index);
+	s.team_id = a->team;
+	s.template_id = "base";
+	s.envd_version = "0.6.13";
+	a->rc = store_sandbox_insert_capped(a->st, &s, 5, &err);
+	if (a->rc == -EDQUOT && !strstr(err.msg, "5 active sandboxes"))
+		a->rc = -EPROTO; /* the message must name the count */
+	return NULL;
+}
+
+static void test_insert_capped_holds_under_races(void **state)
+{
+	struct fx *f = *state;
+	struct capped_arg a[16];
+	pthread_t t[16];
+	int ok = 0, refused = 0;
+	int64_t n;
+	struct herr err;
+
+	add_sandbox(f, "iexisting", 1000, NULL); /* one place already taken */
+	for (int i = 0; i < 16; i++) {
+		a[i] = (struct capped_arg){ .st = f->st, .team = f->team, .index = i };
+		assert_int_equal(pthread_create(&t[i], NULL, insert_capped, &a[i]), 0);
+	}
+	for (int i = 0; i < 16; i++) {
+		assert_int_equal(pthread_join(t[i], NULL), 0);
+		if (a[i].rc == 0)
+			ok++;
+		else if (a[i].rc == -EDQUOT)
+			refused++;
+	}
+	assert_int_equal(ok, 4);
+	assert_int_equal(refused, 12);
+	assert_int_equal(store_sandbox_count_active(f->st, f->team, &n, &err), 0);
+	assert_int_equal(n, 5);
+	/* 0 means no cap */
+	struct store_sandbox s = { .team_id = f->team, .template_id = "base",
+				   .envd_version = "0.6.13" };
+	snprintf(s.id, sizeof(s.id), "inocap");
+	if (store_sandbox_insert_capped(f->st, &s, 0, &err) != 0)
+		fail_msg("%s", err.msg);
+}
+
 static void test_end_keeps_reason_once(void **state)
 {
 	struct fx *f = *state;
@@ -354,6 +411,76 @@ static void test_concurrent_lookups(void **state)
 	}
 }
 
+/* Snapshot rows: insert, get by team, list (filtered, in order), delete. */
+static void add_snapshot(struct fx *f, const char *id, const char *sbx, int64_t at)
+{
+	struct store_snapshot s = { .team_id = f->team, .created_at = at,
+				    .size_bytes = 4096 };
+	struct herr err;
+
+	snprintf(s.id, sizeof(s.id), "%s", id);
+	snprintf(s.sandbox_id, sizeof(s.sandbox_id), "%s", sbx);
+	s.template_id = "base";
+	s.name = "n";
+	s.config = "{\"env\":\"{}\"}";
+	assert_int_equal(store_snapshot_insert(f->st, &s, &err), 0);
+}
+
+static int collect_snapshot(const struct store_snapshot *s, void *ctx)
+{
+	char *out = ctx;
+
+	strcat(out, s->id);
+	strcat(out, " ");
+	return 0;
+}
+
+static void test_snapshots(void **state)
+{
+	struct fx *f = *state;
+	struct store_snapshot got = { 0 };
+	struct store_snapshot dup = { .team_id = f->team };
+	int64_t other;
+	char seen[256] = "";
+	struct herr err;
+
+	add_snapshot(f, "sb", "i1", 2000);
+	add_snapshot(f, "sa", "i2", 1000);
+	add_snapshot(f, "sc", "i1", 3000);
+	snprintf(dup.id, sizeof(dup.id), "sa");
+	assert_int_equal(store_snapshot_insert(f->st, &dup, &err), -EEXIST);
+
+	assert_int_equal(store_snapshot_get(f->st, "sb", f->team, &got, &err), 1);
+	assert_string_equal(got.sandbox_id, "i1");
+	assert_string_equal(got.template_id, "base");
+	assert_string_equal(got.name, "n");
+	assert_string_equal(got.config, "{\"env\":\"{}\"}");
+	assert_int_equal(got.size_bytes, 4096);
+	assert_int_equal(got.created_at, 2000);
+	assert_string_equal(got.node, "node-a");
+	store_snapshot_clear(&got);
+
+	/* Another team sees nothing and deletes nothing. */
+	assert_int_equal(store_team_ensure(f->st, "t2", &other, &err), 0);
+	assert_int_equal(store_snapshot_get(f->st, "sb", other, &got, &err), 0);
+	assert_int_equal(store_snapshot_delete(f->st, "sb", other, &err), 0);
+	assert_int_equal(store_snapshot_list(f->st, other, NULL, collect_snapshot, seen,
+					     &err), 0);
+	assert_string_equal(seen, "");
+
+	assert_int_equal(store_snapshot_list(f->st, f->team, NULL, collect_snapshot, seen,
+					     &err), 0);
+	assert_string_equal(seen, "sa sb sc ");
+	seen[0] = '\0';
+	assert_int_equal(store_snapshot_list(f->st, f->team, "i1", collect_snapshot, seen,
+					     &err), 0);
+	assert_string_equal(seen, "sb sc ");
+
+	assert_int_equal(store_snapshot_delete(f->st, "sb", f->team, &err), 1);
+	assert_int_equal(store_snapshot_delete(f->st, "sb", f->team, &err), 0);
+	assert_int_equal(store_snapshot_get(f->st, "sb", -1, &got, &err), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -362,11 +489,14 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_insert_is_creating_with_intent, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_end_keeps_reason_once, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_insert_capped_holds_under_races, setup,
+						teardown),
 		cmocka_unit_test_setup_teardown(test_deadlines, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_list_pages_and_filters, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_concurrent_writes_all_commit, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_concurrent_lookups, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_snapshots, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
