@@ -18,8 +18,6 @@
 /* Deprecated upstream but required by the Python SDK. */
 #define CLIENT_ID "6532622b"
 
-static pthread_mutex_t create_lock = PTHREAD_MUTEX_INITIALIZER;
-
 static void not_found(struct api_req *r, const char *id)
 {
 	api_error(r, 404, "Sandbox \"%s\" doesn't exist or you don't have access to it",
@@ -343,25 +341,19 @@ static int fill_sandbox(struct api_req *r, const struct create_args *ca,
 	return 0;
 }
 
-/* Checks the concurrency cap and records the row under one lock. */
+/* Checks the concurrency cap and records the row, as one step of the store. */
 static bool begin_create(struct api_req *r, struct store_sandbox *sb)
 {
-	int64_t max = r->api->cfg.plan.max_concurrent, active = 0;
+	int64_t max = r->api->cfg.plan.max_concurrent;
 	struct herr err;
-	int rc;
+	int rc = lc_create_begin_capped(r->api->lc, sb, max, &err);
 
-	pthread_mutex_lock(&create_lock);
-	rc = store_sandbox_count_active(r->api->store, r->team_id, &active, &err);
-	if (rc == 0 && max > 0 && active >= max) {
-		pthread_mutex_unlock(&create_lock);
+	if (rc == -EDQUOT) {
 		api_error(r, 429, "you have reached the maximum number of concurrent "
 			  "sandboxes (%lld). Kill a sandbox before creating another",
 			  (long long)max);
 		return false;
 	}
-	if (rc == 0)
-		rc = lc_create_begin(r->api->lc, sb, &err);
-	pthread_mutex_unlock(&create_lock);
 	if (rc < 0)
 		store_failed(r, &err);
 	return rc == 0;

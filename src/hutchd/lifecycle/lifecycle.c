@@ -65,14 +65,20 @@ bool lc_can_create(struct lifecycle *lc)
 	return lc->rt != NULL;
 }
 
-int lc_create_begin(struct lifecycle *lc, const struct store_sandbox *sb,
-		    struct herr *err)
+int lc_create_begin_capped(struct lifecycle *lc, const struct store_sandbox *sb,
+			   int64_t max_active, struct herr *err)
 {
-	int rc = store_sandbox_insert(lc->store, sb, err);
+	int rc = store_sandbox_insert_capped(lc->store, sb, max_active, err);
 
 	if (rc == 0)
 		lc_event(lc, sb->id, "creating", sb->template_id);
 	return rc;
+}
+
+int lc_create_begin(struct lifecycle *lc, const struct store_sandbox *sb,
+		    struct herr *err)
+{
+	return lc_create_begin_capped(lc, sb, 0, err);
 }
 
 /* The team's templates built through the API first, then folder templates. */

@@ -108,6 +108,10 @@ int lc_new_id(struct lifecycle *lc, const char *tpl_name, char id[SBX_ID_LEN + 1
  */
 int lc_create_begin(struct lifecycle *lc, const struct store_sandbox *sb,
 		    struct herr *err);
+/* lc_create_begin refused with -EDQUOT when the team already has max_active
+ * active sandboxes: the check and the insert are one step of the store. */
+int lc_create_begin_capped(struct lifecycle *lc, const struct store_sandbox *sb,
+			   int64_t max_active, struct herr *err);
 int lc_create_finish(struct lifecycle *lc, struct store_sandbox *sb, struct herr *err);
 
 /*

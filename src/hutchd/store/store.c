@@ -633,12 +633,33 @@ static const char *or_default(const char *v, const char *def)
 	return v && *v ? v : def;
 }
 
-int store_sandbox_insert(struct store *st, const struct store_sandbox *x,
-			 struct herr *err)
+static int count_query(struct store *st, const char *sql, int64_t arg, int64_t *out,
+		       struct herr *err)
+{
+	_cleanup_stmt_ sqlite3_stmt *s = NULL;
+	int rc = prepare(st, sql, &s, err);
+
+	if (rc < 0)
+		return rc;
+	sqlite3_bind_int64(s, 1, arg);
+	if (sqlite3_step(s) != SQLITE_ROW)
+		return db_err(st, err, "counting");
+	*out = sqlite3_column_int64(s, 0);
+	return 0;
+}
+
+static int count_active_unlocked(struct store *st, int64_t team_id, int64_t *count,
+				 struct herr *err)
+{
+	return count_query(st, "SELECT count(*) FROM sandboxes WHERE team_id = ?"
+			       " AND state <> 'ended'", team_id, count, err);
+}
+
+static int insert_unlocked(struct store *st, const struct store_sandbox *x,
+			   struct herr *err)
 {
 	_cleanup_stmt_ sqlite3_stmt *s = NULL;
 	int rc;
-	WRITE_LOCKED(st);
 
 	rc = prepare(st, "INSERT INTO sandboxes (" SBX_COLS ") VALUES (?, ?, ?, ?, ?,"
 			 " ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, '', 0, ?)", &s, err);
@@ -665,6 +686,38 @@ int store_sandbox_insert(struct store *st, const struct store_sandbox *x,
 	bind_text(s, 19, st->node);
 	rc = step_done(st, s, "inserting sandbox", err);
 	return rc < 0 ? rc : 0;
+}
+
+int store_sandbox_insert(struct store *st, const struct store_sandbox *x,
+			 struct herr *err)
+{
+	WRITE_LOCKED(st);
+	return insert_unlocked(st, x, err);
+}
+
+/*
+ * The count and the insert happen under the store's mutex, which every
+ * write takes: no other insert can slip in between, so the cap holds
+ * without a lock of the caller's around the commit (whose flush concurrent
+ * creates then share).
+ */
+int store_sandbox_insert_capped(struct store *st, const struct store_sandbox *x,
+				int64_t max_active, struct herr *err)
+{
+	int64_t active = 0;
+	int rc;
+	WRITE_LOCKED(st);
+
+	if (max_active > 0) {
+		rc = count_active_unlocked(st, x->team_id, &active, err);
+		if (rc < 0)
+			return rc;
+		if (active >= max_active)
+			return herr_set(err, -EDQUOT, "team %lld has %lld active sandboxes,"
+					" the most its plan allows",
+					(long long)x->team_id, (long long)active);
+	}
+	return insert_unlocked(st, x, err);
 }
 
 /* Leaves a kept statement ready for its next use, unbound. */
@@ -783,27 +836,11 @@ int store_sandbox_end(struct store *st, const char *id, const char *reason,
 			  "ending sandbox", reason, ended_at, 0, id, err);
 }
 
-static int count_query(struct store *st, const char *sql, int64_t arg, int64_t *out,
-		       struct herr *err)
-{
-	_cleanup_stmt_ sqlite3_stmt *s = NULL;
-	int rc = prepare(st, sql, &s, err);
-
-	if (rc < 0)
-		return rc;
-	sqlite3_bind_int64(s, 1, arg);
-	if (sqlite3_step(s) != SQLITE_ROW)
-		return db_err(st, err, "counting");
-	*out = sqlite3_column_int64(s, 0);
-	return 0;
-}
-
 int store_sandbox_count_active(struct store *st, int64_t team_id, int64_t *count,
 			       struct herr *err)
 {
 	LOCKED(st);
-	return count_query(st, "SELECT count(*) FROM sandboxes WHERE team_id = ?"
-			       " AND state <> 'ended'", team_id, count, err);
+	return count_active_unlocked(st, team_id, count, err);
 }
 
 int store_sandbox_count_states(struct store *st, struct store_state_counts *c,

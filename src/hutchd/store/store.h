@@ -117,6 +117,10 @@ static inline void cleanup_sandboxp(struct store_sandbox *s)
 /* Inserts a new row (state CREATING, intent "create"); -EEXIST on an id clash. */
 int store_sandbox_insert(struct store *st, const struct store_sandbox *s,
 			 struct herr *err);
+/* The same, refused with -EDQUOT (nothing written) when the team already has
+ * max_active active sandboxes (see store_sandbox_count_active); 0 = no cap. */
+int store_sandbox_insert_capped(struct store *st, const struct store_sandbox *s,
+				int64_t max_active, struct herr *err);
 
 /* Reads one sandbox; team_id < 0 means any team. Returns 1 found, 0 not. */
 int store_sandbox_get(struct store *st, const char *id, int64_t team_id,
