@@ -400,20 +400,29 @@ test('/metrics: sandboxes by state, create and proxy histograms, 429s, errors', 
   value('hutch_api_request_duration_seconds_count');
 });
 
-test('pause and resume answer honestly: 501 JSON, the sandbox keeps running', async (t) => {
-  if (skipWithoutBase(t)) return;
-  const sb = await Sandbox.create();
-  try {
-    const p = await h.api('POST', `/sandboxes/${sb.sandboxId}/pause`, {});
-    assert.equal(p.status, 501);
-    assert.equal(p.json.code, 501);
-    assert.match(p.json.message, /pausing is not available/);
-    await assert.rejects(sb.betaPause ? sb.betaPause() : sb.pause(), /not available/);
-    const r = await h.api('POST', `/sandboxes/${sb.sandboxId}/resume`, {});
-    assert.equal(r.status, 409, 'a running sandbox is not resumed');
-    assert.equal((await sb.getInfo()).state, 'running');
-    assert.equal((await sb.commands.run('echo still here')).stdout, 'still here\n');
-  } finally {
-    await sb.kill();
-  }
-});
+test('a paused sandbox is not routed: 502 JSON naming it; resume routes it again',
+  async (t) => {
+    if (skipWithoutBase(t)) return;
+    const sb = await Sandbox.create();
+    try {
+      const host = sb.getHost(49983);
+      const before = await request(h.proxyPort, { path: '/health', headers: { Host: host } });
+      assert.equal(before.status, 204);
+      const p = await h.api('POST', `/sandboxes/${sb.sandboxId}/pause`, {});
+      assert.equal(p.status, 204);
+      const paused = await request(h.proxyPort, { path: '/health', headers: { Host: host } });
+      assert.equal(paused.status, 502);
+      assert.equal(paused.json.code, 502);
+      assert.equal(paused.json.sandboxId, sb.sandboxId);
+      assert.match(paused.json.message, /not found/);
+      const r = await h.api('POST', `/sandboxes/${sb.sandboxId}/resume`, {});
+      assert.equal(r.status, 201);
+      const again = await h.api('POST', `/sandboxes/${sb.sandboxId}/resume`, {});
+      assert.equal(again.status, 409, 'a running sandbox is not resumed');
+      const after = await request(h.proxyPort, { path: '/health', headers: { Host: host } });
+      assert.equal(after.status, 204);
+      assert.equal((await sb.commands.run('echo still here')).stdout, 'still here\n');
+    } finally {
+      await sb.kill();
+    }
+  });

@@ -472,7 +472,8 @@ static int image_whiteout(struct tx_ctx *c, const char *clean, struct herr *err)
 	memcpy(dir, clean, dl);
 	dir[dl] = '\0';
 	if (dl) {
-		snprintf(target, sizeof(target), "%s/x", dir);
+		if ((size_t)snprintf(target, sizeof(target), "%s/x", dir) >= sizeof(target))
+			return herr_set(err, -ENAMETOOLONG, "'%s': name too long", clean);
 		rc = make_parents(c->layer, target, c->o, err);
 		if (rc < 0)
 			return rc;
