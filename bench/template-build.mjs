@@ -221,8 +221,8 @@ function freshImage() {
   const dir = mkdtempSync(join(tmpdir(), 'hutch-bench-img-'));
   try {
     const img = join(dir, 'disk.img');
-    const fd = spawnSync('truncate', ['-s', `${DISK_MB}M`, img]);
-    if (fd.status !== 0) throw new Error('truncate failed');
+    const made = spawnSync('truncate', ['-s', `${DISK_MB}M`, img]);
+    if (made.status !== 0) throw new Error(`truncate ${img} failed`);
     const r = spawnSync('mkfs.ext4', ['-q', '-F', '-m', '0', '-E',
       'lazy_itable_init=1,lazy_journal_init=1,nodiscard,root_owner=0:0', img],
     { encoding: 'utf8' });
