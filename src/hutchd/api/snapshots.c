@@ -262,7 +262,9 @@ static bool parse_fork(struct api_req *r, struct fork_args *fa)
 	return ok;
 }
 
-/* Room for count more sandboxes under the team's concurrency cap. */
+/* Room for count more sandboxes under the team's concurrency cap, checked
+ * up front so that a request that cannot fit makes nothing; each fork's
+ * insert checks again, atomically, against creates at the same moment. */
 static bool fork_room(struct api_req *r, int64_t count)
 {
 	int64_t max = r->api->cfg.plan.max_concurrent, active = 0;
@@ -361,7 +363,11 @@ static json_t *fork_one(struct api_req *r, const struct store_snapshot *snap,
 	int rc = fork_row(r, snap, timeout_s, &sb, &err);
 
 	if (rc == 0)
-		rc = lc_fork_from(r->api->lc, snap, &sb, &err);
+		rc = lc_fork_from(r->api->lc, snap, &sb, r->api->cfg.plan.max_concurrent,
+				  &err);
+	if (rc == -EDQUOT)
+		return json_pack("{s:{s:i,s:s}}", "error", "code", 429, "message",
+				 "the maximum number of concurrent sandboxes is reached");
 	if (rc < 0) {
 		log_error("api", *sb.id ? sb.id : NULL, "fork of %s failed: %s",
 			  snap->sandbox_id, err.msg);

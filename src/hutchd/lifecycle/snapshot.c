@@ -493,14 +493,14 @@ static int start_fork(struct lifecycle *lc, const struct store_snapshot *snap,
 }
 
 int lc_fork_from(struct lifecycle *lc, const struct store_snapshot *snap,
-		 struct store_sandbox *sb, struct herr *err)
+		 struct store_sandbox *sb, int64_t max_active, struct herr *err)
 {
 	char reason[HERR_MSG_MAX + 32];
 	int rc;
 
 	if (!lc->rt)
 		return herr_set(err, -ENOSYS, "no sandbox runtime on this node");
-	rc = lc_create_begin(lc, sb, err);
+	rc = lc_create_begin_capped(lc, sb, max_active, err);
 	if (rc < 0)
 		return rc;
 	rc = start_fork(lc, snap, sb, err);

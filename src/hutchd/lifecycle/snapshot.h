@@ -34,10 +34,12 @@ int lc_snapshot_delete(struct lifecycle *lc, int64_t team, const char *snapshot_
 /*
  * Starts sb (a row the caller filled from snap's config: new id and tokens,
  * as for a create) on a copy of snap's disk. The row is committed first in
- * state "creating" (as lc_create_begin does); on failure it ends with the
- * reason and nothing of the fork stays behind. sb's times are updated.
+ * state "creating" (as lc_create_begin_capped does: -EDQUOT, nothing made,
+ * when the team has max_active active sandboxes; 0 = no cap); on failure
+ * it ends with the reason and nothing of the fork stays behind. sb's times
+ * are updated.
  */
 int lc_fork_from(struct lifecycle *lc, const struct store_snapshot *snap,
-		 struct store_sandbox *sb, struct herr *err);
+		 struct store_sandbox *sb, int64_t max_active, struct herr *err);
 
 #endif
