@@ -273,7 +273,24 @@ static void entry_owner(const struct tx_ctx *c, struct archive_entry *e, uid_t *
 	*gid = c->o->gid >= 0 ? (gid_t)c->o->gid : 0;
 }
 
-static int write_data(struct tx_ctx *c, int fd, const char *rel, struct herr *err)
+/*
+ * Counts size bytes against the archive's total. Every regular file name,
+ * hard links included, is read whole when the layer is hashed, so the
+ * total bounds that work, not only the bytes written to disk.
+ */
+static int charge(struct tx_ctx *c, int64_t size, struct herr *err)
+{
+	if (size < 0)
+		size = 0;
+	c->total += (uint64_t)size;
+	if (c->total > c->o->max_total_bytes)
+		return herr_set(err, -EFBIG, "archive holds more than %llu bytes",
+				(unsigned long long)c->o->max_total_bytes);
+	return 0;
+}
+
+static int write_data(struct tx_ctx *c, int fd, int64_t size, const char *rel,
+		      struct herr *err)
 {
 	const void *buf;
 	size_t len;
@@ -283,13 +300,14 @@ static int write_data(struct tx_ctx *c, int fd, const char *rel, struct herr *er
 
 	while ((r = archive_read_data_block(c->a, &buf, &len, &off)) == ARCHIVE_OK) {
 		file += len;
-		c->total += len;
 		if (file > c->o->max_file_bytes)
 			return herr_set(err, -EFBIG, "archive entry '%.200s' is larger than %llu "
 					"bytes", rel, (unsigned long long)c->o->max_file_bytes);
-		if (c->total > c->o->max_total_bytes)
-			return herr_set(err, -EFBIG, "archive holds more than %llu bytes",
-					(unsigned long long)c->o->max_total_bytes);
+		/* The total was charged with the entry's size (put_file); a block
+		 * past that size would write more than was charged. */
+		if (off < 0 || (uint64_t)off + len > (uint64_t)size)
+			return herr_set(err, -EFBIG, "archive entry '%.200s' has data past its "
+					"size", rel);
 		if (pwrite(fd, buf, len, (off_t)off) != (ssize_t)len)
 			return herr_sys(err, -errno, "writing '%.200s'", rel);
 	}
@@ -316,13 +334,18 @@ static int put_file(struct tx_ctx *c, struct archive_entry *e, const char *rel,
 	if (archive_entry_size(e) > (int64_t)c->o->max_file_bytes)
 		return herr_set(err, -EFBIG, "archive entry '%.200s' is larger than %llu bytes",
 				rel, (unsigned long long)c->o->max_file_bytes);
+	/* The size, not the bytes the archive carries: a sparse entry of a few
+	 * bytes can claim gigabytes, which the layer hash then reads back. */
+	rc = charge(c, archive_entry_size(e), err);
+	if (rc < 0)
+		return rc;
 	rc = clear_slot(parent, name, rel, err);
 	if (rc < 0)
 		return rc;
 	fd = openat(parent, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
 	if (fd < 0)
 		return herr_sys(err, -errno, "creating '%.200s'", rel);
-	rc = write_data(c, fd, rel, err);
+	rc = write_data(c, fd, archive_entry_size(e), rel, err);
 	if (rc < 0)
 		return rc;
 	/* Sparse tails: the size is the entry's, not the last block's end. */
@@ -396,6 +419,7 @@ static int put_hardlink(struct tx_ctx *c, const char *link, const char *rel,
 	char clean[TX_PATH_MAX], target[TX_PATH_MAX];
 	const char *name, *tname;
 	_cleanup_close_ int parent = -1, tparent = -1;
+	struct stat st;
 	int rc = tx_clean_path(link, clean, sizeof(clean), err);
 
 	if (rc < 0)
@@ -412,6 +436,13 @@ static int put_hardlink(struct tx_ctx *c, const char *link, const char *rel,
 	parent = open_parent(c->layer, rel, &name, err);
 	if (parent < 0)
 		return parent;
+	/* A link costs no disk but is hashed like a copy: a big file linked
+	 * many times would make the layer hash read it over and over. */
+	if (fstatat(tparent, tname, &st, AT_SYMLINK_NOFOLLOW) < 0)
+		return herr_sys(err, -errno, "hard link '%.200s' -> '%.200s'", rel, link);
+	rc = charge(c, S_ISREG(st.st_mode) ? st.st_size : 0, err);
+	if (rc < 0)
+		return rc;
 	rc = clear_slot(parent, name, rel, err);
 	if (rc < 0)
 		return rc;

@@ -358,6 +358,68 @@ static void test_total_and_count_limits(void **state)
 	assert_non_null(strstr(err.msg, "more than 2 entries"));
 }
 
+/* A sparse entry: a few bytes of data, size bytes long. */
+static void write_sparse_tar(const char *path, int64_t size)
+{
+	struct archive *a = archive_write_new();
+	struct archive_entry *ae = archive_entry_new();
+
+	archive_write_set_format_pax_restricted(a);
+	assert_int_equal(archive_write_open_filename(a, path), ARCHIVE_OK);
+	archive_entry_set_pathname(ae, "holes");
+	archive_entry_set_filetype(ae, AE_IFREG);
+	archive_entry_set_perm(ae, 0644);
+	archive_entry_set_size(ae, size);
+	archive_entry_sparse_add_entry(ae, 0, 4);
+	assert_int_equal(archive_write_header(a, ae), ARCHIVE_OK);
+	assert_int_equal(archive_write_data(a, "data", 4), 4);
+	archive_entry_free(ae);
+	archive_write_close(a);
+	archive_write_free(a);
+}
+
+/*
+ * The layer hash reads every file name whole, hard links and holes
+ * included, so they count against the total: a 400 KB file linked twice,
+ * or a sparse entry of 3 MB carrying 4 bytes, is over a 1 MB total.
+ */
+static void test_links_and_holes_count_in_total(void **state)
+{
+	struct fx *f = *state;
+	static char big[400 * 1024 + 1];
+	struct ent e[] = {
+		{ "big", AE_IFREG, big, NULL, -1 },
+		{ "l1", AE_IFREG, NULL, "big", 0 },
+		{ "l2", AE_IFREG, NULL, "big", 0 },
+	};
+	struct tx_opts o = opts(".", "/");
+	struct herr err = { 0 };
+	struct stat st;
+	int fd;
+
+	memset(big, 'x', sizeof(big) - 1);
+	o.max_total_bytes = 1 << 20;
+	assert_int_equal(run(f, e, 3, 0, &o, &err), -EFBIG);
+	assert_non_null(strstr(err.msg, "more than 1048576 bytes"));
+	/* One link fits: links are allowed, only their cost is counted. */
+	assert_int_equal(layer_remove_tree(f->layer_fd, "big", NULL), 0);
+	assert_int_equal(layer_remove_tree(f->layer_fd, "l1", NULL), 0);
+	assert_int_equal(run(f, e, 2, 0, &o, &err), 2);
+
+	o.max_file_bytes = 8 << 20;
+	write_sparse_tar(f->tar, 3 << 20);
+	fd = open(f->tar, O_RDONLY);
+	assert_int_equal(tx_extract(fd, f->layer_fd, &o, &err), -EFBIG);
+	close(fd);
+	assert_int_equal(fstatat(f->layer_fd, "holes", &st, 0), -1);
+	write_sparse_tar(f->tar, 512 << 10);
+	fd = open(f->tar, O_RDONLY);
+	assert_int_equal(tx_extract(fd, f->layer_fd, &o, &err), 1);
+	close(fd);
+	assert_int_equal(fstatat(f->layer_fd, "holes", &st, 0), 0);
+	assert_int_equal(st.st_size, 512 << 10);
+}
+
 static void test_garbage_refused(void **state)
 {
 	struct fx *f = *state;
@@ -455,6 +517,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_device_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_huge_file_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_total_and_count_limits, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_links_and_holes_count_in_total, setup,
+						teardown),
 		cmocka_unit_test_setup_teardown(test_garbage_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_parents_follow_lower, setup, teardown),
 		cmocka_unit_test(test_map_path),
