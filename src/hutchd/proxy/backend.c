@@ -5,12 +5,15 @@
  * the stored access token and the traffic token derived from the node's
  * secret, and sockets come from the lifecycle (rt_dial inside the
  * sandbox's network namespace). A paused sandbox whose create asked for
- * autoResume is resumed by the lookup of a request for it (the lifecycle
- * lets one resume run; concurrent lookups wait for it), then routed.
+ * autoResume is resumed by the lookup of a request for it, then routed.
+ * Concurrent lookups of one sandbox share that resume: they wait for it and
+ * take its outcome (see resume_shared), including lookups that arrive while
+ * its row already says "resume".
  */
 #include "proxy.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,10 +24,23 @@
 #include "lifecycle.h"
 #include "store.h"
 
+/* One resume for traffic under way, shared by the lookups that wait on it. */
+struct resume_flight {
+	struct resume_flight *next;
+	char id[SBX_ID_LEN + 1];
+	bool done;
+	int rc;
+	struct herr err;
+	unsigned users;		/* the runner and its waiters; the last frees it */
+};
+
 struct hutchd_backend {
 	struct store *st;
 	struct lifecycle *lc;
 	unsigned char secret[SERVER_SECRET_LEN];
+	pthread_mutex_t flights_lock;
+	pthread_cond_t flight_done;
+	struct resume_flight *flights;	/* under flights_lock */
 };
 
 static bool public_traffic(const char *network)
@@ -47,13 +63,96 @@ static bool auto_resumes(const struct store_sandbox *sb)
 	json_t *life, *v;
 	bool on;
 
-	if (strcmp(sb->state, SBX_PAUSED) != 0 || sb->intent[0] != '\0')
+	/* A resume already under way ("resume" intent) is waited for, not
+	 * answered 502: the lookups that come during a restore are the ones
+	 * a storm of requests is made of. */
+	if (strcmp(sb->state, SBX_PAUSED) != 0 ||
+	    (sb->intent[0] != '\0' && strcmp(sb->intent, "resume") != 0))
 		return false;
 	life = json_loads(sb->lifecycle ? sb->lifecycle : "{}", 0, NULL);
 	v = json_object_get(life, "autoResume");
 	on = json_is_true(v);
 	json_decref(life);
 	return on;
+}
+
+static struct resume_flight *flight_find(struct hutchd_backend *b, const char *id)
+{
+	for (struct resume_flight *f = b->flights; f; f = f->next)
+		if (strcmp(f->id, id) == 0)
+			return f;
+	return NULL;
+}
+
+static void flight_unlink(struct hutchd_backend *b, struct resume_flight *f)
+{
+	for (struct resume_flight **p = &b->flights; *p; p = &(*p)->next)
+		if (*p == f) {
+			*p = f->next;
+			return;
+		}
+}
+
+/* Drops one user of f (flights_lock held); the last one frees it. */
+static void flight_put(struct resume_flight *f)
+{
+	if (--f->users == 0)
+		free(f);
+}
+
+/*
+ * Resumes the sandbox once for every lookup that asks while a resume for
+ * traffic is under way: the first runs lc_resume, the others wait and take
+ * its outcome. lc_resume alone would serialise them on the sandbox's
+ * operation lock and then have each run its own restore when the first
+ * failed: a storm of N requests at a sandbox whose restore fails would
+ * cost N CRIU runs in a row (seconds each), every one holding a proxy
+ * thread. A lookup that comes after the outcome starts a new resume, so a
+ * failure is retried by later traffic, not for ever by one storm.
+ */
+static int resume_shared(struct hutchd_backend *b, const char *id, int64_t timeout_s,
+			 struct herr *err)
+{
+	struct resume_flight *f;
+	int rc;
+
+	pthread_mutex_lock(&b->flights_lock);
+	f = flight_find(b, id);
+	if (f) {
+		f->users++;
+		while (!f->done)
+			pthread_cond_wait(&b->flight_done, &b->flights_lock);
+		rc = f->rc;
+		if (rc < 0 && err)
+			*err = f->err;
+		flight_put(f);
+		pthread_mutex_unlock(&b->flights_lock);
+		return rc;
+	}
+	f = calloc(1, sizeof(*f));
+	if (!f) {
+		pthread_mutex_unlock(&b->flights_lock);
+		return herr_set(err, -ENOMEM, "proxy: out of memory resuming %s", id);
+	}
+	snprintf(f->id, sizeof(f->id), "%s", id);
+	f->users = 1;
+	f->next = b->flights;
+	b->flights = f;
+	pthread_mutex_unlock(&b->flights_lock);
+
+	herr_clear(&f->err);
+	rc = lc_resume(b->lc, id, timeout_s, &f->err);
+
+	pthread_mutex_lock(&b->flights_lock);
+	f->rc = rc;
+	f->done = true;
+	flight_unlink(b, f);
+	pthread_cond_broadcast(&b->flight_done);
+	if (rc < 0 && err)
+		*err = f->err;
+	flight_put(f);
+	pthread_mutex_unlock(&b->flights_lock);
+	return rc;
 }
 
 /* Resumes for a request, with the timeout the sandbox was created with. */
@@ -65,7 +164,7 @@ static int resume_for_traffic(struct hutchd_backend *b, struct store_sandbox *sb
 
 	if (!b->lc)
 		return 0;
-	rc = lc_resume(b->lc, sb->id, sb->timeout_s, err);
+	rc = resume_shared(b, sb->id, sb->timeout_s, err);
 	if (rc < 0)
 		return rc == -ENOENT ? 0 : rc;
 	snprintf(id, sizeof(id), "%s", sb->id);
@@ -157,6 +256,8 @@ int proxy_backend_hutchd(struct store *st, struct lifecycle *lc,
 		return herr_set(err, -ENOMEM, "proxy: out of memory");
 	b->st = st;
 	b->lc = lc;
+	pthread_mutex_init(&b->flights_lock, NULL);
+	pthread_cond_init(&b->flight_done, NULL);
 	memcpy(b->secret, secret, SERVER_SECRET_LEN);
 	*be = (struct proxy_backend){ .ctx = b, .lookup = lookup,
 				      .each_secure = each_secure, .dial = dial };
@@ -166,6 +267,11 @@ int proxy_backend_hutchd(struct store *st, struct lifecycle *lc,
 void proxy_backend_hutchd_free(struct proxy_backend *be)
 {
 	if (be && be->ctx) {
+		struct hutchd_backend *b = be->ctx;
+
+		/* Lookups have ended by now: no flight is left to wait on. */
+		pthread_cond_destroy(&b->flight_done);
+		pthread_mutex_destroy(&b->flights_lock);
 		/* The secret must not linger in freed memory. */
 		explicit_bzero(be->ctx, sizeof(struct hutchd_backend));
 		free(be->ctx);
