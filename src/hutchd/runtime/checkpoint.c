@@ -1395,6 +1395,26 @@ static void restore_args(struct restore_ctx *c, const char *scratch, struct argv
 	arg_add(a, "%s", c->opts && c->opts->verbose_log ? "-v4" : "-v2");
 }
 
+/* Where CRIU's private mount namespace builds the restored root. */
+static void scratch_path(struct rt *rt, const char *id, char *buf, size_t len)
+{
+	snprintf(buf, len, "%s/%s.restore", rt->run_dir, id);
+}
+
+/*
+ * The scratch folder is made on the host's run dir; its mounts lived only in
+ * CRIU's private mount namespace, so on the host it is an empty folder that
+ * nothing else removes: one per resume would pile up in the run dir.
+ */
+static void scratch_remove(struct rt *rt, const char *id)
+{
+	char scratch[4096];
+
+	scratch_path(rt, id, scratch, sizeof(scratch));
+	if (rmdir(scratch) < 0 && errno != ENOENT)
+		log_warn("runtime", id, "removing %s: %s", scratch, strerror(errno));
+}
+
 /* The CRIU process: private mounts, the rebuilt root, then exec. */
 static __attribute__((noreturn)) void restore_criu_child(struct restore_ctx *c, int errfd)
 {
@@ -1404,7 +1424,7 @@ static __attribute__((noreturn)) void restore_criu_child(struct restore_ctx *c, 
 	struct argv_buf *a = calloc(1, sizeof(*a));
 
 	herr_clear(&err);
-	snprintf(scratch, sizeof(scratch), "%s/%s.restore", c->rt->run_dir, c->s->id);
+	scratch_path(c->rt, c->s->id, scratch, sizeof(scratch));
 	if (!a) {
 		rep.code = herr_set(&err, -ENOMEM, "criu arguments");
 	} else if ((rep.code = enter_private_mounts()) < 0) {
@@ -1844,6 +1864,7 @@ int rt_restore(struct rt *rt, const char *id, const struct rt_restore_spec *spec
 	r = spawn_restore(rt, &c, &keeper, &rep, err);
 	st.criu_ms = now_ms() - t1;
 	unlink(c.pidfile);
+	scratch_remove(rt, id);
 	if (r < 0) {
 		snprintf(path, sizeof(path), "%.3900s/restore.log", restoring);
 		append_log_tail(err, path);
@@ -1907,6 +1928,7 @@ int rt_checkpoint_remove(struct rt *rt, const char *id, struct herr *err)
 			return herr_sys(err, r, "removing %s", path);
 	}
 	netns_unpin(rt, id);
+	scratch_remove(rt, id); /* left by a restore a crash interrupted */
 	sbx_path(rt, id, CKPT_LOCK, path, sizeof(path));
 	unlink(path);
 	sbx_path(rt, id, "checkpoint-failed.log", path, sizeof(path));
