@@ -17,6 +17,7 @@
 
 #include "ids.h"
 #include "log.h"
+#include "rt_checkpoint.h"
 #include "sandbox_rt.h"
 #include "tmpl.h"
 #include "warm.h"
@@ -182,6 +183,10 @@ static int destroy_runtime(struct lifecycle *lc, const char *id, struct herr *er
 
 	if (kind != LCRT_PAUSED_NONE && lcrt_alive(lc->rt, id) <= 0)
 		return lcrt_remove_paused(lc->rt, id, err);
+	/* A sandbox paused before keeps checkpoint.lock (and a failed dump's
+	 * log) beside its disk; they go first, or the runtime could not remove
+	 * the sandbox's folder. Kill holds the operation lock: no pause runs. */
+	rt_checkpoint_remove(lcrt_runtime(lc->rt), id, NULL);
 	return lcrt_destroy(lc->rt, id, err);
 }
 

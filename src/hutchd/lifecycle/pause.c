@@ -316,6 +316,16 @@ bool lc_auto_pause(struct lifecycle *lc, const char *id)
 
 /* ---- recovery ---- */
 
+static void settle_runtime(struct lifecycle *lc, const char *id)
+{
+	struct herr err;
+	int rc = rt_checkpoint_settle(lcrt_runtime(lc->rt), id, &err);
+
+	if (rc < 0 && rc != -ENOENT)
+		log_error("lifecycle", id, "settling an interrupted pause or resume: %s",
+			  err.msg);
+}
+
 static void settle_to(struct lifecycle *lc, const struct store_sandbox *sb,
 		      const char *state, const char *why)
 {
@@ -405,6 +415,16 @@ bool lc_recover_pause(struct lifecycle *lc, const struct store_sandbox *sb)
 		return false;
 	if (!lc->rt)
 		return true; /* nothing to check against: rows stay as they are */
+	/*
+	 * The CRIU dump or restore keeper of the hutchd that died goes on
+	 * without it. Settling first waits for it to end and turns what it
+	 * left into one of two states the checks below can read: images final
+	 * and no tasks (paused), or tasks running with no partial images
+	 * (running). Judging before that thawed tasks CRIU still held (they
+	 * stayed stopped) and read a finished restore as a disk-only pause.
+	 */
+	if (pausing || resuming)
+		settle_runtime(lc, sb->id);
 	if (pausing)
 		settle_pause(lc, sb);
 	else if (resuming)

@@ -635,8 +635,14 @@ static void dump_args(struct rt *rt, struct rt_sandbox *s, const struct rt_ckpt_
 	arg_add(a, "%s", o && o->verbose_log ? "-v4" : "-v2");
 }
 
-static int run_dump(struct argv_buf *a, int netns, unsigned timeout_ms, const char *dir,
-		    struct herr *err)
+/*
+ * CRIU gets the sandbox's checkpoint.lock as its fd 3 (and nothing else of
+ * ours): the lock is then held for as long as CRIU runs, also when hutchd
+ * dies under it, so that a restarted hutchd's recovery waits for the dump
+ * to end instead of thawing tasks CRIU still holds.
+ */
+static int run_dump(struct argv_buf *a, int netns, int lock, unsigned timeout_ms,
+		    const char *dir, struct herr *err)
 {
 	char log[4200];
 	bool timed_out;
@@ -648,7 +654,10 @@ static int run_dump(struct argv_buf *a, int netns, unsigned timeout_ms, const ch
 		null_stdio();
 		if (enter_private_mounts() < 0 || setns(netns, CLONE_NEWNET) < 0)
 			_exit(126);
-		close_range(3, ~0u, 0);
+		if (lock != 3 && dup2(lock, 3) < 0)
+			_exit(126);
+		fcntl(3, F_SETFD, 0);
+		close_range(4, ~0u, 0);
 		execv(a->argv[0], (char *const *)a->argv);
 		_exit(127);
 	}
@@ -985,9 +994,19 @@ static void recover_pause(struct rt *rt, struct rt_sandbox *s)
 		continue_tasks(rt, id);
 	}
 	/* Complete images and live tasks: the crash came between the rename
-	 * and the kill; the images are the truth, the tasks are stale. */
-	if (dir_exists(fin) && cgroup_has_tasks(rt, id))
-		rt_cg_kill(rt, id, 0);
+	 * and the kill; the images are the truth, the tasks are stale. The
+	 * pin may not have been made yet: without it the netns would die
+	 * with the tasks and the images could never be restored. */
+	if (dir_exists(fin) && cgroup_has_tasks(rt, id)) {
+		struct herr pin_err;
+		int pinned = netns_from_pin(rt, id);
+
+		if (pinned >= 0)
+			close(pinned);
+		else if (s->net.fd < 0 || netns_pin(rt, s, &pin_err) < 0)
+			log_warn("runtime", id, "paused, but its netns is not pinned");
+		end_paused_processes(rt, s);
+	}
 }
 
 int rt_checkpoint(struct rt *rt, const char *id, const struct rt_ckpt_opts *opts,
@@ -1044,8 +1063,8 @@ int rt_checkpoint(struct rt *rt, const char *id, const struct rt_ckpt_opts *opts
 	dump_args(rt, s, opts, tmp, files, n_files, args);
 
 	uint64_t t1 = now_ms();
-	r = run_dump(args, s->net.fd, opts && opts->timeout_ms ? opts->timeout_ms : DEFAULT_TIMEOUT_MS,
-		     tmp, err);
+	r = run_dump(args, s->net.fd, lock,
+		     opts && opts->timeout_ms ? opts->timeout_ms : DEFAULT_TIMEOUT_MS, tmp, err);
 	st.criu_ms = now_ms() - t1;
 	if (r < 0) {
 		/* Keep the failed log for diagnosis beside the sandbox. */
@@ -1117,6 +1136,8 @@ struct restore_ctx {
 	const char *dir;        /* the images (checkpoint.restoring) */
 	char pidfile[4200];
 	int report_fd;
+	int lock_fd;            /* checkpoint.lock: the keeper holds it until the
+				 * outcome is on disk (state file or leftovers) */
 	int out_r;              /* read end of the init's new output pipe, or -1 */
 	int log_fd;             /* init.log, written by the keeper, or -1 */
 	int file_fds[MAX_EXT_FILES];
@@ -1468,6 +1489,19 @@ static pid_t read_pidfile(const char *path)
 	return (pid_t)v;
 }
 
+/*
+ * The restored tree is running: its keeper and init go into the state file
+ * before anyone is told, so that a hutchd that died during the restore
+ * re-adopts the running sandbox instead of the stale pre-pause pids.
+ */
+static void keeper_write_state(struct restore_ctx *c, pid_t init)
+{
+	c->s->keeper_pid = getpid();
+	c->s->init_pid = init;
+	c->s->init_start = rt_proc_starttime(init);
+	rt_state_write(c->rt, c->s, NULL);
+}
+
 /* Records how the restored init ended, as the original keeper does. */
 static void keeper_record_exit(struct rt *rt, const char *id, int wstatus)
 {
@@ -1498,6 +1532,7 @@ static int keeper_own_fds(struct restore_ctx *c)
 		src[n++] = c->out_r;
 	if (c->log_fd >= 0)
 		src[n++] = c->log_fd;
+	src[n++] = c->lock_fd;
 	/* Out of the way first, so that no target number clobbers a source. */
 	for (int i = 0; i < n; i++) {
 		src[i] = fcntl(src[i], F_DUPFD_CLOEXEC, 1000);
@@ -1518,6 +1553,8 @@ static int keeper_own_fds(struct restore_ctx *c)
 		c->out_r = next++;
 	if (c->log_fd >= 0)
 		c->log_fd = next++;
+	c->lock_fd = next++;
+	fcntl(c->lock_fd, F_SETFD, FD_CLOEXEC); /* not CRIU's, not the sandbox's */
 	null_stdio();
 	return 0;
 }
@@ -1635,9 +1672,13 @@ static __attribute__((noreturn)) void restore_keeper(struct restore_ctx *c)
 		close(c->file_fds[i]);
 	if (rep.code == 0) {
 		rep.repaired = release_tcp_repair(c->rt, c->s->id);
+		keeper_write_state(c, rep.init_pid);
 	} else {
 		keeper_kill_children();
 	}
+	/* Only now may a restarted hutchd look: it finds either the new state
+	 * (running) or the images still in checkpoint.restoring (paused). */
+	close(c->lock_fd);
 	keeper_send(c->report_fd, &rep);
 	close(c->report_fd);
 	if (rep.code < 0)
@@ -1809,7 +1850,7 @@ int rt_restore(struct rt *rt, const char *id, const struct rt_restore_spec *spec
 	if (!s)
 		return -ENOENT;
 	c.s = s;
-	c.out_r = c.log_fd = -1;
+	c.out_r = c.log_fd = c.lock_fd = -1;
 	for (int i = 0; i < MAX_EXT_FILES; i++)
 		c.file_fds[i] = -1;
 	_cleanup_close_ int lock = lock_sandbox(rt, id, err);
@@ -1817,6 +1858,7 @@ int rt_restore(struct rt *rt, const char *id, const struct rt_restore_spec *spec
 		r = lock;
 		goto out;
 	}
+	c.lock_fd = lock;
 	if ((r = recover_resume(rt, id, err)) < 0)
 		goto out;
 	sbx_path(rt, id, CKPT_FINAL, fin, sizeof(fin));
@@ -1897,6 +1939,107 @@ out:
 		close(c.log_fd);
 	pthread_mutex_unlock(&s->lock);
 	return r;
+}
+
+/* ---------- after a hutchd crash ---------- */
+
+/* Like lock_sandbox, but waits up to ms for a holder to let go. */
+static int lock_sandbox_wait(struct rt *rt, const char *id, unsigned ms, struct herr *err)
+{
+	for (unsigned waited = 0;; waited += 50) {
+		int fd = lock_sandbox(rt, id, err);
+
+		if (fd != -EBUSY || waited >= ms)
+			return fd;
+		usleep(50 * 1000);
+	}
+}
+
+/*
+ * A restore keeper that outlived its hutchd wrote the restored tree's pids
+ * into the state file after rt_init had read the old ones (or the new ones
+ * could not be opened then): take them now, if that init is alive.
+ */
+static void adopt_keeper_restore(struct rt *rt, struct rt_sandbox *s)
+{
+	struct rt_sandbox *now = calloc(1, sizeof(*now));
+	struct herr err;
+	char path[64];
+
+	if (!now)
+		return;
+	if (s->state == RT_STATE_RUNNING || rt_state_read(rt, s->id, now, &err) < 0 ||
+	    now->init_pid <= 0 || !now->init_start ||
+	    (now->init_pid == s->init_pid && now->init_start == s->init_start) ||
+	    rt_proc_starttime(now->init_pid) != now->init_start ||
+	    !cgroup_has_tasks(rt, s->id))
+		goto out;
+	if (s->net.fd < 0) {
+		snprintf(path, sizeof(path), "/proc/%d/ns/net", now->init_pid);
+		s->net.fd = open(path, O_RDONLY | O_CLOEXEC);
+	}
+	adopt_restored(rt, s, now->keeper_pid, now->init_pid);
+	log_info("runtime", s->id, "adopted the restore of a hutchd that died: pid=%d",
+		 now->init_pid);
+out:
+	free(now);
+}
+
+/* Waits until the sandbox's cgroup has no task left, at most ms. */
+static bool cgroup_wait_empty(struct rt *rt, const char *id, unsigned ms)
+{
+	for (unsigned waited = 0; cgroup_has_tasks(rt, id); waited += 20) {
+		if (waited >= ms)
+			return false;
+		usleep(20 * 1000);
+	}
+	return true;
+}
+
+/*
+ * Images in checkpoint.restoring: the restore either finished (the keeper
+ * recorded a running tree: the images are spent) or did not (whatever it
+ * left is killed and the images go back: paused, resumable again).
+ */
+static void recover_restoring(struct rt *rt, struct rt_sandbox *s)
+{
+	char restoring[4096];
+	struct herr err;
+
+	sbx_path(rt, s->id, CKPT_RESTORING, restoring, sizeof(restoring));
+	if (!dir_exists(restoring))
+		return;
+	if (s->state == RT_STATE_RUNNING && cgroup_has_tasks(rt, s->id)) {
+		netns_unpin(rt, s->id);
+		remove_tree(restoring);
+		scratch_remove(rt, s->id);
+		return;
+	}
+	rt_cg_kill(rt, s->id, 0);
+	rt_cg_freeze(rt, s->id, false, NULL);
+	if (!cgroup_wait_empty(rt, s->id, 5000))
+		log_warn("runtime", s->id, "tasks of an unfinished restore do not end");
+	scratch_remove(rt, s->id);
+	if (recover_resume(rt, s->id, &err) < 0)
+		log_warn("runtime", s->id, "images of an unfinished restore: %s", err.msg);
+}
+
+int rt_checkpoint_settle(struct rt *rt, const char *id, struct herr *err)
+{
+	struct rt_sandbox *s = sandbox_lock(rt, id, err);
+
+	if (!s)
+		return -ENOENT;
+	/* A CRIU dump (fd 3) or restore keeper of the dead hutchd holds the
+	 * lock until its outcome is on disk; nothing is judged before that. */
+	_cleanup_close_ int lock = lock_sandbox_wait(rt, id, DEFAULT_TIMEOUT_MS + 5000, err);
+	if (lock >= 0) {
+		adopt_keeper_restore(rt, s);
+		recover_pause(rt, s);
+		recover_restoring(rt, s);
+	}
+	pthread_mutex_unlock(&s->lock);
+	return lock < 0 ? lock : 0;
 }
 
 /* ---------- housekeeping ---------- */

@@ -66,6 +66,13 @@ int rt_restore(struct rt *rt, const char *id, const struct rt_restore_spec *spec
 	       const struct rt_ckpt_opts *opts, struct rt_ckpt_stats *stats,
 	       struct herr *err);
 
+/* Finishes what a pause or resume of a hutchd that died left half done:
+ * waits for its CRIU or restore keeper to end, adopts a restored tree, rolls
+ * back an unfinished dump (running) or unfinished restore (images back in
+ * place: paused), and ends the stale tasks of a dump whose images are
+ * final. Then rt_query and rt_checkpoint_exists tell the outcome. */
+int rt_checkpoint_settle(struct rt *rt, const char *id, struct herr *err);
+
 /* True when the sandbox has complete images (it is paused). */
 bool rt_checkpoint_exists(struct rt *rt, const char *id);
 
