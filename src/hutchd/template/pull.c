@@ -147,6 +147,39 @@ static bool host_insecure(const struct pull_opts *o, const char *host)
 	return false;
 }
 
+/*
+ * Whether url may be fetched: https anywhere, plain http only towards a
+ * host that host_insecure() allows. Judged on the URL's own host (and
+ * port), so a loopback registry cannot send us over http to another host
+ * through a redirect or a token realm. *same_host tells whether the URL
+ * is on the registry itself, the only host that gets the token.
+ */
+static bool url_allowed(const struct pull_opts *o, const char *registry, const char *url,
+			bool *same_host)
+{
+	CURLU *u = curl_url();
+	char *scheme = NULL, *host = NULL, *port = NULL, hp[300];
+	bool ok = false;
+
+	if (u && curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
+	    curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK &&
+	    curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK) {
+		if (curl_url_get(u, CURLUPART_PORT, &port, 0) == CURLUE_OK)
+			snprintf(hp, sizeof(hp), "%s:%s", host, port);
+		else
+			snprintf(hp, sizeof(hp), "%s", host);
+		ok = !strcmp(scheme, "https") ||
+		     (!strcmp(scheme, "http") && host_insecure(o, hp));
+		if (same_host)
+			*same_host = !strcmp(hp, registry);
+	}
+	curl_free(scheme);
+	curl_free(host);
+	curl_free(port);
+	curl_url_cleanup(u);
+	return ok;
+}
+
 struct sink {
 	struct hbuf *buf;     /* a document, or */
 	int fd;               /* a blob file */
@@ -225,34 +258,31 @@ static void sink_reset(struct sink *s)
 		EVP_DigestInit_ex(s->md, EVP_sha256(), NULL);
 }
 
-static int http_get(struct puller *p, const char *url, const char *accept, bool auth,
-		    struct sink *s, struct answer *a, long *status, struct herr *err)
+/* One transfer to url, no redirect followed; *location gets a 3xx's target. */
+static int http_once(struct puller *p, const char *url, const char *accept, bool auth,
+		     struct sink *s, struct answer *a, long *status, char **location,
+		     struct herr *err)
 {
 	CURL *c = curl_easy_init();
 	struct curl_slist *h = NULL;
 	char bearer[TOKEN_MAX + 32];
-	const char *protocols = "https";
+	const char *loc = NULL;
 	CURLcode cc;
 
 	if (!c)
 		return herr_set(err, -ENOMEM, "out of memory");
 	memset(a, 0, sizeof(*a));
+	*location = NULL;
 	if (accept)
 		h = curl_slist_append(h, accept);
 	if (auth && p->token[0]) {
 		snprintf(bearer, sizeof(bearer), "Authorization: Bearer %s", p->token);
 		h = curl_slist_append(h, bearer);
 	}
-	/* Plain http only towards hosts allowed it; redirects obey the same.
-	 * libcurl (since 7.83) drops a custom Authorization header when a
-	 * redirect leaves the host, so blob storage never sees the token. */
-	if (host_insecure(p->o, p->ref.host))
-		protocols = "http,https";
 	curl_easy_setopt(c, CURLOPT_URL, url);
-	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, protocols);
-	curl_easy_setopt(c, CURLOPT_REDIR_PROTOCOLS_STR, protocols);
-	curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 1L);
-	curl_easy_setopt(c, CURLOPT_MAXREDIRS, 5L);
+	/* url_allowed() judged the scheme; this only keeps curl to the two. */
+	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
 	curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
 	curl_easy_setopt(c, CURLOPT_USERAGENT, "hutchd");
 	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
@@ -264,6 +294,9 @@ static int http_get(struct puller *p, const char *url, const char *accept, bool 
 	curl_easy_setopt(c, CURLOPT_HEADERDATA, a);
 	cc = curl_easy_perform(c);
 	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, status);
+	if (cc == CURLE_OK && *status >= 300 && *status < 400 &&
+	    curl_easy_getinfo(c, CURLINFO_REDIRECT_URL, &loc) == CURLE_OK && loc)
+		*location = strdup(loc);
 	curl_easy_cleanup(c);
 	curl_slist_free_all(h);
 	if (s->over)
@@ -272,6 +305,39 @@ static int http_get(struct puller *p, const char *url, const char *accept, bool 
 	if (cc != CURLE_OK)
 		return herr_set(err, -EIO, "%s: %s", url, curl_easy_strerror(cc));
 	return 0;
+}
+
+/*
+ * GET url, following at most 5 redirects by hand: each hop is checked by
+ * url_allowed() (plain http only towards loopback or insecure-registries
+ * hosts, never file:, gopher: or another scheme), and the token goes only
+ * to hops on the registry's own host, never to blob storage elsewhere.
+ */
+static int http_get(struct puller *p, const char *url, const char *accept, bool auth,
+		    struct sink *s, struct answer *a, long *status, struct herr *err)
+{
+	_cleanup_free_ char *cur = strdup(url);
+	int rc = cur ? 0 : herr_set(err, -ENOMEM, "out of memory");
+
+	for (int hop = 0; rc == 0; hop++) {
+		char *next = NULL;
+		bool same = false;
+
+		if (!url_allowed(p->o, p->ref.host, cur, &same))
+			return herr_set(err, -EACCES, "%.300s: refused: only https, or http to "
+					"loopback and insecure-registries hosts", cur);
+		rc = http_once(p, cur, accept, auth && same, s, a, status, &next, err);
+		if (rc < 0 || !next)
+			return rc;
+		if (hop >= 5) {
+			free(next);
+			return herr_set(err, -ELOOP, "%s: more than 5 redirects", url);
+		}
+		sink_reset(s);
+		free(cur);
+		cur = next;
+	}
+	return rc;
 }
 
 /* One parameter of a Bearer challenge: name="value". */
@@ -319,7 +385,8 @@ static int fetch_token(struct puller *p, const char *challenge, struct herr *err
 	challenge_param(challenge, "scope", scope, sizeof(scope));
 	if (!scope[0])
 		snprintf(scope, sizeof(scope), "repository:%s:pull", p->ref.repo);
-	/* The realm is another host: it gets https unless it too may use http. */
+	/* The realm may be another host: it gets https unless that host (not
+	 * the registry) may use http. */
 	if (!u || curl_url_set(u, CURLUPART_URL, realm, 0) != CURLUE_OK ||
 	    curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK) {
 		curl_url_cleanup(u);
@@ -327,13 +394,10 @@ static int fetch_token(struct puller *p, const char *challenge, struct herr *err
 				p->ref.host, realm);
 	}
 	curl_url_cleanup(u);
-	if (strncmp(realm, "https://", 8) != 0 &&
-	    !(strncmp(realm, "http://", 7) == 0 && host_insecure(p->o, p->ref.host))) {
-		curl_free(host);
+	curl_free(host);
+	if (!url_allowed(p->o, p->ref.host, realm, NULL))
 		return herr_set(err, -EACCES, "registry %s: token realm '%.200s' is not https",
 				p->ref.host, realm);
-	}
-	curl_free(host);
 	{
 		char *es = curl_easy_escape(NULL, service, 0);
 		char *ec = curl_easy_escape(NULL, scope, 0);
