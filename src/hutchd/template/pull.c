@@ -288,6 +288,10 @@ static int http_once(struct puller *p, const char *url, const char *accept, bool
 	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, 30L);
 	curl_easy_setopt(c, CURLOPT_TIMEOUT, p->o->timeout_s > 0 ? p->o->timeout_s : 600L);
+	/* A registry that trickles bytes gives up a request after 30 s below
+	 * 1 KiB/s instead of holding it for the whole timeout. */
+	curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1024L);
+	curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, 30L);
 	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
 	curl_easy_setopt(c, CURLOPT_WRITEDATA, s);
 	curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
@@ -652,6 +656,11 @@ static int stage_image(struct puller *p, int stage, struct herr *err)
 			rc = herr_set(err, -EINVAL, "the image config is not JSON");
 	}
 	diff_ids = json_object_get(json_object_get(config, "rootfs"), "diff_ids");
+	/* Refused before any layer is fetched: the import would refuse it
+	 * anyway, after the download. */
+	if (rc == 0 && json_array_size(json_object_get(manifest, "layers")) > IMG_MAX_LAYERS)
+		rc = herr_set(err, -E2BIG, "the manifest lists %zu layers; at most %d are supported",
+			      json_array_size(json_object_get(manifest, "layers")), IMG_MAX_LAYERS);
 	json_array_foreach(json_object_get(manifest, "layers"), i, d) {
 		const char *diff = img_digest_hex(json_string_value(json_array_get(diff_ids, i)));
 		char field[32];
