@@ -40,7 +40,8 @@ static int app_ready(struct rt *rt, const char *id)
 	for (int i = 0; i < 600; i++) {
 		int fd = rt_dial(rt, id, 7000, &err);
 		if (fd >= 0) {
-			ssize_t n = write(fd, "state\n", 6) == 6 ? read(fd, buf, sizeof(buf) - 1) : -1;
+			ssize_t n = write(fd, "state\n", 6) == 6 ?
+				    read(fd, buf, sizeof(buf) - 1) : -1;
 			close(fd);
 			if (n > 0) {
 				buf[n] = '\0';

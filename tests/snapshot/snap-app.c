@@ -202,13 +202,14 @@ int main(int argc, char **argv)
 				}
 			} else if (n > 0) {
 				int fd = open("/data/marker", O_RDONLY | O_CLOEXEC);
-				ssize_t m = fd >= 0 ? read(fd, marker_read, sizeof(marker_read) - 1) : 0;
+				ssize_t m = fd >= 0 ?
+					read(fd, marker_read, sizeof(marker_read) - 1) : 0;
 				marker_read[m > 0 ? m : 0] = '\0';
 				if (fd >= 0)
 					close(fd);
 				int len = snprintf(out, sizeof(out),
-					"counter=%lu mem=%s peer_port=%d pongs=%lu peer=%s marker=%s "
-					"eth_port=%d eth_pongs=%lu eth=%s\n",
+					"counter=%lu mem=%s peer_port=%d pongs=%lu "
+					"peer=%s marker=%s eth_port=%d eth_pongs=%lu eth=%s\n",
 					counter, checksum() == mem_sum ? "OK" : "BAD", peer_port[0],
 					pongs[0], peer_fd[0] >= 0 ? "up" : "down", marker_read,
 					peer_port[1], pongs[1], peer_fd[1] >= 0 ? "up" : "down");

@@ -192,7 +192,8 @@ static void *mon_main(void *arg)
 			void *fn_arg = rt->exit_arg;
 			pthread_mutex_unlock(&rt->lock);
 			if (notify) {
-				log_info("runtime", id, "sandbox ended reason=%s status=%d signal=%d",
+				log_info("runtime", id,
+					 "sandbox ended reason=%s status=%d signal=%d",
 					 rt_exit_reason_name(info.reason), info.exit_status,
 					 info.exit_signal);
 				if (fn)
@@ -298,7 +299,8 @@ static int reserve_slot(struct rt *rt, const struct rt_spec *spec, struct rt_san
 		for (i = 0; i < rt->max_sandboxes && rt->by_slot[i]; i++)
 			;
 		if (i == rt->max_sandboxes) {
-			r = herr_set(err, -ENOSPC, "all %u sandbox slots in use", rt->max_sandboxes);
+			r = herr_set(err, -ENOSPC, "all %u sandbox slots in use",
+				     rt->max_sandboxes);
 		} else {
 			s->slot = i;
 			s->uid_base = rt->uid_base + i * RT_IDS_PER_SANDBOX;

@@ -614,7 +614,8 @@ static int stage_manifest(struct puller *p, int stage, json_t **manifest, struct
 		const char *mt = json_string_value(json_object_get(m, "mediaType"));
 
 		index = json_pack("{s:i,s:[{s:s,s:s,s:I}]}", "schemaVersion", 2, "manifests",
-				  "mediaType", mt ? mt : "application/vnd.oci.image.manifest.v1+json",
+				  "mediaType",
+				  mt ? mt : "application/vnd.oci.image.manifest.v1+json",
 				  "digest", digest, "size", (json_int_t)body.len);
 		if (!index)
 			rc = herr_set(err, -ENOMEM, "out of memory");
@@ -659,7 +660,8 @@ static int stage_image(struct puller *p, int stage, struct herr *err)
 	/* Refused before any layer is fetched: the import would refuse it
 	 * anyway, after the download. */
 	if (rc == 0 && json_array_size(json_object_get(manifest, "layers")) > IMG_MAX_LAYERS)
-		rc = herr_set(err, -E2BIG, "the manifest lists %zu layers; at most %d are supported",
+		rc = herr_set(err, -E2BIG,
+			      "the manifest lists %zu layers; at most %d are supported",
 			      json_array_size(json_object_get(manifest, "layers")), IMG_MAX_LAYERS);
 	json_array_foreach(json_object_get(manifest, "layers"), i, d) {
 		const char *diff = img_digest_hex(json_string_value(json_array_get(diff_ids, i)));
