@@ -26,7 +26,8 @@ function skipWithoutBase(t) {
   return !h && (t.skip('no base template (see the message above)'), true);
 }
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const diskOf = (id) => join(h.dir, 'data', 'sandboxes', id, 'disk.img');
+const folderOf = (id) => join(h.dir, 'data', 'sandboxes', id);
+const diskOf = (id) => join(folderOf(id), 'disk.img');
 
 async function writeFiles(sb) {
   await sb.files.write('/home/user/notes.txt', 'kept across a pause');
@@ -114,6 +115,7 @@ test('double pause is 409 (SDK false); list state filter; kill deletes the disk'
       assert.equal(await sb.pause({ keepMemory: false }), true);
       assert.equal(await Sandbox.kill(sb.sandboxId), true);
       assert.equal(existsSync(diskOf(sb.sandboxId)), false, 'disk deleted');
+      assert.equal(existsSync(folderOf(sb.sandboxId)), false, 'folder deleted');
       await assert.rejects(Sandbox.getInfo(sb.sandboxId), SandboxNotFoundError);
       await assert.rejects(Sandbox.connect(sb.sandboxId), SandboxNotFoundError);
       assert.equal(await Sandbox.kill(sb.sandboxId), false);
@@ -173,6 +175,10 @@ test("onTimeout 'pause' pauses at the deadline instead of killing", async (t) =>
     assert.equal(info.state, 'paused');
     const again = await Sandbox.connect(sb.sandboxId, { timeoutMs: 60_000 });
     await checkFiles(again);
+    // a sandbox once paused with memory leaves nothing behind when killed
+    assert.equal(await Sandbox.kill(sb.sandboxId), true);
+    assert.equal(existsSync(folderOf(sb.sandboxId)), false,
+      `${folderOf(sb.sandboxId)} is gone after the kill`);
   } finally {
     await Sandbox.kill(sb.sandboxId);
   }
@@ -207,6 +213,10 @@ test('pause with memory keeps a python process and its state', async (t) => {
     assert.ok(later > after, `still counting after the resume: ${later} > ${after}\n` +
       ps.stdout);
     await checkFiles(again);
+    // a sandbox once paused with memory leaves nothing behind when killed
+    assert.equal(await Sandbox.kill(sb.sandboxId), true);
+    assert.equal(existsSync(folderOf(sb.sandboxId)), false,
+      `${folderOf(sb.sandboxId)} is gone after the kill`);
   } finally {
     await Sandbox.kill(sb.sandboxId);
   }

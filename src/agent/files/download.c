@@ -275,8 +275,9 @@ static enum MHD_Result send_stream(struct MHD_Connection *c, struct dl_stream *s
 }
 
 /*
- * Whether fstat()'s size can be sent as Content-Length. Only a regular, non-empty file qualifies, and only on a file
- * system that stores what it reports: the pseudo file systems below make
+ * Whether fstat()'s size can be sent as Content-Length. Only a regular,
+ * non-empty file qualifies, and only on a file system that stores what it
+ * reports: the pseudo file systems below make
  * their contents up on read and report 0 or a page as the size, and FUSE
  * servers may do the same (lxcfs does for /proc files). Those keep the
  * streaming path, which reads to EOF whatever stat() said.

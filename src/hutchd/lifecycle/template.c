@@ -216,12 +216,11 @@ int tpl_load(const char *template_dir, const char *ref, struct lc_template *out,
 		return rc;
 	snprintf(path, sizeof(path), "%s/%s/complete", template_dir, out->name);
 	if (stat(path, &st) < 0)
-		return herr_set(err, -ENOENT, "template '%s' not found (no complete template "
-				"in %s/%s)", out->name, template_dir, out->name);
+		return herr_set(err, -ENOENT, "template '%s' not found", out->name);
 	snprintf(out->rootfs, sizeof(out->rootfs), "%s/%s/rootfs", template_dir, out->name);
 	if (stat(out->rootfs, &st) < 0 || !S_ISDIR(st.st_mode))
-		return herr_set(err, -ENOENT, "template '%s' has no rootfs folder at %s",
-				out->name, out->rootfs);
+		return herr_set(err, -ENOENT, "template '%s' is incomplete: it has no "
+				"rootfs folder", out->name);
 	snprintf(path, sizeof(path), "%s/%s/template.json", template_dir, out->name);
 	rc = read_small_file(path, &text, &len, err);
 	if (rc == 0)
