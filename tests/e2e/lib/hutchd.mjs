@@ -127,7 +127,10 @@ export async function startHutchd(opts = {}) {
       '--veth-prefix=hte', '--net-cidr=10.214.0.0/16', '--pool-size=2',
       `--warm-pool=${opts.warmPool ?? 0}`] :
     ['--no-runtime'];
-  const args = [`--data-dir=${join(dir, 'data')}`, `--run-dir=${join(dir, 'run')}`,
+  // opts.dataDir: a data folder of the caller's (say on a small file
+  // system of its own); the caller removes it.
+  const args = [`--data-dir=${opts.dataDir ?? join(dir, 'data')}`,
+    `--run-dir=${join(dir, 'run')}`,
     '--api-listen=127.0.0.1', `--api-port=${apiPort}`, `--proxy-port=${proxyPort}`,
     ...runtimeArgs, ...(opts.args ?? [])];
   let cur = launch(args, opts.env ?? {});
