@@ -4,11 +4,12 @@
 // snapshot is a new sandbox with the files as they were, and writes in one do
 // not show in the other. Forks are filesystem-only: the source's processes do
 // not carry over. Also: fork of a sandbox in one call (count), list and
-// delete, another team gets 404, bad bodies 400, and nothing stays on disk.
+// delete, another team gets 404, bad bodies 400, and nothing stays on disk;
+// a restart removes the snapshot folders a crash can leave.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Sandbox } from 'e2b';
 import { hutchdBin, requireBase, startHutchd, useEnv } from './lib/hutchd.mjs';
@@ -243,3 +244,30 @@ test('another team gets 404; bad bodies get 400', async (t) => {
     await src.kill();
   }
 });
+
+test('a restart removes unfinished and unreferenced snapshot folders, nothing else',
+  async (t) => {
+    if (skipWithoutBase(t)) return;
+    const src = await Sandbox.create({ timeoutMs: 120_000 });
+    try {
+      const made = await h.api('POST', `/sandboxes/${src.sandboxId}/snapshots`);
+      assert.equal(made.status, 201, made.text);
+      const kept = made.json.snapshotID;
+      // what a crash leaves: an unfinished copy, a folder without a row
+      const leftovers = ['sunfinished000000000.tmp', 'snorowforthis0000000'];
+      const foreign = ['Not-A-Snapshot', 'sx.tmp.old'];
+      for (const name of [...leftovers, ...foreign]) {
+        mkdirSync(snapDir(name));
+        writeFileSync(join(snapDir(name), 'disk.img'), 'x');
+      }
+      await h.restart();
+      for (const name of leftovers) assert.equal(existsSync(snapDir(name)), false, name);
+      for (const name of foreign) assert.equal(existsSync(snapDir(name)), true, name);
+      assert.ok(existsSync(join(snapDir(kept), 'disk.img')), 'a recorded snapshot stays');
+      assert.equal((await h.api('GET', `/snapshots/${kept}`)).status, 200);
+      assert.equal((await h.api('DELETE', `/snapshots/${kept}`)).status, 204);
+      for (const name of foreign) rmSync(snapDir(name), { recursive: true });
+    } finally {
+      await Sandbox.kill(src.sandboxId);
+    }
+  });

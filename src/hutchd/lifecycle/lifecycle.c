@@ -19,6 +19,7 @@
 #include "log.h"
 #include "rt_checkpoint.h"
 #include "sandbox_rt.h"
+#include "snapshot.h"
 #include "tmpl.h"
 #include "warm.h"
 
@@ -406,6 +407,7 @@ int lc_start(struct store *st, const struct lc_config *cfg, struct lifecycle **o
 		}
 	}
 	store_sandbox_each(st, NULL, recover_one, lc, err);
+	lc_snapshot_collect(lc);
 	if (lc->rt)
 		lcrt_each(lc->rt, remove_orphan, lc);
 	/* After the orphan sweep, which also ends builds a restart cut short. */

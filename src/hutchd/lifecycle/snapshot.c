@@ -437,6 +437,48 @@ int lc_snapshot_delete(struct lifecycle *lc, int64_t team, const char *snapshot_
 	return 1;
 }
 
+/* Snapshot ids are what new_snapshot_id makes; anything else in the folder
+ * is not ours to remove. */
+static bool snapshot_name(const char *name, bool *tmp)
+{
+	size_t len = strlen(name);
+
+	*tmp = len > 4 && strcmp(name + len - 4, ".tmp") == 0;
+	if (*tmp)
+		len -= 4;
+	if (len == 0 || len > SBX_ID_LEN)
+		return false;
+	for (size_t i = 0; i < len; i++)
+		if (!((name[i] >= 'a' && name[i] <= 'z') || (name[i] >= '0' && name[i] <= '9')))
+			return false;
+	return true;
+}
+
+void lc_snapshot_collect(struct lifecycle *lc)
+{
+	char top[PATH_MAX], dir[PATH_MAX];
+	_cleanup_closedir_ DIR *d = NULL;
+	struct dirent *e;
+
+	snapshot_dir(lc, "", "", top);
+	d = opendir(top);
+	while (d && (e = readdir(d))) {
+		_cleanup_snapshot_ struct store_snapshot row = { 0 };
+		struct herr err;
+		bool tmp;
+
+		if (!snapshot_name(e->d_name, &tmp))
+			continue;
+		/* A store error keeps the folder: only a known absence removes. */
+		if (!tmp && store_snapshot_get(lc->store, e->d_name, -1, &row, &err) != 0)
+			continue;
+		snapshot_dir(lc, e->d_name, "", dir);
+		remove_snapshot_dir(dir);
+		log_info("lifecycle", NULL, "removed %s: %s", dir,
+			 tmp ? "an unfinished snapshot" : "no snapshot row refers to it");
+	}
+}
+
 /* ---- fork ---- */
 
 static int place_disk(struct lifecycle *lc, const struct store_snapshot *snap,

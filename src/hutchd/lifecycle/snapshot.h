@@ -42,4 +42,12 @@ int lc_snapshot_delete(struct lifecycle *lc, int64_t team, const char *snapshot_
 int lc_fork_from(struct lifecycle *lc, const struct store_snapshot *snap,
 		 struct store_sandbox *sb, int64_t max_active, struct herr *err);
 
+/*
+ * At start, before any request: removes what a crash left in
+ * <data_dir>/snapshots: <id>.tmp folders of unfinished snapshots, and
+ * folders whose row is gone (a crash between a delete's row and its files)
+ * or was never written (a crash between the rename and the insert).
+ */
+void lc_snapshot_collect(struct lifecycle *lc);
+
 #endif
