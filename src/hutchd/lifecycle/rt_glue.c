@@ -601,12 +601,44 @@ static int cold_resume(struct lc_rt *l, const struct store_sandbox *sb,
 	return rc;
 }
 
+/*
+ * Memory images need the network namespace the sandbox was paused in, which
+ * lives only as long as the host does: after a reboot the runtime has no
+ * record of the sandbox (its run dir was on tmpfs) or no namespace pinned
+ * for it, and its processes cannot come back. Its files can. The images go
+ * first (a disk changed by the fresh start would no longer match them), then
+ * the sandbox starts afresh on its disk, as after a memory-less pause.
+ */
+static int resume_without_memory(struct lc_rt *l, const struct store_sandbox *sb,
+				 const struct lc_template *tpl, const char *why,
+				 struct herr *err)
+{
+	log_warn("lifecycle", sb->id, "its memory cannot be restored (%s): resuming "
+		 "from its disk, the start command runs again", why);
+	int rc = rt_checkpoint_remove(l->rt, sb->id, err);
+
+	return rc < 0 ? rc : cold_resume(l, sb, tpl, err);
+}
+
 int lcrt_resume(struct lc_rt *l, const struct store_sandbox *sb,
 		const struct lc_template *tpl, struct herr *err)
 {
+	int rc;
+
 	switch (lcrt_paused_kind(l, sb->id)) {
 	case LCRT_PAUSED_MEMORY:
-		return restore(l, sb, tpl, err);
+		if (lcrt_known(l, sb->id) == 0)
+			return resume_without_memory(l, sb, tpl, "the runtime has no "
+						     "record of it: the host restarted", err);
+		rc = restore(l, sb, tpl, err);
+		/* -ENOTSUP: its network namespace is gone, nothing was touched */
+		if (rc == -ENOTSUP) {
+			char why[HERR_MSG_MAX];
+
+			snprintf(why, sizeof(why), "%s", err->msg);
+			rc = resume_without_memory(l, sb, tpl, why, err);
+		}
+		return rc;
 	case LCRT_PAUSED_DISK:
 		return cold_resume(l, sb, tpl, err);
 	default:

@@ -86,7 +86,7 @@ function removeUnlessMounted(dir) {
 // hutchd leaves its cgroup subtree and nftables table in place when it stops
 // (its sandboxes outlive it by design). Once the test's sandboxes are gone,
 // both are empty and are removed here, so a test run leaves nothing behind.
-const cgroupName = 'hutche2e';
+export const cgroupName = 'hutche2e';
 function removeRuntimeRoots() {
   const roots = ['/sys/fs/cgroup', '/sys/fs/cgroup/unified'];
   try {
@@ -190,9 +190,11 @@ export async function startHutchd(opts = {}) {
     },
     // Simulates a crash: SIGKILL, no clean-up by hutchd. Sandboxes live on.
     async crash() { await terminate(cur.child, 'SIGKILL'); },
-    // Starts hutchd again on the same ports and data (after crash or stop).
-    async restart(extraArgs = []) {
+    // Starts hutchd again on the same ports and data (after crash or stop);
+    // between(), if given, runs while no hutchd is up.
+    async restart(extraArgs = [], between = undefined) {
       await terminate(cur.child);
+      await between?.();
       cur = launch([...args, ...extraArgs], opts.env ?? {});
       await cur.ready;
     },
