@@ -4,8 +4,8 @@
 // (SDK false); a paused sandbox is listed with state "paused" and filtered
 // by state; kill of a paused sandbox deletes its disk; the deadline stops
 // while paused; onTimeout 'pause' pauses instead of killing; a restart of
-// hutchd keeps paused sandboxes paused; autoResume brings one back on
-// traffic.
+// hutchd keeps paused sandboxes paused; connect with onResume 'reboot'
+// starts one afresh on its disk; autoResume brings one back on traffic.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
@@ -217,6 +217,35 @@ test('pause with memory keeps a python process and its state', async (t) => {
     assert.equal(await Sandbox.kill(sb.sandboxId), true);
     assert.equal(existsSync(folderOf(sb.sandboxId)), false,
       `${folderOf(sb.sandboxId)} is gone after the kill`);
+  } finally {
+    await Sandbox.kill(sb.sandboxId);
+  }
+});
+
+test("connect with onResume 'reboot' starts afresh on the disk, same id", async (t) => {
+  if (skipWithoutBase(t)) return;
+  const sb = await Sandbox.create({ timeoutMs: 120_000 });
+  try {
+    await writeFiles(sb);
+    await sb.commands.run('setsid nohup sleep 1000 >/dev/null 2>&1 </dev/null &');
+    assert.equal(await sb.pause(), true);
+    assert.ok(existsSync(join(folderOf(sb.sandboxId), 'checkpoint')), 'memory images');
+    const bad = await h.api('POST', `/v2/sandboxes/${sb.sandboxId}/connect`,
+      { memory: 'no' });
+    assert.equal(bad.status, 400, bad.text);
+    assert.equal((await Sandbox.getInfo(sb.sandboxId)).state, 'paused');
+
+    const again = await Sandbox.connect(sb.sandboxId, { onResume: 'reboot' });
+    assert.equal(again.sandboxId, sb.sandboxId);
+    assert.equal((await Sandbox.getInfo(sb.sandboxId)).state, 'running');
+    const ps = await again.commands.run('pgrep -x sleep || echo none');
+    assert.equal(ps.stdout, 'none\n', 'the processes were not restored');
+    await checkFiles(again);
+    assert.equal(existsSync(join(folderOf(sb.sandboxId), 'checkpoint')), false,
+      'the images are dropped');
+    // on a running sandbox the option changes nothing
+    const running = await Sandbox.connect(sb.sandboxId, { onResume: 'reboot' });
+    assert.equal(await running.files.read('/home/user/after-resume.txt'), 'written after');
   } finally {
     await Sandbox.kill(sb.sandboxId);
   }

@@ -552,11 +552,12 @@ void sbx_refresh(struct api_req *r, const char *id)
  * turns out to be running (a concurrent resume won), connect extends its
  * deadline and answers 200; the old resume endpoint answers 409.
  */
-static void resume_and_answer(struct api_req *r, const char *id, int64_t t, bool connect)
+static void resume_and_answer(struct api_req *r, const char *id, int64_t t,
+			      bool keep_memory, bool connect)
 {
 	_cleanup_sandbox_ struct store_sandbox sb = { 0 };
 	struct herr err;
-	int rc = lc_resume(r->api->lc, id, t, &err);
+	int rc = lc_resume(r->api->lc, id, t, keep_memory, &err);
 
 	if (rc == 0 && connect) {
 		if (load_live(r, id, &sb)) {
@@ -586,14 +587,22 @@ static bool needs_resume(const struct store_sandbox *sb)
 	return strcmp(sb->state, SBX_PAUSED) == 0 || strncmp(sb->intent, "pause", 5) == 0;
 }
 
-static bool resume_timeout(struct api_req *r, int64_t *t)
+/* The body of connect and resume: {"timeout": s, "memory": bool}. memory
+ * false (the SDK's onResume 'reboot') starts the sandbox afresh on its disk
+ * rather than restoring its processes. */
+static bool resume_body(struct api_req *r, int64_t *t, bool *keep_memory)
 {
 	json_t *body = api_body_object(r, true);
+	struct herr err;
 	bool ok;
 
 	if (!body)
 		return false;
 	ok = int_field(r, body, "timeout", false, r->api->cfg.default_timeout_s, t);
+	if (ok && parse_bool_field(body, "memory", true, keep_memory, &err) < 0) {
+		api_error(r, 400, "%s", err.msg);
+		ok = false;
+	}
 	json_decref(body);
 	if (!ok || !timeout_in_plan(r, *t))
 		return false;
@@ -607,12 +616,13 @@ static bool resume_timeout(struct api_req *r, int64_t *t)
 void sbx_connect(struct api_req *r, const char *id)
 {
 	_cleanup_sandbox_ struct store_sandbox sb = { 0 };
+	bool keep_memory = true;
 	int64_t t;
 
-	if (!resume_timeout(r, &t) || !load_live(r, id, &sb))
+	if (!resume_body(r, &t, &keep_memory) || !load_live(r, id, &sb))
 		return;
 	if (needs_resume(&sb)) {
-		resume_and_answer(r, id, t, true);
+		resume_and_answer(r, id, t, keep_memory, true);
 		return;
 	}
 	move_deadline(r, id, t, true);
@@ -623,14 +633,15 @@ void sbx_connect(struct api_req *r, const char *id)
 void sbx_resume(struct api_req *r, const char *id)
 {
 	_cleanup_sandbox_ struct store_sandbox sb = { 0 };
+	bool keep_memory = true;
 	int64_t t;
 
-	if (!resume_timeout(r, &t) || !load_live(r, id, &sb))
+	if (!resume_body(r, &t, &keep_memory) || !load_live(r, id, &sb))
 		return;
 	if (!needs_resume(&sb))
 		api_error(r, 409, "Sandbox \"%s\" is already running", id);
 	else
-		resume_and_answer(r, id, t, false);
+		resume_and_answer(r, id, t, keep_memory, false);
 }
 
 void sbx_pause(struct api_req *r, const char *id)

@@ -139,11 +139,14 @@ int lc_pause(struct lifecycle *lc, const char *id, bool keep_memory, struct herr
 
 /*
  * Resumes a paused sandbox under the same id, tokens and network rules,
- * with a deadline timeout_s from now. 1: resumed; 0: it was running (a
+ * with a deadline timeout_s from now. keep_memory false (the SDK's
+ * onResume 'reboot') restores no processes: memory images are dropped and
+ * the sandbox starts afresh on its disk. 1: resumed; 0: it was running (a
  * concurrent resume won, or it never paused); -ENOENT: not live; other
  * errors: it stays paused and may be resumed again.
  */
-int lc_resume(struct lifecycle *lc, const char *id, int64_t timeout_s, struct herr *err);
+int lc_resume(struct lifecycle *lc, const char *id, int64_t timeout_s, bool keep_memory,
+	      struct herr *err);
 
 /*
  * A connected TCP socket to 127.0.0.1:port inside a running sandbox (for the

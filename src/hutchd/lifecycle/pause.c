@@ -191,7 +191,7 @@ static void resume_failed(struct lifecycle *lc, const char *id, const struct her
 }
 
 static int resume_runtime(struct lifecycle *lc, const struct store_sandbox *sb,
-			  struct herr *err)
+			  bool keep_memory, struct herr *err)
 {
 	struct lc_template tpl = { 0 };
 	int rc = lc_template_get_team(lc, sb->team_id, sb->template_id, &tpl, err);
@@ -202,13 +202,13 @@ static int resume_runtime(struct lifecycle *lc, const struct store_sandbox *sb,
 		rc = herr_set(err, -EIO, "template '%s' of the sandbox is gone",
 			      sb->template_id);
 	if (rc == 0)
-		rc = lcrt_resume(lc->rt, sb, &tpl, err);
+		rc = lcrt_resume(lc->rt, sb, &tpl, keep_memory, err);
 	tpl_clear(&tpl);
 	return rc;
 }
 
 static int resume_locked(struct lifecycle *lc, const char *id, int64_t timeout_s,
-			 struct herr *err)
+			 bool keep_memory, struct herr *err)
 {
 	_cleanup_sandbox_ struct store_sandbox sb = { 0 };
 	int64_t started;
@@ -222,7 +222,7 @@ static int resume_locked(struct lifecycle *lc, const char *id, int64_t timeout_s
 		return 0;
 	rc = set_intent(lc, id, INTENT_RESUME, err);
 	if (rc == 0)
-		rc = resume_runtime(lc, &sb, err);
+		rc = resume_runtime(lc, &sb, keep_memory, err);
 	if (rc < 0) {
 		herr_wrap(err, "resuming sandbox %s", id);
 		resume_failed(lc, id, err);
@@ -239,7 +239,8 @@ static int resume_locked(struct lifecycle *lc, const char *id, int64_t timeout_s
 	return 1;
 }
 
-int lc_resume(struct lifecycle *lc, const char *id, int64_t timeout_s, struct herr *err)
+int lc_resume(struct lifecycle *lc, const char *id, int64_t timeout_s, bool keep_memory,
+	      struct herr *err)
 {
 	int rc;
 
@@ -247,7 +248,7 @@ int lc_resume(struct lifecycle *lc, const char *id, int64_t timeout_s, struct he
 		return herr_set(err, -ENOSYS, "no sandbox runtime on this node");
 	if (!lc_busy_take(lc, id, true))
 		return herr_set(err, -ENOMEM, "out of memory");
-	rc = resume_locked(lc, id, timeout_s, err);
+	rc = resume_locked(lc, id, timeout_s, keep_memory, err);
 	lc_busy_give(lc, id);
 	return rc;
 }

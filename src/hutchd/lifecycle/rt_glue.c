@@ -602,18 +602,19 @@ static int cold_resume(struct lc_rt *l, const struct store_sandbox *sb,
 }
 
 /*
- * Memory images need the network namespace the sandbox was paused in, which
- * lives only as long as the host does: after a reboot the runtime has no
- * record of the sandbox (its run dir was on tmpfs) or no namespace pinned
- * for it, and its processes cannot come back. Its files can. The images go
- * first (a disk changed by the fresh start would no longer match them), then
- * the sandbox starts afresh on its disk, as after a memory-less pause.
+ * A sandbox paused with its memory, started afresh on its disk instead, as
+ * after a memory-less pause: when the caller asks for it (onResume
+ * 'reboot'), or when the processes cannot come back. Memory images need the
+ * network namespace the sandbox was paused in, which lives only as long as
+ * the host does: after a reboot the runtime has no record of the sandbox
+ * (its run dir was on tmpfs) or no namespace pinned for it. The images go
+ * first: a disk changed by the fresh start would no longer match them.
  */
 static int resume_without_memory(struct lc_rt *l, const struct store_sandbox *sb,
 				 const struct lc_template *tpl, const char *why,
 				 struct herr *err)
 {
-	log_warn("lifecycle", sb->id, "its memory cannot be restored (%s): resuming "
+	log_warn("lifecycle", sb->id, "not restoring its memory (%s): resuming "
 		 "from its disk, the start command runs again", why);
 	int rc = rt_checkpoint_remove(l->rt, sb->id, err);
 
@@ -621,12 +622,15 @@ static int resume_without_memory(struct lc_rt *l, const struct store_sandbox *sb
 }
 
 int lcrt_resume(struct lc_rt *l, const struct store_sandbox *sb,
-		const struct lc_template *tpl, struct herr *err)
+		const struct lc_template *tpl, bool keep_memory, struct herr *err)
 {
 	int rc;
 
 	switch (lcrt_paused_kind(l, sb->id)) {
 	case LCRT_PAUSED_MEMORY:
+		if (!keep_memory)
+			return resume_without_memory(l, sb, tpl, "the caller asked for "
+						     "a fresh start", err);
 		if (lcrt_known(l, sb->id) == 0)
 			return resume_without_memory(l, sb, tpl, "the runtime has no "
 						     "record of it: the host restarted", err);

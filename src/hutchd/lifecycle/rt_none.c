@@ -89,7 +89,7 @@ int lcrt_release_keep_disk(struct lc_rt *rt, const char *id, struct herr *err)
 }
 
 int lcrt_resume(struct lc_rt *rt, const struct store_sandbox *sb,
-		const struct lc_template *tpl, struct herr *err)
+		const struct lc_template *tpl, bool keep_memory, struct herr *err)
 {
 	return herr_set(err, -ENOSYS, "no sandbox runtime on this node");
 }

@@ -55,9 +55,10 @@ enum lcrt_paused lcrt_paused_kind(struct lc_rt *rt, const char *id);
 int lcrt_known(struct lc_rt *rt, const char *id);
 /* Lets go of a stopped sandbox's runtime objects, keeping its disk. */
 int lcrt_release_keep_disk(struct lc_rt *rt, const char *id, struct herr *err);
-/* Brings a paused sandbox back with the row's id, tokens and network. */
+/* Brings a paused sandbox back with the row's id, tokens and network; its
+ * processes too when it was paused with them and keep_memory is true. */
 int lcrt_resume(struct lc_rt *rt, const struct store_sandbox *sb,
-		const struct lc_template *tpl, struct herr *err);
+		const struct lc_template *tpl, bool keep_memory, struct herr *err);
 /* Recovery: ends a sandbox's processes keeping everything else (rt_stop),
  * or thaws processes a CRIU run left frozen. */
 void lcrt_stop(struct lc_rt *rt, const char *id);

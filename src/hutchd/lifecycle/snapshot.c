@@ -347,7 +347,7 @@ static int restart_source(struct lifecycle *lc, const struct store_sandbox *sb,
 	if (rc >= 0)
 		rc = lc_template_get_team(lc, sb->team_id, sb->template_id, &tpl, err);
 	if (rc == 0)
-		rc = lcrt_resume(lc->rt, sb, &tpl, err);
+		rc = lcrt_resume(lc->rt, sb, &tpl, true, err);
 	tpl_clear(&tpl);
 	if (rc < 0) {
 		clear_intent(lc, sb->id);
@@ -519,7 +519,7 @@ static int start_fork(struct lifecycle *lc, const struct store_snapshot *snap,
 	 * that disk (reuse of the writable layer), agent and start command
 	 * included, exactly as for a resume after a memory-less pause. */
 	if (rc == 0)
-		rc = lcrt_resume(lc->rt, sb, &tpl, err);
+		rc = lcrt_resume(lc->rt, sb, &tpl, true, err);
 	tpl_clear(&tpl);
 	if (rc < 0)
 		return rc;

@@ -141,7 +141,7 @@ static int resume_shared(struct hutchd_backend *b, const char *id, int64_t timeo
 	pthread_mutex_unlock(&b->flights_lock);
 
 	herr_clear(&f->err);
-	rc = lc_resume(b->lc, id, timeout_s, &f->err);
+	rc = lc_resume(b->lc, id, timeout_s, true, &f->err);
 
 	pthread_mutex_lock(&b->flights_lock);
 	f->rc = rc;
