@@ -215,11 +215,50 @@ static int cgroup_pids(struct rt *rt, const char *id, pid_t *pids, int max)
 	return n;
 }
 
+/*
+ * A pidfd for a task listed in the sandbox's cgroup, or -1. Between reading
+ * cgroup.procs and pidfd_open the task may exit and its pid go to a process
+ * of the host, which would then be signalled or have its sockets changed.
+ * The pidfd pins one process: if the pid is still listed after it is
+ * opened, and that process is still alive after the listing, the listed pid
+ * was the pinned process all along (a pid is not reused while its process
+ * lives).
+ */
+static int sandbox_task_pidfd(struct rt *rt, const char *id, pid_t pid)
+{
+	pid_t pids[512];
+	int fd = pidfd_of(pid), np;
+	bool listed = false;
+
+	if (fd < 0)
+		return -1;
+	np = cgroup_pids(rt, id, pids, 512);
+	for (int i = 0; i < np && i < 512 && !listed; i++)
+		listed = pids[i] == pid;
+	if (!listed || syscall(SYS_pidfd_send_signal, fd, 0, NULL, 0) < 0) {
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
 static bool cgroup_has_tasks(struct rt *rt, const char *id)
 {
 	pid_t one;
 
 	return cgroup_pids(rt, id, &one, 1) > 0;
+}
+
+/* Waits until the sandbox's cgroup has no task left, at most ms (killed
+ * tasks take a moment to exit, longer with sockets to tear down). */
+static bool cgroup_wait_empty(struct rt *rt, const char *id, unsigned ms)
+{
+	for (unsigned waited = 0; cgroup_has_tasks(rt, id); waited += 20) {
+		if (waited >= ms)
+			return false;
+		usleep(20 * 1000);
+	}
+	return true;
 }
 
 /* ---------- files ---------- */
@@ -699,7 +738,7 @@ static int release_tcp_repair(struct rt *rt, const char *id)
 	for (int i = 0; i < np && i < 512; i++) {
 		char fdir[64], path[128], link[64];
 		snprintf(fdir, sizeof(fdir), "/proc/%d/fd", pids[i]);
-		_cleanup_close_ int pidfd = pidfd_of(pids[i]);
+		_cleanup_close_ int pidfd = sandbox_task_pidfd(rt, id, pids[i]);
 		_cleanup_closedir_ DIR *d = pidfd >= 0 ? opendir(fdir) : NULL;
 		struct dirent *e;
 		while (d && (e = readdir(d))) {
@@ -738,7 +777,7 @@ static void continue_tasks(struct rt *rt, const char *id)
 	int np = cgroup_pids(rt, id, pids, 512);
 
 	for (int i = 0; i < np && i < 512; i++) {
-		_cleanup_close_ int pidfd = pidfd_of(pids[i]);
+		_cleanup_close_ int pidfd = sandbox_task_pidfd(rt, id, pids[i]);
 		if (pidfd >= 0)
 			syscall(SYS_pidfd_send_signal, pidfd, SIGCONT, NULL, 0);
 	}
@@ -1912,9 +1951,13 @@ int rt_restore(struct rt *rt, const char *id, const struct rt_restore_spec *spec
 		append_log_tail(err, path);
 		if (keeper > 0)
 			waitpid(keeper, NULL, 0);
-		/* A half-restored tree must not survive; the images are kept. */
+		/* A half-restored tree must not survive; the images are kept.
+		 * Its tasks are gone before this returns: a resume retried at
+		 * once would otherwise find the sandbox "running". */
 		rt_cg_kill(rt, id, 0);
 		rt_cg_freeze(rt, id, false, NULL);
+		if (!cgroup_wait_empty(rt, id, 5000))
+			log_warn("runtime", id, "tasks of the failed restore still exit");
 		rename(restoring, fin);
 		log_warn("runtime", id, "resume failed, images kept: %s", err ? err->msg : "");
 		goto out;
@@ -1983,17 +2026,6 @@ static void adopt_keeper_restore(struct rt *rt, struct rt_sandbox *s)
 		 now->init_pid);
 out:
 	free(now);
-}
-
-/* Waits until the sandbox's cgroup has no task left, at most ms. */
-static bool cgroup_wait_empty(struct rt *rt, const char *id, unsigned ms)
-{
-	for (unsigned waited = 0; cgroup_has_tasks(rt, id); waited += 20) {
-		if (waited >= ms)
-			return false;
-		usleep(20 * 1000);
-	}
-	return true;
 }
 
 /*
