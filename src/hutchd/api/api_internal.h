@@ -79,5 +79,12 @@ void snap_get(struct api_req *r, const char *snapshot_id);
 void snap_delete(struct api_req *r, const char *snapshot_id);
 void snap_fork(struct api_req *r, const char *snapshot_id);
 void sbx_fork(struct api_req *r, const char *id);
+/* The team's snapshot a create's templateID names: by id, else the newest
+ * of that name. 1 found (out filled), 0 none, <0 store error. */
+int snap_resolve(struct api *a, int64_t team, const char *ref, struct store_snapshot *out,
+		 struct herr *err);
+/* The snapshot source's CPU, memory and disk size (its disk image has that
+ * size) into a new sandbox's row. */
+void snap_resources(const struct store_snapshot *snap, struct store_sandbox *sb);
 
 #endif

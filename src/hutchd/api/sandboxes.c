@@ -14,6 +14,7 @@
 #include "cleanup.h"
 #include "log.h"
 #include "request.h"
+#include "snapshot.h"
 
 /* Deprecated upstream but required by the Python SDK. */
 #define CLIENT_ID "6532622b"
@@ -309,22 +310,17 @@ static char *lifecycle_text(const struct create_args *ca)
 	return text;
 }
 
-static int fill_sandbox(struct api_req *r, const struct create_args *ca,
-			const struct lc_template *tpl, struct store_sandbox *sb,
-			struct herr *err)
+/* A create's row but for its id and resources: the caller's settings. */
+static int fill_row(struct api_req *r, const struct create_args *ca,
+		    const char *template_name, struct store_sandbox *sb, struct herr *err)
 {
 	struct api *a = r->api;
 	char tok[TOKEN_HEX];
 	int64_t now = store_now_ms();
-	/* A warm sandbox's id when one is ready: the create then only configures it. */
-	int rc = lc_new_id(a->lc, tpl->name, sb->id, err);
 
-	if (rc < 0)
-		return rc;
 	token_derive(a->secret, "", sb->id, tok);
 	sb->team_id = r->team_id;
-	/* The resolved name, so that list filters and recovery see "base". */
-	sb->template_id = strdup(tpl->name);
+	sb->template_id = strdup(template_name);
 	sb->created_at = sb->started_at = now;
 	sb->timeout_s = ca->timeout_s;
 	sb->end_at = now + ca->timeout_s * 1000;
@@ -333,12 +329,26 @@ static int fill_sandbox(struct api_req *r, const struct create_args *ca,
 	sb->network = dump(ca->network);
 	sb->lifecycle = lifecycle_text(ca);
 	sb->access_token = strdup(ca->secure ? tok : "");
-	fill_resources(a, tpl, sb);
 	sb->envd_version = strdup(a->cfg.envd_version);
 	if (!sb->template_id || !sb->metadata || !sb->env || !sb->network ||
 	    !sb->lifecycle || !sb->access_token || !sb->envd_version)
 		return herr_set(err, -ENOMEM, "out of memory");
 	return 0;
+}
+
+static int fill_sandbox(struct api_req *r, const struct create_args *ca,
+			const struct lc_template *tpl, struct store_sandbox *sb,
+			struct herr *err)
+{
+	/* A warm sandbox's id when one is ready: the create then only configures it. */
+	int rc = lc_new_id(r->api->lc, tpl->name, sb->id, err);
+
+	/* The resolved name, so that list filters and recovery see "base". */
+	if (rc == 0)
+		rc = fill_row(r, ca, tpl->name, sb, err);
+	if (rc == 0)
+		fill_resources(r->api, tpl, sb);
+	return rc;
 }
 
 /* Checks the concurrency cap and records the row, as one step of the store. */
@@ -379,6 +389,48 @@ static void finish_create(struct api_req *r, struct store_sandbox *sb)
 	}
 }
 
+/*
+ * Sandbox.create(snapshotId): a templateID that names no template but one of
+ * the team's snapshots (by id or name) starts a sandbox on a copy of the
+ * snapshot's disk, as a fork from it does, with the create's own settings.
+ * False when there is no such snapshot (the caller answers 404).
+ */
+static bool create_from_snapshot(struct api_req *r, const struct create_args *ca)
+{
+	_cleanup_snapshot_ struct store_snapshot snap = { 0 };
+	_cleanup_sandbox_ struct store_sandbox sb = { 0 };
+	int64_t max = r->api->cfg.plan.max_concurrent;
+	struct herr err;
+	int rc = snap_resolve(r->api, r->team_id, ca->template_id, &snap, &err);
+
+	if (rc <= 0) {
+		if (rc < 0)
+			store_failed(r, &err);
+		return rc < 0;
+	}
+	rc = sandbox_id_generate(sb.id, &err);
+	if (rc == 0)
+		rc = fill_row(r, ca, snap.template_id, &sb, &err);
+	snap_resources(&snap, &sb);
+	if (rc == 0)
+		rc = lc_fork_from(r->api->lc, &snap, &sb, max, &err);
+	if (rc == -EDQUOT) {
+		api_error(r, 429, "you have reached the maximum number of concurrent "
+			  "sandboxes (%lld). Kill a sandbox before creating another",
+			  (long long)max);
+	} else if (rc < 0) {
+		log_error("api", *sb.id ? sb.id : NULL, "create from snapshot %s failed: %s",
+			  snap.id, err.msg);
+		api_error(r, 500, "creating the sandbox from snapshot %s failed: %s", snap.id,
+			  err.msg);
+	} else {
+		log_info("api", sb.id, "created from snapshot %s for team %lld", snap.id,
+			 (long long)r->team_id);
+		api_json(r, 201, sandbox_json(r->api, &sb));
+	}
+	return true;
+}
+
 static void create_sandbox(struct api_req *r)
 {
 	_cleanup_sandbox_ struct store_sandbox sb = { 0 };
@@ -400,7 +452,8 @@ static void create_sandbox(struct api_req *r)
 					      &err)) < 0) {
 		if (rc != -ENOENT)
 			log_error("api", NULL, "%s", err.msg);
-		api_error(r, rc == -ENOENT ? 404 : 500, "%s", err.msg);
+		if (rc != -ENOENT || !create_from_snapshot(r, &ca))
+			api_error(r, rc == -ENOENT ? 404 : 500, "%s", err.msg);
 	} else if (fill_sandbox(r, &ca, &tpl, &sb, &err) < 0) {
 		api_error(r, 500, "%s", err.msg);
 	} else if (begin_create(r, &sb)) {

@@ -295,6 +295,46 @@ static int64_t config_int(json_t *config, const char *key)
 	return json_integer_value(json_object_get(config, key));
 }
 
+struct name_match {
+	const char *name;
+	char id[SBX_ID_LEN + 1];
+};
+
+/* Runs under the store's lock: only copies. Oldest first, so the newest
+ * match is the one left. */
+static int match_name(const struct store_snapshot *s, void *arg)
+{
+	struct name_match *m = arg;
+
+	if (s->name && strcmp(s->name, m->name) == 0)
+		snprintf(m->id, sizeof(m->id), "%s", s->id);
+	return 0;
+}
+
+int snap_resolve(struct api *a, int64_t team, const char *ref, struct store_snapshot *out,
+		 struct herr *err)
+{
+	struct name_match m = { .name = ref };
+	int rc = store_snapshot_get(a->store, ref, team, out, err);
+
+	if (rc != 0 || !*ref)
+		return rc;
+	rc = store_snapshot_list(a->store, team, NULL, match_name, &m, err);
+	if (rc < 0 || !*m.id)
+		return rc < 0 ? rc : 0;
+	return store_snapshot_get(a->store, m.id, team, out, err);
+}
+
+void snap_resources(const struct store_snapshot *snap, struct store_sandbox *sb)
+{
+	json_t *config = json_loads(snap->config ? snap->config : "{}", 0, NULL);
+
+	sb->cpu_count = config_int(config, "cpuCount");
+	sb->memory_mb = config_int(config, "memoryMB");
+	sb->disk_mb = config_int(config, "diskMB");
+	json_decref(config);
+}
+
 /* The new sandbox's row: the source's settings, a new id and new tokens. */
 static int fork_row(struct api_req *r, const struct store_snapshot *snap,
 		    int64_t timeout_s, struct store_sandbox *sb, struct herr *err)
@@ -320,9 +360,7 @@ static int fork_row(struct api_req *r, const struct store_snapshot *snap,
 	sb->network = config_text(config, "network");
 	sb->lifecycle = config_text(config, "lifecycle");
 	sb->access_token = strdup(json_is_true(json_object_get(config, "secure")) ? tok : "");
-	sb->cpu_count = config_int(config, "cpuCount");
-	sb->memory_mb = config_int(config, "memoryMB");
-	sb->disk_mb = config_int(config, "diskMB");
+	snap_resources(snap, sb);
 	sb->envd_version = strdup(r->api->cfg.envd_version);
 	json_decref(config);
 	if (!sb->template_id || !sb->metadata || !sb->env || !sb->network ||

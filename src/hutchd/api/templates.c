@@ -20,6 +20,7 @@
 #include "ids.h"
 #include "lifecycle.h"
 #include "log.h"
+#include "snapshot.h"
 #include "tmpl.h"
 
 #define UPLOAD_PREFIX "/template-files/"
@@ -373,12 +374,32 @@ static void tags_list(struct api_req *r, const char *tid)
 	api_json(r, 200, reply);
 }
 
+/* The SDK deletes snapshots here (Sandbox.deleteSnapshot): E2B keeps them
+ * as templates. 1 when ref was the id of one of the team's snapshots. */
+static int delete_snapshot(struct api_req *r, const char *ref, struct herr *err)
+{
+	_cleanup_snapshot_ struct store_snapshot snap = { 0 };
+	int rc = store_snapshot_get(r->api->store, ref, r->team_id, &snap, err);
+
+	return rc <= 0 ? rc : lc_snapshot_delete(r->api->lc, r->team_id, ref, err);
+}
+
 static void delete_template(struct api_req *r, const char *ref)
 {
-	struct tmpl_mgr *m = mgr(r);
+	struct tmpl_mgr *m;
 	struct herr err = { 0 };
-	int rc;
+	int rc = delete_snapshot(r, ref, &err);
 
+	if (rc > 0) {
+		r->status = 204;
+		return;
+	}
+	if (rc < 0) {
+		log_error("api", NULL, "deleting snapshot %s: %s", ref, err.msg);
+		api_error(r, 500, "deleting the snapshot failed: %s", err.msg);
+		return;
+	}
+	m = mgr(r);
 	if (!m)
 		return;
 	rc = tmpl_delete(m, r->team_id, ref, &err);
