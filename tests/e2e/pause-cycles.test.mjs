@@ -33,8 +33,8 @@ import os, socket, threading
 token = os.urandom(8).hex()
 state = {'n': 0}
 lock = threading.Lock()
-# A connection is closed as soon as its peer is done: a socket left
-# half-closed cannot be restored by CRIU here (docs/snapshot.md).
+# A connection is closed as soon as its peer is done (sockets left
+# half-closed are pause-halfclosed.test.mjs's part).
 def serve(conn):
     with conn, conn.makefile('rwb', buffering=0) as f:
         for line in f:
