@@ -9,7 +9,9 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  existsSync, mkdirSync, readdirSync, rmSync, symlinkSync, writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { Sandbox } from 'e2b';
 import { hutchdBin, requireBase, startHutchd, useEnv } from './lib/hutchd.mjs';
@@ -254,19 +256,31 @@ test('a restart removes unfinished and unreferenced snapshot folders, nothing el
       assert.equal(made.status, 201, made.text);
       const kept = made.json.snapshotID;
       // what a crash leaves: an unfinished copy, a folder without a row
-      const leftovers = ['sunfinished000000000.tmp', 'snorowforthis0000000'];
-      const foreign = ['Not-A-Snapshot', 'sx.tmp.old'];
+      // (names of the shape new snapshot ids have: 's' and 20 of [a-z0-9])
+      const leftovers = ['sunfinished0000000000.tmp', 'snorowforthis00000000'];
+      // not ours: other names (a sandbox id's shape too), and a link named
+      // like a snapshot whose target's disk.img must survive
+      const foreign = ['Not-A-Snapshot', 'sx.tmp.old', 'backup',
+        'ilooksliketheidofasbx'];
       for (const name of [...leftovers, ...foreign]) {
         mkdirSync(snapDir(name));
         writeFileSync(join(snapDir(name), 'disk.img'), 'x');
       }
+      const elsewhere = join(h.dir, 'elsewhere');
+      mkdirSync(elsewhere);
+      writeFileSync(join(elsewhere, 'disk.img'), 'x');
+      const link = snapDir('slinktoanotherfolder0');
+      symlinkSync(elsewhere, link);
       await h.restart();
       for (const name of leftovers) assert.equal(existsSync(snapDir(name)), false, name);
       for (const name of foreign) assert.equal(existsSync(snapDir(name)), true, name);
+      assert.ok(existsSync(join(elsewhere, 'disk.img')), 'nothing removed through a link');
       assert.ok(existsSync(join(snapDir(kept), 'disk.img')), 'a recorded snapshot stays');
       assert.equal((await h.api('GET', `/snapshots/${kept}`)).status, 200);
       assert.equal((await h.api('DELETE', `/snapshots/${kept}`)).status, 204);
       for (const name of foreign) rmSync(snapDir(name), { recursive: true });
+      rmSync(link);
+      rmSync(elsewhere, { recursive: true });
     } finally {
       await Sandbox.kill(src.sandboxId);
     }

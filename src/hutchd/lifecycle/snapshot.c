@@ -437,8 +437,8 @@ int lc_snapshot_delete(struct lifecycle *lc, int64_t team, const char *snapshot_
 	return 1;
 }
 
-/* Snapshot ids are what new_snapshot_id makes; anything else in the folder
- * is not ours to remove. */
+/* Snapshot ids are what new_snapshot_id makes ('s' and 20 of [a-z0-9]);
+ * anything else in the folder is not ours to remove. */
 static bool snapshot_name(const char *name, bool *tmp)
 {
 	size_t len = strlen(name);
@@ -446,12 +446,20 @@ static bool snapshot_name(const char *name, bool *tmp)
 	*tmp = len > 4 && strcmp(name + len - 4, ".tmp") == 0;
 	if (*tmp)
 		len -= 4;
-	if (len == 0 || len > SBX_ID_LEN)
+	if (len != SBX_ID_LEN || name[0] != 's')
 		return false;
 	for (size_t i = 0; i < len; i++)
 		if (!((name[i] >= 'a' && name[i] <= 'z') || (name[i] >= '0' && name[i] <= '9')))
 			return false;
 	return true;
+}
+
+/* A folder of its own: never a link, whose disk.img would be another's. */
+static bool plain_dir(int top, const char *name)
+{
+	struct stat st;
+
+	return fstatat(top, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode);
 }
 
 void lc_snapshot_collect(struct lifecycle *lc)
@@ -467,7 +475,7 @@ void lc_snapshot_collect(struct lifecycle *lc)
 		struct herr err;
 		bool tmp;
 
-		if (!snapshot_name(e->d_name, &tmp))
+		if (!snapshot_name(e->d_name, &tmp) || !plain_dir(dirfd(d), e->d_name))
 			continue;
 		/* A store error keeps the folder: only a known absence removes. */
 		if (!tmp && store_snapshot_get(lc->store, e->d_name, -1, &row, &err) != 0)
