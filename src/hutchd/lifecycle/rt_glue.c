@@ -621,28 +621,48 @@ static int resume_without_memory(struct lc_rt *l, const struct store_sandbox *sb
 	return rc < 0 ? rc : cold_resume(l, sb, tpl, err);
 }
 
+/*
+ * A sandbox paused with its memory: its processes restored, or started
+ * afresh on its disk when the caller asks for that or they cannot come back.
+ */
+static int resume_memory_pause(struct lc_rt *l, const struct store_sandbox *sb,
+			       const struct lc_template *tpl, bool keep_memory,
+			       struct herr *err)
+{
+	int known = lcrt_known(l, sb->id);
+	int rc;
+
+	/* A state file the runtime did not re-adopt (its slot beyond a lowered
+	 * max-sandboxes, say) is no reboot: the namespace may be pinned still,
+	 * and a start with the settings it was paused under restores it. The
+	 * images stay; a fresh start would trip over its leftovers anyway. */
+	if (known == 0 && rt_state_left(l->rt, sb->id))
+		return herr_set(err, -EIO, "hutchd did not re-adopt the paused sandbox "
+				"at its start (its log says why); its memory images "
+				"are kept");
+	if (!keep_memory)
+		return resume_without_memory(l, sb, tpl, "the caller asked for "
+					     "a fresh start", err);
+	if (known == 0)
+		return resume_without_memory(l, sb, tpl, "the runtime has no "
+					     "record of it: the host restarted", err);
+	rc = restore(l, sb, tpl, err);
+	/* -ENOTSUP: its network namespace is gone, nothing was touched */
+	if (rc == -ENOTSUP) {
+		char why[HERR_MSG_MAX];
+
+		snprintf(why, sizeof(why), "%s", err->msg);
+		rc = resume_without_memory(l, sb, tpl, why, err);
+	}
+	return rc;
+}
+
 int lcrt_resume(struct lc_rt *l, const struct store_sandbox *sb,
 		const struct lc_template *tpl, bool keep_memory, struct herr *err)
 {
-	int rc;
-
 	switch (lcrt_paused_kind(l, sb->id)) {
 	case LCRT_PAUSED_MEMORY:
-		if (!keep_memory)
-			return resume_without_memory(l, sb, tpl, "the caller asked for "
-						     "a fresh start", err);
-		if (lcrt_known(l, sb->id) == 0)
-			return resume_without_memory(l, sb, tpl, "the runtime has no "
-						     "record of it: the host restarted", err);
-		rc = restore(l, sb, tpl, err);
-		/* -ENOTSUP: its network namespace is gone, nothing was touched */
-		if (rc == -ENOTSUP) {
-			char why[HERR_MSG_MAX];
-
-			snprintf(why, sizeof(why), "%s", err->msg);
-			rc = resume_without_memory(l, sb, tpl, why, err);
-		}
-		return rc;
+		return resume_memory_pause(l, sb, tpl, keep_memory, err);
 	case LCRT_PAUSED_DISK:
 		return cold_resume(l, sb, tpl, err);
 	default:

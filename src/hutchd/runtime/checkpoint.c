@@ -2089,6 +2089,16 @@ bool rt_checkpoint_exists(struct rt *rt, const char *id)
 	return dir_exists(path) && !cgroup_has_tasks(rt, id);
 }
 
+bool rt_state_left(struct rt *rt, const char *id)
+{
+	char path[4096];
+
+	if (!rt_id_valid(id))
+		return false;
+	snprintf(path, sizeof(path), "%s/%s/state", rt->run_dir, id);
+	return access(path, F_OK) == 0;
+}
+
 int rt_checkpoint_remove(struct rt *rt, const char *id, struct herr *err)
 {
 	static const char *const names[] = { CKPT_FINAL, CKPT_TMP, CKPT_RESTORING };

@@ -76,6 +76,12 @@ int rt_checkpoint_settle(struct rt *rt, const char *id, struct herr *err);
 /* True when the sandbox has complete images (it is paused). */
 bool rt_checkpoint_exists(struct rt *rt, const char *id);
 
+/* True when the run dir holds a state file for the sandbox, whether or not
+ * rt_init re-adopted it: a run dir on tmpfs after a host reboot holds none,
+ * a sandbox rt_init refused (say, its slot beyond max_sandboxes) still has
+ * one, and its network namespace may well be alive. */
+bool rt_state_left(struct rt *rt, const char *id);
+
 /* Removes the images and leftovers of an interrupted pause or resume. Call
  * before rt_destroy of a paused sandbox. */
 int rt_checkpoint_remove(struct rt *rt, const char *id, struct herr *err);
