@@ -243,8 +243,12 @@ test("connect with onResume 'reboot' starts afresh on the disk, same id", async 
     await checkFiles(again);
     assert.equal(existsSync(join(folderOf(sb.sandboxId), 'checkpoint')), false,
       'the images are dropped');
-    // on a running sandbox the option changes nothing
+    // on a running sandbox the option changes nothing: its processes live on
+    // (files alone would not tell: a fresh start keeps them too)
+    await again.commands.run('setsid nohup sleep 1001 >/dev/null 2>&1 </dev/null &');
     const running = await Sandbox.connect(sb.sandboxId, { onResume: 'reboot' });
+    const still = await running.commands.run('pgrep -x -f "sleep 1001" | wc -l');
+    assert.equal(still.stdout.trim(), '1', 'the running sandbox was not restarted');
     assert.equal(await running.files.read('/home/user/after-resume.txt'), 'written after');
   } finally {
     await Sandbox.kill(sb.sandboxId);
