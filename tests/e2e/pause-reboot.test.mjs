@@ -1,15 +1,19 @@
 // A host reboot while sandboxes are paused, simulated: hutchd stops, then
-// everything a reboot takes away goes (the run dir on tmpfs with the network
-// namespace pinned there, the sandboxes' cgroups, the nftables table), and
-// hutchd starts again on the same data folder. A sandbox paused with its
-// memory cannot have its processes back (their network namespace and
-// connections are gone); it must come back under the same id with its files,
-// its template's start command run again, and its images removed. A
-// memory-less paused sandbox comes back the same way it always does.
+// everything a reboot takes away goes (every process it left, the run dir on
+// tmpfs with the network namespaces pinned there, the sandboxes' cgroups, the
+// nftables table), the images are marked as made in an earlier boot (the
+// boot id hutchd records with them), and hutchd starts again on the same
+// data folder. A sandbox paused with its memory cannot have its processes
+// back (their network namespace and connections are gone); it must come back
+// under the same id with its files, its template's start command run again,
+// and its images removed. A memory-less paused sandbox comes back the same
+// way it always does, and so does one whose pause the reboot cut short.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, rmdirSync, rmSync } from 'node:fs';
+import {
+  existsSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { Sandbox } from 'e2b';
 import { cgroupName, requireBase, startHutchd, useEnv } from './lib/hutchd.mjs';
@@ -34,9 +38,57 @@ function removeCgroupTree(dir) {
   rmdirSync(dir);
 }
 
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// The sandbox cgroups of this hutchd in the hierarchy with cgroup.kill.
+function sandboxCgroups() {
+  const found = [];
+  for (const base of [join('/sys/fs/cgroup/unified', cgroupName),
+    join('/sys/fs/cgroup', cgroupName)]) {
+    if (!existsSync(base)) continue;
+    for (const e of readdirSync(base, { withFileTypes: true })) {
+      if (e.isDirectory() && existsSync(join(base, e.name, 'cgroup.kill'))) {
+        found.push(join(base, e.name));
+      }
+    }
+  }
+  return found;
+}
+
+// What a reboot ends: the keepers and CRIU runs a dead hutchd left (their
+// command lines name its folder), then every task of its sandboxes.
+async function endEveryProcess() {
+  for (const pid of readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
+    try {
+      if (readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(h.dir)) {
+        process.kill(Number(pid), 'SIGKILL');
+      }
+    } catch { /* gone meanwhile */ }
+  }
+  for (const cg of sandboxCgroups()) writeFileSync(join(cg, 'cgroup.kill'), '1');
+  const end = Date.now() + 10_000;
+  const busy = () => sandboxCgroups()
+    .filter((cg) => readFileSync(join(cg, 'cgroup.procs'), 'utf8').trim());
+  while (busy().length && Date.now() < end) await sleep(50);
+  assert.deepEqual(busy(), [], 'no task left');
+}
+
+// The boot id recorded with every sandbox's images becomes another one's.
+function markImagesFromEarlierBoot() {
+  const sandboxes = join(h.dir, 'data', 'sandboxes');
+  for (const id of readdirSync(sandboxes)) {
+    for (const dir of ['checkpoint', 'checkpoint.restoring', 'checkpoint.tmp']) {
+      const file = join(sandboxes, id, dir, 'hutch-boot-id');
+      if (existsSync(file)) writeFileSync(file, '00000000-0000-4000-8000-000000000000\n');
+    }
+  }
+}
+
 // keepRunDir: a run dir on a disk rather than tmpfs keeps its files (the
 // runtime's state files) but not the mounts pinning network namespaces.
-function simulateReboot(keepRunDir) {
+async function simulateReboot(keepRunDir) {
+  await endEveryProcess();
+  markImagesFromEarlierBoot();
   const run = join(h.dir, 'run');
   const mounts = readFileSync('/proc/self/mountinfo', 'utf8').split('\n')
     .map((l) => l.split(' ')[4]).filter((m) => m && m.startsWith(`${run}/`))
@@ -137,3 +189,41 @@ test('a paused sandbox the runtime did not re-adopt keeps its memory', async (t)
     await Sandbox.kill(sb.sandboxId).catch(() => {});
   }
 });
+
+// The host goes down in the middle of a pause with memory (hutchd killed a
+// moment into it, then everything else a reboot ends): whatever the dump had
+// reached, the sandbox is paused afterwards, not lost, and comes back with
+// its disk. Its memory is gone with the boot.
+test('a reboot in the middle of a pause with memory keeps the sandbox paused',
+  async (t) => {
+    if (!h) return t.skip('no base template (see the message above)');
+    const sb = await Sandbox.create({ timeoutMs: 120_000 });
+    try {
+      await sb.files.write('/home/user/kept.txt', 'written before the pause');
+      // 300 MB to dump, so that the pause lasts long enough to be cut short
+      await sb.commands.run('setsid nohup python3 -c "import os, time; ' +
+        'b = os.urandom(300 << 20); open(\'/home/user/ready\', \'w\').close(); ' +
+        'time.sleep(1000)" >/dev/null 2>&1 </dev/null &');
+      for (let i = 0; i < 100; i++) {
+        if ((await sb.commands.run('test -e /home/user/ready && echo y || true')).stdout) break;
+        await sleep(100);
+      }
+      const call = h.api('POST', `/sandboxes/${sb.sandboxId}/pause`, {});
+      call.catch(() => {});
+      await sleep(150);
+      await h.crash();
+      await call.catch(() => {});
+      await h.restart([], () => simulateReboot(false));
+
+      assert.equal((await Sandbox.getInfo(sb.sandboxId)).state, 'paused',
+        `not lost: ${h.log().split('\n').filter((l) => l.includes(sb.sandboxId)).join('\n')}`);
+      const again = await Sandbox.connect(sb.sandboxId);
+      assert.equal(await again.files.read('/home/user/kept.txt'), 'written before the pause');
+      const ps = await again.commands.run('pgrep -x python3 || echo none');
+      assert.equal(ps.stdout, 'none\n', 'its processes ended with the boot');
+      assert.equal(existsSync(join(folderOf(sb.sandboxId), 'checkpoint')), false);
+      assert.equal(existsSync(join(folderOf(sb.sandboxId), 'checkpoint.tmp')), false);
+    } finally {
+      await Sandbox.kill(sb.sandboxId).catch(() => {});
+    }
+  });

@@ -374,10 +374,18 @@ static void settle_pause(struct lifecycle *lc, const struct store_sandbox *sb)
 		 * may have left them frozen. */
 		lcrt_thaw(lc->rt, sb->id);
 		settle_to(lc, sb, SBX_RUNNING, "pause rolled back after a restart");
-	} else if (!memory && kind == LCRT_PAUSED_DISK) {
+	} else if (kind == LCRT_PAUSED_DISK) {
+		/* No processes, no complete images, the disk intact: a
+		 * memory-less pause finished, or the processes of a memory
+		 * pause ended before it could (the host rebooted mid-dump).
+		 * The disk is what the user asked to keep: paused without
+		 * memory, and a half-written dump goes. */
+		if (memory)
+			lcrt_drop_images(lc->rt, sb->id);
 		if (lcrt_known(lc->rt, sb->id) > 0)
 			lcrt_release_keep_disk(lc->rt, sb->id, NULL);
-		settle_to(lc, sb, SBX_PAUSED, "pause finished after a restart");
+		settle_to(lc, sb, SBX_PAUSED, memory ? "pause cut short by a restart, the "
+			  "disk kept (its memory is lost)" : "pause finished after a restart");
 	} else {
 		lose(lc, sb, "error: the sandbox's processes ended during a pause "
 		     "interrupted by a hutchd restart");

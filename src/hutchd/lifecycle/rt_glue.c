@@ -552,6 +552,14 @@ int lcrt_known(struct lc_rt *l, const char *id)
 	return rc == -ENOENT ? 0 : rc < 0 ? rc : 1;
 }
 
+void lcrt_drop_images(struct lc_rt *l, const char *id)
+{
+	struct herr err;
+
+	if (rt_checkpoint_remove(l->rt, id, &err) < 0)
+		log_warn("lifecycle", id, "removing its memory images: %s", err.msg);
+}
+
 int lcrt_release_keep_disk(struct lc_rt *l, const char *id, struct herr *err)
 {
 	int rc = rt_destroy_keep_upper(l->rt, id, err);
@@ -630,7 +638,6 @@ static int resume_memory_pause(struct lc_rt *l, const struct store_sandbox *sb,
 			       struct herr *err)
 {
 	int known = lcrt_known(l, sb->id);
-	int rc;
 
 	/* A state file the runtime did not re-adopt (its slot beyond a lowered
 	 * max-sandboxes, say) is no reboot: the namespace may be pinned still,
@@ -643,18 +650,17 @@ static int resume_memory_pause(struct lc_rt *l, const struct store_sandbox *sb,
 	if (!keep_memory)
 		return resume_without_memory(l, sb, tpl, "the caller asked for "
 					     "a fresh start", err);
+	/* Only the boot id recorded with the images proves the processes'
+	 * network namespace gone for good; anything else keeps them. */
+	if (rt_checkpoint_from_other_boot(l->rt, sb->id))
+		return resume_without_memory(l, sb, tpl, "it was paused before the "
+					     "host restarted", err);
 	if (known == 0)
-		return resume_without_memory(l, sb, tpl, "the runtime has no "
-					     "record of it: the host restarted", err);
-	rc = restore(l, sb, tpl, err);
-	/* -ENOTSUP: its network namespace is gone, nothing was touched */
-	if (rc == -ENOTSUP) {
-		char why[HERR_MSG_MAX];
-
-		snprintf(why, sizeof(why), "%s", err->msg);
-		rc = resume_without_memory(l, sb, tpl, why, err);
-	}
-	return rc;
+		return herr_set(err, -EIO, "hutchd has no runtime record of the paused "
+				"sandbox (another run dir?); its memory images are kept. "
+				"Resuming with memory false (onResume 'reboot') starts it "
+				"afresh on its disk");
+	return restore(l, sb, tpl, err);
 }
 
 int lcrt_resume(struct lc_rt *l, const struct store_sandbox *sb,

@@ -83,6 +83,10 @@ int lcrt_known(struct lc_rt *rt, const char *id)
 	return 0;
 }
 
+void lcrt_drop_images(struct lc_rt *rt, const char *id)
+{
+}
+
 int lcrt_release_keep_disk(struct lc_rt *rt, const char *id, struct herr *err)
 {
 	return 0;

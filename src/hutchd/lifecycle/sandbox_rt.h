@@ -53,6 +53,8 @@ int lcrt_pause(struct lc_rt *rt, const char *id, bool keep_memory,
 enum lcrt_paused lcrt_paused_kind(struct lc_rt *rt, const char *id);
 /* 1 when the runtime knows id (running or stopped), 0 when not. */
 int lcrt_known(struct lc_rt *rt, const char *id);
+/* Removes memory images, whole or partial, keeping the disk. */
+void lcrt_drop_images(struct lc_rt *rt, const char *id);
 /* Lets go of a stopped sandbox's runtime objects, keeping its disk. */
 int lcrt_release_keep_disk(struct lc_rt *rt, const char *id, struct herr *err);
 /* Brings a paused sandbox back with the row's id, tokens and network; its

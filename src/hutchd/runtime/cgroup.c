@@ -380,6 +380,20 @@ void rt_cg_stats(struct rt *rt, const char *id, struct rt_info *info)
 	info->oom_kills = rt_cg_oom_kills(rt, id);
 }
 
+uint64_t rt_cg_dumpable_bytes(struct rt *rt, const char *id)
+{
+	char path[512];
+
+	if (rt->cg_mode == RT_CG_UNIFIED) {
+		v2_path(rt, path, sizeof(path), id);
+		strncat(path, "/memory.stat", sizeof(path) - strlen(path) - 1);
+		return read_keyed(path, "anon") + read_keyed(path, "shmem");
+	}
+	v1_path(path, sizeof(path), "memory", rt->cg_name, id);
+	strncat(path, "/memory.stat", sizeof(path) - strlen(path) - 1);
+	return read_keyed(path, "total_rss") + read_keyed(path, "total_shmem");
+}
+
 /* ---------- pooled cgroups (see prep.c) ---------- */
 
 /* The v1 directories a sandbox has in this mode: the controllers, and the

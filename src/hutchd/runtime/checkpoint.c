@@ -55,6 +55,7 @@
 #include <linux/magic.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/wait.h>
@@ -69,7 +70,11 @@
 #define CKPT_FINAL "checkpoint"
 #define CKPT_TMP "checkpoint.tmp"
 #define CKPT_RESTORING "checkpoint.restoring"
+#define CKPT_REMOVING "checkpoint.removing" /* images on their way out */
 #define CKPT_LOCK "checkpoint.lock"
+#define CKPT_BOOT_ID "hutch-boot-id" /* with the images: the boot they were made in */
+#define BOOT_ID_PATH "/proc/sys/kernel/random/boot_id"
+#define IMAGE_SPACE_MARGIN (64ull << 20) /* CRIU's own files, and room for the disks */
 #define CKPT_EXT_FILES "hutch-ext-files" /* our own list, kept with the images */
 #define CKPT_NETNS_PIN "netns" /* <run_dir>/<id>/netns: the netns while paused */
 #define CRIU_LOCK_PREFIX "CRIU-" /* CRIU's nftables lock table, see the header */
@@ -1048,6 +1053,51 @@ static void recover_pause(struct rt *rt, struct rt_sandbox *s)
 	}
 }
 
+/* The kernel's id of this boot: differs after every reboot. */
+static int read_boot_id(char out[64])
+{
+	_cleanup_fclose_ FILE *f = fopen(BOOT_ID_PATH, "re");
+
+	if (!f || !fgets(out, 64, f))
+		return -1;
+	out[strcspn(out, "\n")] = '\0';
+	return *out ? 0 : -1;
+}
+
+static int write_boot_id(const char *dir, struct herr *err)
+{
+	char id[64], path[4200];
+
+	if (read_boot_id(id) < 0)
+		return herr_sys(err, -EIO, "reading %s", BOOT_ID_PATH);
+	snprintf(path, sizeof(path), "%s/%s", dir, CKPT_BOOT_ID);
+	return rt_write_file(path, id, err);
+}
+
+/*
+ * Refuses a pause whose images would not fit: CRIU would fill the file
+ * system the sandbox disks live on (sparse images: a full file system is a
+ * full disk for every sandbox, and ext4 may go read-only on the failed
+ * writes) before failing. Checked before anything is frozen; the images
+ * can still outgrow the estimate, and then the dump fails with ENOSPC.
+ */
+static int check_image_space(struct rt *rt, const char *id, const char *sdir,
+			     struct herr *err)
+{
+	uint64_t need = rt_cg_dumpable_bytes(rt, id) + IMAGE_SPACE_MARGIN, avail;
+	struct statvfs sv;
+
+	if (statvfs(sdir, &sv) < 0)
+		return herr_sys(err, -errno, "statvfs of the data folder");
+	avail = (uint64_t)sv.f_bavail * sv.f_frsize;
+	if (avail < need)
+		return herr_set(err, -ENOSPC, "not enough disk space for the memory images: "
+				"about %llu MiB needed, %llu MiB free in the data folder",
+				(unsigned long long)(need >> 20),
+				(unsigned long long)(avail >> 20));
+	return 0;
+}
+
 int rt_checkpoint(struct rt *rt, const char *id, const struct rt_ckpt_opts *opts,
 		  struct rt_ckpt_stats *stats, struct herr *err)
 {
@@ -1083,6 +1133,8 @@ int rt_checkpoint(struct rt *rt, const char *id, const struct rt_ckpt_opts *opts
 		r = herr_set(err, -EEXIST, "%s exists: sandbox '%s' was paused already", fin, id);
 		goto out;
 	}
+	if ((r = check_image_space(rt, id, sdir, err)) < 0)
+		goto out;
 	if (mkdir(tmp, 0700) < 0) {
 		r = herr_sys(err, -errno, "mkdir %s", tmp);
 		goto out;
@@ -1123,7 +1175,9 @@ int rt_checkpoint(struct rt *rt, const char *id, const struct rt_ckpt_opts *opts
 	}
 
 	t1 = now_ms();
-	r = sync_dir(tmp, &st.image_bytes, err);
+	r = write_boot_id(tmp, err);
+	if (r == 0)
+		r = sync_dir(tmp, &st.image_bytes, err);
 	if (r == 0 && rename(tmp, fin) < 0)
 		r = herr_sys(err, -errno, "rename %s to %s", tmp, fin);
 	if (r == 0)
@@ -1913,8 +1967,10 @@ int rt_restore(struct rt *rt, const char *id, const struct rt_restore_spec *spec
 	if (s->net.fd < 0)
 		s->net.fd = netns_from_pin(rt, id);
 	if (s->net.fd < 0) {
-		r = herr_set(err, -ENOTSUP, "sandbox '%s': its network namespace is gone "
-			     "(the host restarted while it was paused)", id);
+		r = herr_set(err, -ENOTSUP, "sandbox '%s': the network namespace it was "
+			     "paused in is gone; its images are kept, and resuming with "
+			     "memory false (onResume 'reboot') starts it afresh on its disk",
+			     id);
 		goto out;
 	}
 	c.n_files = read_ext_files(fin, c.files, MAX_EXT_FILES, err);
@@ -2099,13 +2155,39 @@ bool rt_state_left(struct rt *rt, const char *id)
 	return access(path, F_OK) == 0;
 }
 
+bool rt_checkpoint_from_other_boot(struct rt *rt, const char *id)
+{
+	char path[4096], then[64] = "", now[64];
+
+	if (!rt_id_valid(id))
+		return false;
+	/* A restore a reboot cut short left them in checkpoint.restoring. */
+	sbx_path(rt, id, CKPT_FINAL "/" CKPT_BOOT_ID, path, sizeof(path));
+	if (access(path, F_OK) < 0)
+		sbx_path(rt, id, CKPT_RESTORING "/" CKPT_BOOT_ID, path, sizeof(path));
+	_cleanup_fclose_ FILE *f = fopen(path, "re");
+	if (!f || !fgets(then, sizeof(then), f) || read_boot_id(now) < 0)
+		return false;
+	then[strcspn(then, "\n")] = '\0';
+	return strcmp(then, now) != 0;
+}
+
 int rt_checkpoint_remove(struct rt *rt, const char *id, struct herr *err)
 {
-	static const char *const names[] = { CKPT_FINAL, CKPT_TMP, CKPT_RESTORING };
-	char path[4096];
+	static const char *const names[] = { CKPT_REMOVING, CKPT_TMP, CKPT_RESTORING };
+	char path[4096], fin[4096];
 
 	if (!rt_id_valid(id))
 		return herr_set(err, -EINVAL, "id: must be 1-%d of [A-Za-z0-9_-]", RT_ID_MAX);
+	/* Out of the way in one step: a crash half-way through the removal
+	 * must not leave a partial "checkpoint" that reads as a pause. */
+	sbx_path(rt, id, CKPT_FINAL, fin, sizeof(fin));
+	sbx_path(rt, id, CKPT_REMOVING, path, sizeof(path));
+	if (dir_exists(fin)) {
+		remove_tree(path);
+		if (rename(fin, path) < 0)
+			return herr_sys(err, -errno, "rename %s to %s", fin, path);
+	}
 	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
 		sbx_path(rt, id, names[i], path, sizeof(path));
 		int r = remove_tree(path);

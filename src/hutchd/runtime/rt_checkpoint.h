@@ -82,6 +82,12 @@ bool rt_checkpoint_exists(struct rt *rt, const char *id);
  * one, and its network namespace may well be alive. */
 bool rt_state_left(struct rt *rt, const char *id);
 
+/* True when the sandbox's images were made in an earlier boot of the host:
+ * its processes' network namespace died with that boot, and they cannot come
+ * back. False when they were made in this boot, or when it is not known
+ * (images of a hutchd that did not record it). */
+bool rt_checkpoint_from_other_boot(struct rt *rt, const char *id);
+
 /* Removes the images and leftovers of an interrupted pause or resume. Call
  * before rt_destroy of a paused sandbox. */
 int rt_checkpoint_remove(struct rt *rt, const char *id, struct herr *err);

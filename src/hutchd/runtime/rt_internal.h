@@ -170,6 +170,8 @@ int rt_cg_kill(struct rt *rt, const char *id, pid_t init_pid);
 int rt_cg_freeze(struct rt *rt, const char *id, bool frozen, struct herr *err);
 int rt_cg_destroy(struct rt *rt, const char *id, struct herr *err);
 void rt_cg_stats(struct rt *rt, const char *id, struct rt_info *info);
+/* The sandbox's anonymous and shared memory: what a checkpoint writes. */
+uint64_t rt_cg_dumpable_bytes(struct rt *rt, const char *id);
 uint64_t rt_cg_oom_kills(struct rt *rt, const char *id);
 bool rt_cg_pids_hit(struct rt *rt, const char *id);
 bool rt_cg_exists(struct rt *rt, const char *id);
