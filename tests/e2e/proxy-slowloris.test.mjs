@@ -119,13 +119,20 @@ test('a proxied stream longer than the head deadline is left alone under attack'
     let sbx;
     try {
       sbx = await Sandbox.create({ timeoutMs: 60_000 });
-      const run = sbx.commands.run('sleep 5; echo done');
+      // The attack starts once the stream is under way (its first output
+      // came back): a request whose head has not arrived yet competes for
+      // the slots of heads owed, and may rightly be refused.
+      let streaming;
+      const started = new Promise((r) => { streaming = r; });
+      const run = sbx.commands.run('echo started; sleep 5; echo done',
+        { onStdout: (out) => { if (out.includes('started')) streaming(); } });
+      await started;
       const socks = [];
       for (let i = 1; i <= 30; i++) socks.push(await halfHead(h.proxyPort, `127.0.5.${i}`));
       const r = await run;
       for (const s of socks) s.destroy();
       assert.equal(r.exitCode, 0);
-      assert.equal(r.stdout, 'done\n');
+      assert.equal(r.stdout, 'started\ndone\n');
     } finally {
       await sbx?.kill().catch(() => {});
       restore();

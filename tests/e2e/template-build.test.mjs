@@ -274,6 +274,25 @@ test('another team cannot see, use or take over a template', async (t) => {
     return { status: res.status, json: await res.json().catch(() => null) };
   };
   const appId = (await h.api('GET', '/templates/aliases/e2e-app')).json.templateID;
+  // the listing: the team's own templates with their newest build, nobody else's
+  for (const path of ['/templates', '/v2/templates']) {
+    const mine = await h.api('GET', path);
+    assert.equal(mine.status, 200, mine.text);
+    const app = mine.json.find((x) => x.templateID === appId);
+    assert.ok(app, `${path} lists e2e-app: ${mine.text}`);
+    assert.deepEqual(app.names, ['e2e-app']);
+    assert.equal(app.buildStatus, 'ready');
+    assert.match(app.buildID, /^[0-9a-f-]{36}$/);
+    assert.ok(app.buildCount >= 2, 'it was built twice');
+    assert.equal(app.public, false);
+    for (const k of ['cpuCount', 'memoryMB', 'diskSizeMB', 'spawnCount']) {
+      assert.equal(typeof app[k], 'number', k);
+    }
+    assert.ok(Date.parse(app.createdAt) <= Date.parse(app.updatedAt));
+    const theirs = await other('GET', path);
+    assert.equal(theirs.status, 200);
+    assert.deepEqual(theirs.json, []);
+  }
   assert.equal((await other('GET', '/templates/aliases/e2e-app')).status, 403);
   assert.equal((await other('GET', `/templates/${appId}/tags`)).status, 403);
   assert.equal((await other('GET', `/templates/${appId}/files/${'b'.repeat(64)}`)).status,

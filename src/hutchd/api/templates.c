@@ -408,12 +408,39 @@ static void delete_template(struct api_req *r, const char *ref)
 	r->status = 204;
 }
 
+/* GET /templates and /v2/templates: the team's templates. */
+static void list_templates(struct api_req *r)
+{
+	struct tmpl_mgr *m = mgr(r);
+	struct lc_template none = { 0 };
+	struct lc_resources res;
+	struct herr err = { 0 };
+	json_t *reply = NULL, *t;
+	size_t i;
+	int rc;
+
+	if (!m)
+		return;
+	rc = tmpl_list(m, r->team_id, &reply, &err);
+	if (rc < 0)
+		return reply_err(r, rc, &err);
+	/* A template's disk is the node's default unless a create asks. */
+	lc_resources_for(r->api->lc, &none, &res);
+	json_array_foreach(reply, i, t) {
+		json_object_set_new(t, "diskSizeMB", json_integer((json_int_t)res.disk_mb));
+		json_object_set_new(t, "envdVersion", json_string(r->api->cfg.envd_version));
+	}
+	api_json(r, 200, reply);
+}
+
 /* /templates/... below the first segment. */
 static bool route_v1(struct api_req *r, char **seg, int n)
 {
 	bool get = is(r->method, "GET");
 
-	if (n == 1 && is(seg[0], "tags"))
+	if (n == 0 && get)
+		list_templates(r);
+	else if (n == 1 && is(seg[0], "tags"))
 		tags(r);
 	else if (n == 2 && is(seg[0], "aliases") && get)
 		alias(r, seg[1]);
@@ -438,6 +465,10 @@ bool tpl_api_route(struct api_req *r, char **seg, int n)
 
 	if (n >= 1 && is(seg[0], "templates"))
 		return route_v1(r, seg + 1, n - 1);
+	if (n == 2 && is(seg[0], "v2") && is(seg[1], "templates") && is(r->method, "GET")) {
+		list_templates(r);
+		return true;
+	}
 	if (n == 2 && is(seg[0], "v3") && is(seg[1], "templates") && post) {
 		request_build(r);
 		return true;

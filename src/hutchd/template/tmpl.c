@@ -1009,6 +1009,75 @@ int tmpl_tags_list(struct tmpl_mgr *m, int64_t team, const char *template_id,
 	return rc;
 }
 
+/* The newest build of a registry entry (lock held), or NULL. */
+static json_t *newest_build(json_t *t, const char **bid_out)
+{
+	json_t *b, *best = NULL;
+	const char *bid;
+
+	json_object_foreach(json_object_get(t, "builds"), bid, b) {
+		json_int_t at = json_integer_value(json_object_get(b, "createdAt"));
+
+		if (!best || at >= json_integer_value(json_object_get(best, "createdAt"))) {
+			best = b;
+			*bid_out = bid;
+		}
+	}
+	return best;
+}
+
+static json_int_t int_or(json_t *obj, const char *key, json_int_t fallback)
+{
+	json_t *v = json_object_get(obj, key);
+
+	return json_is_integer(v) ? json_integer_value(v) : fallback;
+}
+
+/* E2B's Template object for a registry entry (lock held). */
+static json_t *template_json(const char *tid, json_t *t)
+{
+	const char *bid = "";
+	json_t *b = newest_build(t, &bid), *status = json_object_get(b, "status");
+	json_int_t created = int_or(t, "createdAt", 0);
+	char created_at[48], updated_at[48];
+
+	rfc3339(created, created_at);
+	rfc3339(b ? int_or(b, "createdAt", created) : created, updated_at);
+	return json_pack("{s:s,s:s,s:s,s:I,s:I,s:I,s:s,s:s,s:O,s:O,s:b,s:I,s:n,s:n}",
+			 "templateID", tid, "buildID", bid, "buildStatus",
+			 json_is_string(status) ? json_string_value(status) : "waiting",
+			 "buildCount", (json_int_t)json_object_size(json_object_get(t, "builds")),
+			 "cpuCount", b ? int_or(b, "cpuCount", 2) : 2,
+			 "memoryMB", b ? int_or(b, "memoryMB", 1024) : 1024,
+			 "createdAt", created_at, "updatedAt", updated_at,
+			 "names", json_object_get(t, "names"), "aliases", json_object_get(t, "names"),
+			 "public", 0, "spawnCount", (json_int_t)0, "createdBy", "lastSpawnedAt");
+}
+
+int tmpl_list(struct tmpl_mgr *m, int64_t team, json_t **reply, struct herr *err)
+{
+	const char *tid;
+	json_t *t, *one;
+
+	*reply = json_array();
+	if (!*reply)
+		return herr_set(err, -ENOMEM, "out of memory");
+	reg_enter(m);
+	json_object_foreach(templates(m), tid, t) {
+		if (team_of(t) != team)
+			continue;
+		one = template_json(tid, t);
+		if (!one || json_array_append_new(*reply, one) < 0) {
+			reg_leave(m);
+			json_decref(*reply);
+			*reply = NULL;
+			return herr_set(err, -ENOMEM, "out of memory");
+		}
+	}
+	reg_leave(m);
+	return 0;
+}
+
 /* Keeps a deleted template's builds under "retired" for its sandboxes. */
 static void retire(struct tmpl_mgr *m, const char *tid, json_t *t)
 {

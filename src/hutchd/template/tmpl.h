@@ -113,6 +113,13 @@ int tmpl_tags_list(struct tmpl_mgr *m, int64_t team, const char *template_id,
 int tmpl_delete(struct tmpl_mgr *m, int64_t team, const char *ref, struct herr *err);
 
 /*
+ * The team's templates as E2B's Template objects (GET /templates), each with
+ * its newest build; the caller adds what the registry does not know
+ * (envdVersion, diskSizeMB). base, everyone's, is not listed.
+ */
+int tmpl_list(struct tmpl_mgr *m, int64_t team, json_t **reply, struct herr *err);
+
+/*
  * `hutchd templates import`: imports the image at path (image.h) as the
  * template name[:tag] of team. reply gets {templateID, buildID, names,
  * tags, layers}. The template becomes visible only once whole.
