@@ -8,13 +8,12 @@
 // a restart removes the snapshot folders a crash can leave.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import {
   existsSync, mkdirSync, readdirSync, rmSync, symlinkSync, writeFileSync,
 } from 'node:fs';
 import { join } from 'node:path';
 import { Sandbox } from 'e2b';
-import { hutchdBin, requireBase, startHutchd, useEnv } from './lib/hutchd.mjs';
+import { requireBase, startHutchd, useEnv } from './lib/hutchd.mjs';
 
 let h;
 let restore;
@@ -32,11 +31,7 @@ const snapDir = (sid) => join(h.dir, 'data', 'snapshots', sid);
 const diskOf = (id) => join(h.dir, 'data', 'sandboxes', id, 'disk.img');
 
 function otherTeam() {
-  const made = spawnSync(process.env.HUTCH_HUTCHD_BIN ?? hutchdBin,
-    [`--data-dir=${join(h.dir, 'data')}`, 'keys', 'create', '--team', 'fork-other'],
-    { encoding: 'utf8' });
-  assert.equal(made.status, 0, made.stderr);
-  const key = made.stdout.trim();
+  const key = h.createKey('fork-other');
   return async (method, path, body) => {
     const res = await fetch(`${h.apiUrl}${path}`, {
       method,

@@ -6,11 +6,10 @@
 // nor delete the snapshot.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { Sandbox, NotFoundError } from 'e2b';
-import { hutchdBin, requireBase, startHutchd, useEnv } from './lib/hutchd.mjs';
+import { requireBase, startHutchd, useEnv } from './lib/hutchd.mjs';
 
 let h;
 let restore;
@@ -20,14 +19,6 @@ before(async (t) => {
   restore = useEnv(h.sdkEnv);
 });
 after(async () => { restore?.(); await h?.stop(); });
-
-function otherTeamKey() {
-  const made = spawnSync(process.env.HUTCH_HUTCHD_BIN ?? hutchdBin,
-    [`--data-dir=${join(h.dir, 'data')}`, 'keys', 'create', '--team', 'snap-other'],
-    { encoding: 'utf8' });
-  assert.equal(made.status, 0, made.stderr);
-  return made.stdout.trim();
-}
 
 test('SDK snapshots: create, list, start from by id and name, fork, delete',
   async (t) => {
@@ -70,7 +61,7 @@ test('SDK snapshots: create, list, start from by id and name, fork, delete',
       assert.equal(await forks[0].files.read('/home/user/state.txt'), 'after the snapshot');
 
       // another team: not found, and nothing deleted
-      const other = otherTeamKey();
+      const other = h.createKey('snap-other');
       await assert.rejects(Sandbox.create(snap.snapshotId, { apiKey: other }),
         (e) => e instanceof NotFoundError || /404/.test(e.message));
       assert.equal(await Sandbox.deleteSnapshot(snap.snapshotId, { apiKey: other }), false);

@@ -13,7 +13,7 @@ import {
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Sandbox, Template, waitForFile, BuildError } from 'e2b';
-import { hutchdBin, requireBase, startHutchd, useEnv } from './lib/hutchd.mjs';
+import { requireBase, startHutchd, useEnv } from './lib/hutchd.mjs';
 
 let h;
 let restore;
@@ -260,11 +260,7 @@ test('template endpoints: hashes, aliases, tags, delete', async (t) => {
 
 test('another team cannot see, use or take over a template', async (t) => {
   if (skipWithoutBase(t)) return;
-  const made = spawnSync(process.env.HUTCH_HUTCHD_BIN ?? hutchdBin,
-    [`--data-dir=${join(h.dir, 'data')}`, 'keys', 'create', '--team', 'other-team'],
-    { encoding: 'utf8' });
-  assert.equal(made.status, 0, made.stderr);
-  const key = made.stdout.trim();
+  const key = h.createKey('other-team');
   const other = async (method, path, body) => {
     const res = await fetch(`${h.apiUrl}${path}`, {
       method,

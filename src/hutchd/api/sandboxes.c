@@ -351,6 +351,13 @@ static int fill_sandbox(struct api_req *r, const struct create_args *ca,
 	return rc;
 }
 
+/* The 429 of a create past the team's concurrency cap. */
+static void cap_reached(struct api_req *r, int64_t max)
+{
+	api_error(r, 429, "you have reached the maximum number of concurrent sandboxes "
+		  "(%lld). Kill a sandbox before creating another", (long long)max);
+}
+
 /* Checks the concurrency cap and records the row, as one step of the store. */
 static bool begin_create(struct api_req *r, struct store_sandbox *sb)
 {
@@ -359,9 +366,7 @@ static bool begin_create(struct api_req *r, struct store_sandbox *sb)
 	int rc = lc_create_begin_capped(r->api->lc, sb, max, &err);
 
 	if (rc == -EDQUOT) {
-		api_error(r, 429, "you have reached the maximum number of concurrent "
-			  "sandboxes (%lld). Kill a sandbox before creating another",
-			  (long long)max);
+		cap_reached(r, max);
 		return false;
 	}
 	if (rc < 0)
@@ -415,9 +420,7 @@ static bool create_from_snapshot(struct api_req *r, const struct create_args *ca
 	if (rc == 0)
 		rc = lc_fork_from(r->api->lc, &snap, &sb, max, &err);
 	if (rc == -EDQUOT) {
-		api_error(r, 429, "you have reached the maximum number of concurrent "
-			  "sandboxes (%lld). Kill a sandbox before creating another",
-			  (long long)max);
+		cap_reached(r, max);
 	} else if (rc < 0) {
 		log_error("api", *sb.id ? sb.id : NULL, "create from snapshot %s failed: %s",
 			  snap.id, err.msg);

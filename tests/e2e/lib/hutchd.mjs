@@ -190,6 +190,14 @@ export async function startHutchd(opts = {}) {
     },
     // Simulates a crash: SIGKILL, no clean-up by hutchd. Sandboxes live on.
     async crash() { await terminate(cur.child, 'SIGKILL'); },
+    // A new API key of the given team, made by `hutchd keys create` on this
+    // hutchd's data (the running daemon sees it at once).
+    createKey(team) {
+      const made = spawnSync(hutchdBin, [`--data-dir=${opts.dataDir ?? join(dir, 'data')}`,
+        'keys', 'create', '--team', team], { encoding: 'utf8' });
+      if (made.status !== 0) throw new Error(`hutchd keys create: ${made.stderr}`);
+      return made.stdout.trim();
+    },
     // Starts hutchd again on the same ports and data (after crash or stop);
     // between(), if given, runs while no hutchd is up.
     async restart(extraArgs = [], between = undefined) {
