@@ -155,8 +155,23 @@ test('metadata is echoed, stored as xattrs and replaced by the next upload', asy
     name: 'meta.txt', type: 'file', path: home('meta.txt'),
     metadata: { owner: 'probe', tag: 'x' },
   });
+  // What Stat reads back comes from the file's xattrs, not from the request.
+  let stored = await sbx.files.getInfo('meta.txt');
+  assert.deepEqual(plain(stored.metadata), { owner: 'probe', tag: 'x' });
+
+  // The next upload's keys replace the set: 'owner' goes, 'tag' changes.
+  const other = await sbx.files.write('meta.txt', 'm1', { metadata: { tag: 'y', New: 'n' } });
+  assert.deepEqual(other.metadata, { tag: 'y', new: 'n' });
+  stored = await sbx.files.getInfo('meta.txt');
+  assert.deepEqual(plain(stored.metadata), { tag: 'y', new: 'n' });
+
+  // An upload without metadata clears it.
   const again = await sbx.files.write('meta.txt', 'm2');
   assert.equal(again.metadata, undefined);
+  stored = await sbx.files.getInfo('meta.txt');
+  assert.ok(stored.metadata === undefined || Object.keys(stored.metadata).length === 0,
+    JSON.stringify(stored.metadata));
+  assert.equal(await sbx.files.read('meta.txt'), 'm2');
 
   const raw = await fetch(`${agent.url}/files?path=meta2.txt`, {
     method: 'POST',
