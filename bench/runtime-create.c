@@ -178,6 +178,34 @@ static void bwrap_runs(const char *rootfs, int n, double *ms)
 	}
 }
 
+/* What the sandboxes' own cgroups are charged (memory.current, or v1's
+ * usage_in_bytes): pages their processes touched, page cache of their disks
+ * and kernel memory such as their sockets. MemAvailable above also sees what
+ * the host spends on them outside those cgroups (namespaces, veths, mounts),
+ * but moves with everything else the machine does; this one does not. */
+static void print_cgroup_charge(struct bench *b, int made)
+{
+	uint64_t sum = 0, max = 0;
+	int counted = 0;
+	struct herr err;
+
+	for (int i = 0; i < made; i++) {
+		struct rt_info info;
+		char id[32];
+
+		snprintf(id, sizeof(id), "idle-%d", i);
+		if (rt_query(b->rt, id, &info, &err) < 0)
+			continue;
+		sum += info.memory_bytes;
+		if (info.memory_bytes > max)
+			max = info.memory_bytes;
+		counted++;
+	}
+	if (counted)
+		printf("cgroup charge per sandbox  %.0f KiB mean, %.0f KiB max (%d sandboxes)\n",
+		       (double)sum / counted / 1024, (double)max / 1024, counted);
+}
+
 static void idle(struct bench *b, int n)
 {
 	struct herr err;
@@ -200,6 +228,7 @@ static void idle(struct bench *b, int n)
 	       made / (spent / 1e3));
 	printf("memory per idle sandbox    %.0f KiB (MemAvailable %ld -> %ld kB; budget 2048)\n",
 	       made ? (double)(before - after) / made : 0, before, after);
+	print_cgroup_charge(b, made);
 	t0 = now_ms();
 	for (int i = 0; i < made; i++) {
 		char id[32];
