@@ -76,12 +76,15 @@ void rt_test_config(struct rt_config *cfg, const char *data_dir, const char *run
 	cfg->nameservers = "198.51.100.53";
 }
 
-/* The picture, as shell: every line is "<kind> <what>". Counts are used where
- * names legitimately change (pool veths get a new generation number). Only
- * what belongs to this test runtime is listed (other engineers' sandboxes
- * come and go on the same host): namespaces are counted through our own
- * descriptors (the runtime holds every netns it made by fd) and through the
- * processes of our id ranges; mounts and loop devices through our paths. */
+/* The picture, as shell: every line is "<kind> <what>", followed by "(xN)"
+ * when it occurs N > 1 times (a rule or mount left twice is a leak too).
+ * Counts are used where names legitimately change (pool veths get a new
+ * generation number). The whole nft table is listed, rules, maps and set
+ * elements, with packet counters cut out. Only what belongs to this test
+ * runtime is listed (other engineers' sandboxes come and go on the same
+ * host): namespaces are counted through our own descriptors (the runtime
+ * holds every netns it made by fd) and through the processes of our id
+ * ranges; mounts and loop devices through our paths. */
 static const char snapshot_script[] =
 	"set -u\n"
 	"lo=$((0x30000000)); hi=$((0x30000000 + 65536 * 1100))\n"
@@ -97,15 +100,16 @@ static const char snapshot_script[] =
 	"find /sys/fs/cgroup -mindepth 2 -maxdepth 3 -path \"*/$RTS_CG/*\" -type d "
 	"2>/dev/null | sed 's/^/cgroup /'\n"
 	"ls /sys/class/net | grep -c \"^$RTS_PREFIX\" | sed 's/^/veths /'\n"
-	"nft list table inet $RTS_CG 2>/dev/null | grep -E 'chain|jump|goto' | "
-	"sed 's/^[[:space:]]*/nft /'\n"
+	"nft list table inet $RTS_CG 2>/dev/null | "
+	"sed -e 's/^[[:space:]]*//' -e 's/counter packets [0-9]* bytes [0-9]*//' | "
+	"grep -v '^$' | sed 's/^/nft /'\n"
 	"cat /sys/block/loop*/loop/backing_file 2>/dev/null | grep -F \"$RTS_TMP\" | "
 	"sed 's/^/loop /'\n"
 	"find \"$RTS_TMP/data\" \"$RTS_TMP/run\" 2>/dev/null | sed 's/^/file /'\n";
 
 int rt_snapshot(const char *tmp_dir, char *out, size_t len)
 {
-	char pid[32], cmd[sizeof(snapshot_script) + 64];
+	char pid[32], cmd[sizeof(snapshot_script) + 160];
 	size_t got = 0;
 
 	snprintf(pid, sizeof(pid), "%d", getpid());
@@ -113,7 +117,8 @@ int rt_snapshot(const char *tmp_dir, char *out, size_t len)
 	setenv("RTS_TMP", tmp_dir, 1);
 	setenv("RTS_CG", RT_TEST_CGROUP, 1);
 	setenv("RTS_PREFIX", RT_TEST_PREFIX, 1);
-	snprintf(cmd, sizeof(cmd), "(%s) | sort", snapshot_script);
+	snprintf(cmd, sizeof(cmd), "(%s) | awk '{ n[$0]++ } END { for (l in n) "
+		 "print (n[l] > 1 ? l \" (x\" n[l] \")\" : l) }' | sort", snapshot_script);
 	FILE *p = popen(cmd, "r");
 	if (!p)
 		return -1;
@@ -121,7 +126,14 @@ int rt_snapshot(const char *tmp_dir, char *out, size_t len)
 	while (got + 1 < len && (n = fread(out + got, 1, len - 1 - got, p)) > 0)
 		got += n;
 	out[got] = '\0';
-	return pclose(p) == 0 ? 0 : -1;
+	/* A picture cut short would hide whatever sorts after the cut. */
+	bool truncated = got + 1 == len && fgetc(p) != EOF;
+	if (pclose(p) != 0 || truncated) {
+		if (truncated)
+			fprintf(stderr, "host picture larger than its %zu-byte buffer\n", len);
+		return -1;
+	}
+	return 0;
 }
 
 static bool has_line(const char *text, const char *line, size_t n)
