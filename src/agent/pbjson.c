@@ -1352,6 +1352,15 @@ int pbjson_envelope_parse(const void *body, size_t len, const void **msg, size_t
 	const unsigned char *b = body;
 	uint32_t n;
 
+	/*
+	 * Connect defines only the compressed and end-stream flag bits. Any
+	 * other bit means this is no envelope at all, most often bare JSON
+	 * ('{' is 0x7b, which would otherwise read as "compressed").
+	 */
+	if (len > 0 && (b[0] & ~(0x01 | PBJSON_ENVELOPE_END_STREAM)))
+		return herr_set(err, -EINVAL, "the body is not an enveloped Connect message "
+				"(first byte 0x%02x): a server-streaming request is one frame of "
+				"a flags byte, a 4-byte big-endian length and the message", b[0]);
 	if (len < PBJSON_ENVELOPE_HEADER)
 		return herr_set(err, -EINVAL, "truncated envelope: %zu of 5 header bytes", len);
 	if (b[0] & 0x01)

@@ -540,3 +540,145 @@ test('SIGTERM ends open streams with unavailable before the agent stops', async 
     await agent.stop();
   }
 });
+
+// One Connect frame: flags byte, 4-byte big-endian length, the message.
+function frame(msg, flags = 0) {
+  const body = Buffer.isBuffer(msg) ? msg : Buffer.from(msg);
+  const head = Buffer.alloc(5);
+  head[0] = flags;
+  head.writeUInt32BE(body.length, 1);
+  return Buffer.concat([head, body]);
+}
+
+// Splits a streamed response body into its frames (JSON messages).
+function framesOf(buf) {
+  const frames = [];
+  for (let off = 0; off < buf.length;) {
+    assert.ok(off + 5 <= buf.length, 'response ends inside a frame header');
+    const len = buf.readUInt32BE(off + 1);
+    assert.ok(off + 5 + len <= buf.length, 'response ends inside a frame');
+    frames.push({ flags: buf[off], msg: JSON.parse(buf.subarray(off + 5, off + 5 + len)) });
+    off += 5 + len;
+  }
+  return frames;
+}
+
+async function rawCall(url, path, contentType, body) {
+  const headers = contentType ? { 'content-type': contentType } : {};
+  const res = await fetch(`${url}${path}`, { method: 'POST', headers, body });
+  return { status: res.status, type: res.headers.get('content-type'),
+    body: Buffer.from(await res.arrayBuffer()) };
+}
+
+// The agent still answers, over the SDK's usual calls, after abuse.
+async function assertServing(agent) {
+  assert.equal(agent.child.exitCode, null, 'the agent exited');
+  assert.equal((await fetch(`${agent.url}/health`)).status, 204);
+  const list = await rpc(agent.url, '/process.Process/List');
+  assert.equal(list.status, 200);
+  assert.ok(Array.isArray((await list.json()).processes ?? []));
+}
+
+test('malformed unary bodies get a Connect error with a 4xx status', async () => {
+  const agent = await startAgent();
+  try {
+    const stat = '/filesystem.Filesystem/Stat';
+    const cases = [
+      // [content type, body, status, message]
+      ['application/json', '{"path":', 400, /^invalid JSON at line 1 column \d+/],
+      ['application/json', '[1]', 400, /must be a JSON object/],
+      ['application/json', '{"path":5}', 400, /'path'/],
+      // a length-delimited field declaring 16 bytes with 1 present
+      ['application/proto', Buffer.from([0x0a, 0x10, 0x61]), 400,
+        /^invalid binary filesystem\.StatRequest message$/],
+      ['application/proto', Buffer.from([0x0a, 0x01, 0xff]), 400,
+        /field 'path': not valid UTF-8/],
+      ['text/plain', '{}', 415, /unsupported content type 'text\/plain' for \/filesystem/],
+      ['application/connect+json', frame('{}'), 415,
+        /unary call: use application\/json or application\/proto/],
+      [null, Buffer.from('{}'), 415, /unsupported content type ''/],
+    ];
+    for (const [type, body, status, re] of cases) {
+      const r = await rawCall(agent.url, stat, type, body);
+      const what = `${type} ${JSON.stringify(body.toString())}`;
+      assert.equal(r.status, status, what);
+      assert.equal(r.type, 'application/json', what);
+      const err = JSON.parse(r.body);
+      assert.deepEqual(Object.keys(err).sort(), ['code', 'message'], what);
+      assert.equal(err.code, 'invalid_argument', what);
+      assert.match(err.message, re, what);
+    }
+    await assertServing(agent);
+  } finally {
+    await agent.stop();
+  }
+});
+
+test('malformed stream requests end in-band with invalid_argument', async () => {
+  const agent = await startAgent();
+  try {
+    const start = JSON.stringify({ process: { cmd: '/bin/sh', args: ['-c', 'touch ran'] },
+      cwd: agent.home });
+    const declaresMore = frame(start);
+    declaresMore.writeUInt32BE(Buffer.byteLength(start) + 10, 1);
+    const cases = [
+      // [content type, body, message]
+      ['application/connect+json', Buffer.from(start),
+        /^the body is not an enveloped Connect message \(first byte 0x7b\)/],
+      ['application/connect+json', Buffer.from([0, 0, 0]),
+        /^truncated envelope: 3 of 5 header bytes$/],
+      ['application/connect+json', declaresMore,
+        new RegExp(`^truncated envelope: declares ${Buffer.byteLength(start) + 10} bytes, ` +
+          `${Buffer.byteLength(start)} present$`)],
+      ['application/connect+json', Buffer.concat([frame(start), frame(start)]),
+        /carries exactly one message; \d+ extra bytes follow it/],
+      ['application/connect+json', frame(start, 1), /^compressed messages are not supported$/],
+      ['application/connect+json', frame(start, 2), /unexpected envelope flags 0x02/],
+      ['application/connect+json', frame('{"process":'), /^invalid JSON/],
+      ['application/connect+proto', frame(Buffer.from([0x0a, 0x10, 0x61])),
+        /^invalid binary process\.StartRequest message$/],
+    ];
+    for (const [type, body, re] of cases) {
+      const r = await rawCall(agent.url, '/process.Process/Start', type, body);
+      const what = `${type} ${JSON.stringify(body.toString('latin1'))}`;
+      // Streaming errors are in-band: 200, the stream's content type, one end frame.
+      assert.equal(r.status, 200, what);
+      assert.equal(r.type, type, what);
+      const frames = framesOf(r.body);
+      assert.equal(frames.length, 1, what);
+      assert.equal(frames[0].flags, 2, what);
+      assert.equal(frames[0].msg.error.code, 'invalid_argument', what);
+      assert.match(frames[0].msg.error.message, re, what);
+    }
+    // A stream endpoint called with the unary content type: 415 with a JSON error.
+    const r = await rawCall(agent.url, '/process.Process/Start', 'application/json', start);
+    assert.equal(r.status, 415);
+    assert.equal(JSON.parse(r.body).code, 'invalid_argument');
+    assert.match(JSON.parse(r.body).message, /server-streaming call: use application\/connect/);
+    // none of the refused requests ran the command
+    assert.equal(existsSync(join(agent.home, 'ran')), false);
+    await assertServing(agent);
+    // ...and a well-formed one does
+    const ok = await rawCall(agent.url, '/process.Process/Start', 'application/connect+json',
+      frame(start));
+    assert.deepEqual(framesOf(ok.body).at(-1), { flags: 2, msg: {} });
+    assert.equal(existsSync(join(agent.home, 'ran')), true);
+  } finally {
+    await agent.stop();
+  }
+});
+
+test('a body cut short of its Content-Length is dropped without a hang', async () => {
+  const agent = await startAgent();
+  try {
+    const t0 = Date.now();
+    const r = await rawRequest(agent.port, 'POST /process.Process/Start HTTP/1.1\r\n' +
+      'Host: x\r\nContent-Type: application/connect+json\r\nContent-Length: 500\r\n\r\n' +
+      '\0\0\0\x01\xf4{"process":');
+    assert.equal(r, '');
+    assert.ok(Date.now() - t0 < 4000, `closed after ${Date.now() - t0} ms`);
+    await assertServing(agent);
+  } finally {
+    await agent.stop();
+  }
+});

@@ -398,6 +398,8 @@ static void test_envelopes(void **state)
 	unsigned char big[] = { 0, 0xff, 0xff, 0xff, 0xff, '{', '}' };
 	unsigned char flags[] = { 2, 0, 0, 0, 2, '{', '}' };
 	unsigned char gz[] = { 1, 0, 0, 0, 2, '{', '}' };
+	unsigned char high[] = { 0x80, 0, 0, 0, 2, '{', '}' };
+	const char *bare = "{\"path\":\"/tmp\"}";
 	unsigned char hdr[5];
 
 	(void)state;
@@ -415,6 +417,14 @@ static void test_envelopes(void **state)
 	assert_non_null(strstr(err.msg, "flags 0x02"));
 	assert_int_equal(pbjson_envelope_parse(gz, sizeof(gz), &msg, &len, &err), -EINVAL);
 	assert_non_null(strstr(err.msg, "compressed"));
+	/* Bare JSON: '{' (0x7b) has the compressed bit set but is no envelope. */
+	assert_int_equal(pbjson_envelope_parse(bare, strlen(bare), &msg, &len, &err), -EINVAL);
+	assert_non_null(strstr(err.msg, "not an enveloped Connect message (first byte 0x7b)"));
+	assert_null(strstr(err.msg, "compressed"));
+	assert_int_equal(pbjson_envelope_parse("{}", 2, &msg, &len, &err), -EINVAL);
+	assert_non_null(strstr(err.msg, "not an enveloped"));
+	assert_int_equal(pbjson_envelope_parse(high, sizeof(high), &msg, &len, &err), -EINVAL);
+	assert_non_null(strstr(err.msg, "first byte 0x80"));
 	pbjson_envelope_header(hdr, 2, 0x01020304);
 	assert_memory_equal(hdr, "\x02\x01\x02\x03\x04", 5);
 }
