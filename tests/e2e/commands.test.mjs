@@ -367,3 +367,103 @@ test('a client that stops reading stalls only its own process', async () => {
   await until(async () => !(await rawUnary('List', {})).body.processes
     ?.some((p) => p.tag === 'flood'), 10000, 'the flood to finish without a client');
 });
+
+// ---- keepalives and deadlines (raw, with arrival times) ----
+
+// Opens a server stream and collects its frames with the time each arrived
+// (ms since the request was sent) until the end frame.
+async function timedStream(method, req, headers = {}) {
+  const t0 = Date.now();
+  const res = await fetch(`${agent.url}/process.Process/${method}`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/connect+json', ...headers },
+    body: envelope(req),
+  });
+  assert.equal(res.status, 200);
+  const frames = [];
+  let buf = Buffer.alloc(0);
+  for await (const chunk of res.body) {
+    buf = Buffer.concat([buf, Buffer.from(chunk)]);
+    while (buf.length >= 5 && buf.length >= 5 + buf.readUInt32BE(1)) {
+      const len = buf.readUInt32BE(1);
+      frames.push({ t: Date.now() - t0, flags: buf[0],
+        msg: JSON.parse(buf.subarray(5, 5 + len).toString()) });
+      buf = buf.subarray(5 + len);
+    }
+  }
+  assert.equal(buf.length, 0, 'stream ended inside a frame');
+  assert.equal(frames.at(-1)?.flags, 2, 'no end-of-stream frame');
+  return frames;
+}
+
+const isKeepalive = (f) => f.flags === 0 && f.msg.event?.keepalive !== undefined;
+
+test('keepalive: an idle stream gets one keepalive event per Keepalive-Ping-Interval', async () => {
+  const frames = await timedStream('Start',
+    { process: { cmd: '/bin/sh', args: ['-c', 'sleep 3.6'] } },
+    { 'keepalive-ping-interval': '1', 'connect-timeout-ms': '20000' });
+  const keep = frames.filter(isKeepalive);
+  // the exact shape of protocol.md §4.5: an empty oneof member written as {}
+  for (const k of keep) assert.deepEqual(k.msg, { event: { keepalive: {} } });
+  assert.ok(keep.length >= 3 && keep.length <= 4, `${keep.length} keepalives`);
+  assert.ok(keep[0].t >= 900, `first keepalive after ${keep[0].t} ms`);
+  for (let i = 1; i < keep.length; i++) {
+    const gap = keep[i].t - keep[i - 1].t;
+    assert.ok(gap >= 900 && gap < 1600, `keepalive gap of ${gap} ms`);
+  }
+  // start first, then keepalives, then the end event and end-of-stream
+  assert.ok(frames[0].msg.event.start.pid > 0);
+  assert.ok(frames.at(-2).msg.event.end);
+  assert.deepEqual(frames.at(-1).msg, {});
+});
+
+test('keepalive: output resets the timer; without the header the interval is 90 s', async () => {
+  // Output every 0.3 s for 2.4 s, then 2.3 s of silence, interval 1 s.
+  const script = 'for i in 1 2 3 4 5 6 7 8; do echo $i; sleep 0.3; done; sleep 2.3';
+  const frames = await timedStream('Start', { process: { cmd: '/bin/sh', args: ['-c', script] } },
+    { 'keepalive-ping-interval': '1', 'connect-timeout-ms': '20000' });
+  const lastData = frames.filter((f) => f.msg.event?.data).at(-1);
+  const keep = frames.filter(isKeepalive);
+  assert.ok(keep.length >= 1, 'no keepalive in the silence');
+  for (const k of keep) assert.ok(k.t >= lastData.t + 900, `keepalive at ${k.t} ms ` +
+    `while output was flowing (last output at ${lastData.t} ms)`);
+
+  const quiet = await timedStream('Start', { process: { cmd: '/bin/sh', args: ['-c', 'sleep 2.2'] } },
+    { 'connect-timeout-ms': '20000' });
+  assert.equal(quiet.filter(isKeepalive).length, 0);
+  // an unusable value falls back to the default, it does not refuse the call
+  const odd = await timedStream('Start', { process: { cmd: '/bin/sh', args: ['-c', 'sleep 1.3'] } },
+    { 'keepalive-ping-interval': '0', 'connect-timeout-ms': '20000' });
+  assert.equal(odd.filter(isKeepalive).length, 0);
+  assert.deepEqual(odd.at(-1).msg, {});
+});
+
+test('connect deadline: the stream ends with deadline_exceeded, the process runs on', async () => {
+  const h = await sbx.commands.run('sleep 3; echo survived', { background: true,
+    timeoutMs: 0 });
+  try {
+    // raw: the end frame carries the code
+    const t0 = Date.now();
+    const frames = await timedStream('Connect', { process: { pid: h.pid } },
+      { 'connect-timeout-ms': '400' });
+    assert.equal(frames[0].msg.event.start.pid, h.pid);
+    assert.deepEqual(frames.at(-1).msg,
+      { error: { code: 'deadline_exceeded', message: 'the operation timed out' } });
+    assert.ok(Date.now() - t0 < 1500, `deadline ended the stream after ${Date.now() - t0} ms`);
+    assert.ok((await sbx.commands.list()).some((p) => p.pid === h.pid),
+      'the process died with its Connect stream');
+
+    // the SDK: a TimeoutError from wait(), and the process is still listed
+    const c = await sbx.commands.connect(h.pid, { timeoutMs: 300 });
+    await assert.rejects(c.wait(), TimeoutError);
+    assert.ok((await sbx.commands.list()).some((p) => p.pid === h.pid),
+      'the process died with the SDK Connect stream');
+
+    // and it finishes its work: a new Connect without a deadline sees the end
+    const r = await (await sbx.commands.connect(h.pid, { timeoutMs: 0 })).wait();
+    assert.equal(r.exitCode, 0);
+    assert.equal(r.stdout, 'survived\n');
+  } finally {
+    await h.kill().catch(() => {});
+  }
+});
