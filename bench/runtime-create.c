@@ -253,7 +253,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "usage: RT_TMP=dir runtime-create PROBE [CREATES [IDLE]]\n");
 		return 2;
 	}
-	log_configure(getenv("HUTCH_LOG_LEVEL") ? getenv("HUTCH_LOG_LEVEL") : "warn");
+	log_configure(getenv("HUTCH_LOG_LEVEL") ? getenv("HUTCH_LOG_LEVEL") : "warn", NULL);
 	if (rt_test_tree(tmp, argv[1]) < 0)
 		return 1;
 	snprintf(b.rootfs, sizeof(b.rootfs), "%s/rootfs", tmp);

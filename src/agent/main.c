@@ -47,13 +47,28 @@ static struct cfg_opt agent_opts[] = {
 	{ "download-gzip", CFG_STR, "fallback",
 	  "gzip downloads only for clients that refuse identity (fallback), "
 	  "or whenever they prefer it (negotiate)" },
-	{ "log", CFG_STR, "info", "log levels, e.g. \"info,http=debug\"" },
+	{ "log", CFG_STR, "info", NULL /* set by describe_log_setting */ },
 };
 #define N_OPTS ((int)(sizeof(agent_opts) / sizeof(agent_opts[0])))
+
+/* The subsystems the agent logs under: --log names no others. */
+static const char *const log_subsystems[] = {
+	"agent", "http", "rpc", "process", "reaper", "files", "filesystem", NULL
+};
 
 static const char *opt(const char *name)
 {
 	return cfg_str(agent_opts, N_OPTS, name);
+}
+
+/* --help lists the subsystem names from the same table log_configure checks. */
+static void describe_log_setting(void)
+{
+	static char help[640];
+
+	log_set_subsystems(log_subsystems);
+	log_spec_help(help, sizeof(help));
+	cfg_find(agent_opts, N_OPTS, "log")->help = help;
 }
 
 /*
@@ -102,8 +117,8 @@ static int apply_config(struct herr *err)
 	const char *token = opt("access-token");
 	const char *workdir = opt("default-workdir");
 
-	if (log_configure(opt("log")) < 0)
-		return herr_set(err, -EINVAL, "log: invalid spec '%s'", opt("log"));
+	if (log_configure(opt("log"), err) < 0)
+		return herr_wrap(err, "setting log");
 	if (token && strlen(token) >= STATE_TOKEN_MAX)
 		return herr_set(err, -EINVAL, "access-token: longer than %d bytes",
 				STATE_TOKEN_MAX - 1);
@@ -248,6 +263,7 @@ int main(int argc, char **argv)
 	 */
 	prctl(PR_SET_DUMPABLE, 0);
 
+	describe_log_setting();
 	r = cfg_load(agent_opts, N_OPTS, "hutch-agent",
 		     "\nThe in-sandbox agent: speaks E2B's envd protocol "
 		     "(HTTP and Connect RPC).", NULL, argc, argv, &first_arg, &err);

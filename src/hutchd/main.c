@@ -45,7 +45,7 @@ static struct cfg_opt opts[] = {
 	{ "proxy-port", CFG_INT, "3001", "port of the sandbox proxy (E2B_SANDBOX_URL)" },
 	{ "domain", CFG_STR, "", "sandbox domain returned to clients ('' = none)" },
 	{ "node-id", CFG_STR, NULL, "this node's name in the store (default: hostname)" },
-	{ "log", CFG_STR, "info", "log levels, e.g. 'info,api=debug'" },
+	{ "log", CFG_STR, "info", NULL /* set by describe_log_setting */ },
 	{ "envd-version", CFG_STR, "0.6.13", "agent protocol version told to the SDKs" },
 	{ "default-timeout", CFG_INT, "300",
 	  "sandbox timeout (s) when a create gives none (current SDKs send none)" },
@@ -95,6 +95,11 @@ static struct cfg_opt opts[] = {
 
 #define MAX_TIMEOUT_LIMIT_S (10 * 365 * 24 * 3600)
 
+/* The subsystems hutchd logs under: --log names no others. */
+static const char *const log_subsystems[] = {
+	"hutchd", "api", "proxy", "lifecycle", "runtime", "store", "template", NULL
+};
+
 static const char summary[] =
 	"The Hutch host daemon: E2B-compatible REST API, store and sandbox lifecycle.\n"
 	"Commands: (none) run the daemon; keys create [--team NAME]; keys list;\n"
@@ -111,6 +116,16 @@ static const char *S(const char *name)
 static long long I(const char *name)
 {
 	return cfg_int(opts, NOPTS, name);
+}
+
+/* --help lists the subsystem names from the same table log_configure checks. */
+static void describe_log_setting(void)
+{
+	static char help[640];
+
+	log_set_subsystems(log_subsystems);
+	log_spec_help(help, sizeof(help));
+	cfg_find(opts, NOPTS, "log")->help = help;
 }
 
 static int make_dir(const char *path, mode_t mode)
@@ -546,6 +561,19 @@ static void print_exports(unsigned api_port, unsigned proxy_port, const char *ke
 	fflush(stdout);
 }
 
+/* The addresses as fields of their own, for whoever reads the log. */
+static void log_listening(struct api *api, struct proxy *proxy, struct store *st)
+{
+	char api_addr[128], proxy_addr[128], schema[16];
+
+	snprintf(api_addr, sizeof(api_addr), "%s:%u", S("api-listen"), api_port(api));
+	snprintf(proxy_addr, sizeof(proxy_addr), "%s:%u", S("api-listen"),
+		 proxy_port(proxy));
+	snprintf(schema, sizeof(schema), "%d", store_schema_version(st));
+	log_kv(LOG_INFO, "hutchd", NULL, "listening", "api", api_addr, "proxy", proxy_addr,
+	       "store_schema", schema, NULL);
+}
+
 static int serve(void)
 {
 	unsigned char secret[SERVER_SECRET_LEN];
@@ -577,9 +605,7 @@ static int serve(void)
 	}
 	if (first_key_line(st, key_line, sizeof(key_line)) < 0)
 		goto out;
-	log_info("hutchd", NULL, "API on %s:%u, proxy on port %u (store schema v%d)",
-		 S("api-listen"), api_port(api), proxy_port(proxy),
-		 store_schema_version(st));
+	log_listening(api, proxy, st);
 	print_exports(api_port(api), proxy_port(proxy), key_line);
 	while (!stop_signal)
 		pause();
@@ -668,6 +694,7 @@ int main(int argc, char **argv)
 		return 1;
 	hoist_settings(argc, argv, args);
 	argv = args;
+	describe_log_setting();
 	rc = cfg_load(opts, NOPTS, "hutchd", summary, "/etc/hutch/hutchd.conf", argc, argv,
 		      &first, &err);
 	if (rc == 1)
@@ -676,8 +703,9 @@ int main(int argc, char **argv)
 		fprintf(stderr, "hutchd: %s\n", err.msg);
 		return 2;
 	}
-	if (log_configure(S("log")) < 0) {
-		fprintf(stderr, "hutchd: bad log spec '%s'\n", S("log"));
+	if (log_configure(S("log"), &err) < 0) {
+		fprintf(stderr, "hutchd: setting log (from %s): %s\n",
+			cfg_find(opts, NOPTS, "log")->from, err.msg);
 		return 2;
 	}
 	signal(SIGPIPE, SIG_IGN);

@@ -68,7 +68,7 @@ static void setup_once(void)
 		abort();
 	fprintf(f, "root:x:0:\n");
 	fclose(f);
-	log_configure("error");
+	log_configure("error", NULL);
 	users_set_etc_dir(dir);
 	state_set_default_user("root");
 
