@@ -24,6 +24,9 @@
 
 #define MAX_SBX 128
 
+/* The CRIU to measure: $HUTCH_CRIU when set, as for hutchd's --criu. */
+static struct rt_ckpt_opts ckpt;
+
 static void sleep_ms(unsigned ms)
 {
 	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
@@ -101,7 +104,7 @@ static void bench_size(struct rt *rt, const char *tmp, unsigned mb, int rounds,
 		return;
 	}
 	for (int i = 1; i <= rounds; i++) {
-		if (rt_checkpoint(rt, id, NULL, &st, &err) < 0) {
+		if (rt_checkpoint(rt, id, &ckpt, &st, &err) < 0) {
 			printf("%u MB: pause failed: %s\n", mb, err.msg);
 			break;
 		}
@@ -116,7 +119,7 @@ static void bench_size(struct rt *rt, const char *tmp, unsigned mb, int rounds,
 			fputs("1\n", dc);
 			fclose(dc);
 		}
-		if (rt_restore(rt, id, rspec, NULL, &st, &err) < 0) {
+		if (rt_restore(rt, id, rspec, &ckpt, &st, &err) < 0) {
 			printf("%u MB: resume failed: %s\n", mb, err.msg);
 			break;
 		}
@@ -147,7 +150,7 @@ static void bench_paused_ram(struct rt *rt, const char *tmp, int n)
 			cg_running += info.memory_bytes;
 	int paused = 0;
 	for (int i = 0; i < made; i++)
-		paused += rt_checkpoint(rt, ids[i], NULL, NULL, &err) == 0;
+		paused += rt_checkpoint(rt, ids[i], &ckpt, NULL, &err) == 0;
 	uint64_t after = mem_available_kb();
 	for (int i = 0; i < made; i++)
 		if (rt_query(rt, ids[i], &info, &err) == 0)
@@ -184,6 +187,7 @@ int main(int argc, char **argv)
 	struct herr err;
 	struct rt *rt;
 
+	ckpt.criu = getenv("HUTCH_CRIU");
 	if (n_paused > MAX_SBX - 2)
 		n_paused = MAX_SBX - 2;
 	snprintf(data, sizeof(data), "%s/data", tmp);

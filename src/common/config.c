@@ -248,14 +248,14 @@ int cfg_load(struct cfg_opt *opts, int nopts, const char *prog, const char *summ
 	if (rc < 0)
 		return rc;
 	if (want_help) {
-		cfg_print_help(stdout, opts, nopts, prog, summary);
+		cfg_print_help(stdout, opts, nopts, prog, summary, default_file);
 		return 1;
 	}
 	return load_env(opts, nopts, err);
 }
 
 void cfg_print_help(FILE *out, const struct cfg_opt *opts, int nopts, const char *prog,
-		    const char *summary)
+		    const char *summary, const char *default_file)
 {
 	static const char *const type_names[] = { "TEXT", "N", "BOOL" };
 	char var[128];
@@ -269,10 +269,13 @@ void cfg_print_help(FILE *out, const struct cfg_opt *opts, int nopts, const char
 	for (int i = 0; i < nopts; i++) {
 		env_name(opts[i].name, var, sizeof(var));
 		fprintf(out, "  --%s=%s\n      %s\n      env %s, default %s\n", opts[i].name,
-			type_names[opts[i].type], opts[i].help, var,
+			type_names[opts[i].type], opts[i].help ? opts[i].help : "", var,
 			opts[i].def ? opts[i].def : "(unset)");
 	}
-	fprintf(out, "  --config=FILE\n      read settings from FILE (env HUTCH_CONFIG)\n");
+	fprintf(out, "  --config=FILE\n      read settings from FILE (env HUTCH_CONFIG)");
+	if (default_file)
+		fprintf(out, "; without one, %s is read when it exists", default_file);
+	fprintf(out, "\n");
 }
 
 const char *cfg_str(struct cfg_opt *opts, int nopts, const char *name)

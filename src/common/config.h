@@ -6,7 +6,8 @@
  * A setting named "api-listen" is the file key "api-listen" (or "api_listen"),
  * the flag "--api-listen=V" (or "--api-listen V") and the variable
  * HUTCH_API_LISTEN. The file holds "key = value" lines; '#' starts a comment.
- * Every setting appears in --help with its default and its variable name.
+ * Every setting appears in --help with its default and its variable name, and
+ * so does the file read when none is named.
  */
 #ifndef HUTCH_CONFIG_H
 #define HUTCH_CONFIG_H
@@ -39,8 +40,9 @@ int cfg_load(struct cfg_opt *opts, int nopts, const char *prog, const char *summ
 	     const char *default_file, int argc, char **argv, int *first_arg,
 	     struct herr *err);
 
+/* default_file: the file cfg_load reads when none is named (NULL: none). */
 void cfg_print_help(FILE *out, const struct cfg_opt *opts, int nopts, const char *prog,
-		    const char *summary);
+		    const char *summary, const char *default_file);
 
 struct cfg_opt *cfg_find(struct cfg_opt *opts, int nopts, const char *name);
 const char *cfg_str(struct cfg_opt *opts, int nopts, const char *name);

@@ -30,6 +30,7 @@
 #include "lifecycle.h"
 #include "log.h"
 #include "proxy.h"
+#include "rt_checkpoint.h"
 #include "store.h"
 #include "tmpl.h"
 
@@ -40,7 +41,8 @@ static struct cfg_opt opts[] = {
 	{ "template-upload-max-age", CFG_INT, "604800",
 	  "seconds template GC keeps uploaded COPY archives" },
 	{ "run-dir", CFG_STR, "/run/hutch", "runtime state, re-read after a restart" },
-	{ "api-listen", CFG_STR, "127.0.0.1", "IPv4 address of the REST API" },
+	{ "api-listen", CFG_STR, "127.0.0.1",
+	  "IPv4 address the REST API and the sandbox proxy listen on" },
 	{ "api-port", CFG_INT, "3000", "port of the REST API (E2B_API_URL)" },
 	{ "proxy-port", CFG_INT, "3001", "port of the sandbox proxy (E2B_SANDBOX_URL)" },
 	{ "domain", CFG_STR, "", "sandbox domain returned to clients ('' = none)" },
@@ -78,6 +80,9 @@ static struct cfg_opt opts[] = {
 	{ "net-cidr", CFG_STR, "10.213.0.0/16", "sandbox addresses" },
 	{ "pool-size", CFG_INT, "4", "network namespaces prepared ahead" },
 	{ "no-runtime", CFG_BOOL, "false", "run the control plane without sandboxes" },
+	{ "criu", CFG_STR, RT_CRIU_DEFAULT,
+	  "CRIU binary for pauses that keep memory and their resumes "
+	  "(scripts/setup-criu installs it)" },
 	{ "max-connections", CFG_INT, "1000", "API connections at once" },
 	{ "max-connections-per-ip", CFG_INT, "500",
 	  "API connections from one client address (0 = no limit; behind a "
@@ -99,6 +104,9 @@ static struct cfg_opt opts[] = {
 static const char *const log_subsystems[] = {
 	"hutchd", "api", "proxy", "lifecycle", "runtime", "store", "template", NULL
 };
+
+/* Read when it exists and no --config or HUTCH_CONFIG names another. */
+#define DEFAULT_CONFIG_FILE "/etc/hutch/hutchd.conf"
 
 static const char summary[] =
 	"The Hutch host daemon: E2B-compatible REST API, store and sandbox lifecycle.\n"
@@ -483,6 +491,7 @@ static void fill_lc_config(struct lc_config *c, const char *tpl, const char *age
 		.warm_template = S("warm-template"),
 		.insecure_registries = S("insecure-registries"),
 		.template_upload_max_age_s = I("template-upload-max-age"),
+		.criu = S("criu"),
 	};
 }
 
@@ -695,7 +704,7 @@ int main(int argc, char **argv)
 	hoist_settings(argc, argv, args);
 	argv = args;
 	describe_log_setting();
-	rc = cfg_load(opts, NOPTS, "hutchd", summary, "/etc/hutch/hutchd.conf", argc, argv,
+	rc = cfg_load(opts, NOPTS, "hutchd", summary, DEFAULT_CONFIG_FILE, argc, argv,
 		      &first, &err);
 	if (rc == 1)
 		return 0;

@@ -30,6 +30,9 @@ static int failures;
 /* SNT_NOPEER=1: no established TCP connection in the sandbox (the paths
  * without TCP repair mode and network lock). */
 static int no_peer;
+/* The CRIU under test: $HUTCH_CRIU (scripts/test names the one
+ * scripts/setup-criu made), else the runtime's default. */
+static struct rt_ckpt_opts ckpt;
 
 static void check(int ok, const char *name, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
@@ -144,7 +147,7 @@ static void *resume_thread(void *p)
 	struct herr err;
 
 	herr_clear(&err);
-	a->result = rt_restore(a->rt, a->id, a->spec, NULL, NULL, &err);
+	a->result = rt_restore(a->rt, a->id, a->spec, &ckpt, NULL, &err);
 	snprintf(a->msg, sizeof(a->msg), "%s", err.msg);
 	return NULL;
 }
@@ -162,7 +165,7 @@ static void *pause_thread(void *p)
 	struct herr err;
 
 	herr_clear(&err);
-	a->result = rt_checkpoint(a->rt, a->id, NULL, NULL, &err);
+	a->result = rt_checkpoint(a->rt, a->id, &ckpt, NULL, &err);
 	snprintf(a->msg, sizeof(a->msg), "%s", err.msg);
 	return NULL;
 }
@@ -216,7 +219,7 @@ static void test_cycles(struct rt *rt, const char *id, const struct rt_restore_s
 			return;
 		}
 		snprintf(name, sizeof(name), "cycle %d: pause", cycle);
-		int r = rt_checkpoint(rt, id, NULL, &st, &err);
+		int r = rt_checkpoint(rt, id, &ckpt, &st, &err);
 		check(r == 0, name, "%s", err.msg);
 		if (r < 0)
 			return;
@@ -237,7 +240,7 @@ static void test_cycles(struct rt *rt, const char *id, const struct rt_restore_s
 		sleep_ms(200);
 
 		snprintf(name, sizeof(name), "cycle %d: resume", cycle);
-		r = rt_restore(rt, id, spec, NULL, &st, &err);
+		r = rt_restore(rt, id, spec, &ckpt, &st, &err);
 		check(r == 0, name, "%s", err.msg);
 		if (r < 0)
 			return;
@@ -311,7 +314,7 @@ static void test_double_resume(struct rt *rt, const char *id, const struct rt_re
 	struct herr err;
 	pthread_t t1, t2;
 
-	if (app_ready(rt, id, &a) < 0 || rt_checkpoint(rt, id, NULL, NULL, &err) < 0) {
+	if (app_ready(rt, id, &a) < 0 || rt_checkpoint(rt, id, &ckpt, NULL, &err) < 0) {
 		check(0, "double resume", "could not pause: %s", err.msg);
 		return;
 	}
@@ -411,7 +414,7 @@ static void test_kill_restore(struct rt *rt, const char *id, const struct rt_res
 	pid_t criu = 0;
 
 	herr_clear(&err);
-	if (app_ready(rt, id, &a) < 0 || rt_checkpoint(rt, id, NULL, NULL, &err) < 0) {
+	if (app_ready(rt, id, &a) < 0 || rt_checkpoint(rt, id, &ckpt, NULL, &err) < 0) {
 		check(0, "kill -9 of criu mid-restore", "could not pause: %s", err.msg);
 		return;
 	}
@@ -437,7 +440,7 @@ static void test_kill_restore(struct rt *rt, const char *id, const struct rt_res
 	check(criu && rt_checkpoint_exists(rt, id) && app_query(rt, id, &b, raw, sizeof(raw)) < 0,
 	      "kill -9 of criu mid-restore: still paused", "criu=%d exists=%d", criu,
 	      rt_checkpoint_exists(rt, id));
-	int r = rt_restore(rt, id, spec, NULL, NULL, &err);
+	int r = rt_restore(rt, id, spec, &ckpt, NULL, &err);
 	check(r == 0, "kill -9 of criu mid-restore: resumes after", "%s", err.msg);
 	r = app_ready(rt, id, &b);
 	check(r == 0 && !strcmp(b.mem, "OK") && b.peer_port == a.peer_port &&
@@ -454,7 +457,7 @@ static struct rt *test_restart(struct rt *rt, const struct rt_config *cfg, const
 	struct herr err;
 
 	herr_clear(&err);
-	if (app_ready(rt, id, &a) < 0 || rt_checkpoint(rt, id, NULL, NULL, &err) < 0) {
+	if (app_ready(rt, id, &a) < 0 || rt_checkpoint(rt, id, &ckpt, NULL, &err) < 0) {
 		check(0, "resume after a runtime restart", "could not pause: %s", err.msg);
 		return rt;
 	}
@@ -465,7 +468,7 @@ static struct rt *test_restart(struct rt *rt, const struct rt_config *cfg, const
 		return NULL;
 	}
 	check(rt_checkpoint_exists(rt, id), "restart: still paused", "no checkpoint");
-	int r = rt_restore(rt, id, spec, NULL, NULL, &err);
+	int r = rt_restore(rt, id, spec, &ckpt, NULL, &err);
 	check(r == 0, "restart: resume", "%s", err.msg);
 	r = app_ready(rt, id, &b);
 	check(r == 0 && !strcmp(b.mem, "OK") && b.peer_port == a.peer_port &&
@@ -494,7 +497,8 @@ int main(int argc, char **argv)
 	struct rt *rt;
 	char version[32];
 
-	if (rt_criu_check(NULL, version, sizeof(version), &err) < 0) {
+	ckpt.criu = getenv("HUTCH_CRIU");
+	if (rt_criu_check(ckpt.criu, version, sizeof(version), &err) < 0) {
 		check(0, "criu usable", "%s", err.msg);
 		return 1;
 	}

@@ -50,6 +50,9 @@ struct lc_config {
 	 * the age at which GC removes uploaded archives (0: 7 days). */
 	const char *insecure_registries;
 	int64_t template_upload_max_age_s;
+	/* The CRIU binary for pauses that keep memory and for their resumes;
+	 * NULL = the runtime's default (RT_CRIU_DEFAULT). */
+	const char *criu;
 };
 
 /* What the runtime reports about a live sandbox, for the metrics endpoint. */

@@ -523,10 +523,11 @@ int lcrt_stats(struct lc_rt *l, const char *id, struct lc_stats *out, struct her
 int lcrt_pause(struct lc_rt *l, const char *id, bool keep_memory,
 	       struct rt_ckpt_stats *stats, struct herr *err)
 {
+	struct rt_ckpt_opts opts = { .criu = l->cfg.criu };
 	int rc;
 
 	if (keep_memory)
-		return rt_checkpoint(l->rt, id, NULL, stats, err);
+		return rt_checkpoint(l->rt, id, &opts, stats, err);
 	rc = rt_stop(l->rt, id, PAUSE_GRACE_MS, err);
 	/* The slot, network namespace and cgroups go; the disk image stays. */
 	if (rc == 0)
@@ -577,8 +578,9 @@ static int restore(struct lc_rt *l, const struct store_sandbox *sb,
 		.n_layers = tpl->n_layers ? tpl->n_layers : 1,
 		.agent_dir = l->cfg.agent_dir,
 	};
+	struct rt_ckpt_opts opts = { .criu = l->cfg.criu };
 	struct rt_ckpt_stats stats = { 0 };
-	int rc = rt_restore(l->rt, sb->id, &spec, NULL, &stats, err);
+	int rc = rt_restore(l->rt, sb->id, &spec, &opts, &stats, err);
 
 	if (rc < 0)
 		return herr_wrap(err, "restoring the sandbox's processes");

@@ -122,10 +122,7 @@ static uint64_t now_ms(void)
 
 static const char *criu_path(const struct rt_ckpt_opts *o)
 {
-	if (o && o->criu)
-		return o->criu;
-	const char *env = getenv("HUTCH_CRIU");
-	return env && *env ? env : RT_CRIU_DEFAULT;
+	return o && o->criu && *o->criu ? o->criu : RT_CRIU_DEFAULT;
 }
 
 static void sbx_path(struct rt *rt, const char *id, const char *name, char *buf, size_t len)

@@ -32,7 +32,7 @@
 #define RT_CRIU_DEFAULT "/usr/local/lib/hutch/criu"
 
 struct rt_ckpt_opts {
-	const char *criu;      /* CRIU binary; NULL = $HUTCH_CRIU, else RT_CRIU_DEFAULT */
+	const char *criu;      /* CRIU binary; NULL or "" = RT_CRIU_DEFAULT */
 	uint64_t ghost_limit;  /* bytes of deleted-but-open files kept; 0 = 64 MiB */
 	unsigned timeout_ms;   /* limit for one CRIU run; 0 = 120000 */
 	bool verbose_log;      /* -v4 in the CRIU logs (slower); default -v2 */

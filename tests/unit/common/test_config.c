@@ -145,13 +145,62 @@ static void help_lists_every_setting(void **unused)
 	size_t len = 0;
 	FILE *out = open_memstream(&text, &len);
 
-	cfg_print_help(out, t, NOPTS, "prog", "");
+	cfg_print_help(out, t, NOPTS, "prog", "", "/etc/prog.conf");
 	fclose(out);
 	assert_non_null(strstr(text, "--api-port"));
 	assert_non_null(strstr(text, "HUTCH_DATA_DIR"));
 	assert_non_null(strstr(text, "--verbose"));
 	assert_non_null(strstr(text, "--domain"));
+	assert_non_null(strstr(text, "HUTCH_CONFIG"));
+	assert_non_null(strstr(text, "/etc/prog.conf is read when it exists"));
 	free(text);
+	free(t);
+}
+
+/* The file read when none is named is said in --help only when there is one. */
+static void help_names_no_default_file_without_one(void **unused)
+{
+	struct cfg_opt *t = new_table();
+	char *text = NULL;
+	size_t len = 0;
+	FILE *out = open_memstream(&text, &len);
+
+	cfg_print_help(out, t, NOPTS, "prog", "", NULL);
+	fclose(out);
+	assert_non_null(strstr(text, "--config=FILE"));
+	assert_null(strstr(text, "when it exists"));
+	free(text);
+	free(t);
+}
+
+/* The default file is read when present, and --config replaces it. */
+static void default_file_is_read_unless_config_names_another(void **unused)
+{
+	struct cfg_opt *t = new_table();
+	char *deflt = write_file("api-port = 4100\n");
+	char *named = write_file("api-port = 4200\n");
+	char flag[128];
+	char *argv[] = { "prog", NULL, NULL };
+	struct herr err;
+	int first;
+
+	clear_env();
+	assert_int_equal(cfg_load(t, NOPTS, "prog", "", deflt, 1, argv, &first, &err), 0);
+	assert_int_equal(cfg_int(t, NOPTS, "api-port"), 4100);
+	assert_string_equal(cfg_find(t, NOPTS, "api-port")->from, "file");
+	cfg_free(t, NOPTS);
+	snprintf(flag, sizeof(flag), "--config=%s", named);
+	argv[1] = flag;
+	assert_int_equal(cfg_load(t, NOPTS, "prog", "", deflt, 2, argv, &first, &err), 0);
+	assert_int_equal(cfg_int(t, NOPTS, "api-port"), 4200);
+	cfg_free(t, NOPTS);
+	unlink(deflt);
+	assert_int_equal(cfg_load(t, NOPTS, "prog", "", deflt, 1, argv, &first, &err), 0);
+	assert_int_equal(cfg_int(t, NOPTS, "api-port"), 3000);
+	cfg_free(t, NOPTS);
+	unlink(named);
+	free(deflt);
+	free(named);
 	free(t);
 }
 
@@ -163,6 +212,8 @@ int main(void)
 		cmocka_unit_test(bad_values_name_the_setting),
 		cmocka_unit_test(bad_file_line_is_reported_with_its_number),
 		cmocka_unit_test(help_lists_every_setting),
+		cmocka_unit_test(help_names_no_default_file_without_one),
+		cmocka_unit_test(default_file_is_read_unless_config_names_another),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
