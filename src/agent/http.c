@@ -326,15 +326,30 @@ static enum MHD_Result send_unauthorized(struct MHD_Connection *c)
  * sandbox) cannot take over a sandbox that has no access token yet.
  */
 static char init_secret[INIT_SECRET_MAX];
+static pthread_mutex_t secret_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static int init_secret_ok(struct MHD_Connection *c)
 {
 	const char *given = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
 							INIT_SECRET_HEADER);
+	int ok;
 
-	if (!init_secret[0])
-		return 1;
-	return given && auth_equal(given, init_secret);
+	pthread_mutex_lock(&secret_lock);
+	ok = !init_secret[0] || (given && auth_equal(given, init_secret));
+	pthread_mutex_unlock(&secret_lock);
+	return ok;
+}
+
+/*
+ * A new secret, from an init that carried the current one: a sandbox forked
+ * from another's snapshot starts with the source's agent, memory and all,
+ * and hutchd hands it the fork's own secret on its first init.
+ */
+static void init_secret_replace(const char *secret)
+{
+	pthread_mutex_lock(&secret_lock);
+	snprintf(init_secret, sizeof(init_secret), "%s", secret);
+	pthread_mutex_unlock(&secret_lock);
 }
 
 static enum MHD_Result send_init_refused(struct MHD_Connection *c)
@@ -454,6 +469,7 @@ struct init_request {
 	json_t *env;              /* NULL keeps the current variables */
 	const char *user;         /* NULL or "" keeps the current one */
 	const char *workdir;      /* NULL or "" keeps the current one */
+	const char *secret;       /* NULL keeps the init secret; else the new one */
 	struct timespec ts;
 	int has_ts;
 };
@@ -541,8 +557,11 @@ static int parse_init(json_t *root, struct init_request *req, struct herr *err)
 	if ((r = opt_string(root, "accessToken", &req->token, err)) < 0 ||
 	    (r = opt_string(root, "defaultUser", &req->user, err)) < 0 ||
 	    (r = opt_string(root, "defaultWorkdir", &req->workdir, err)) < 0 ||
-	    (r = opt_string(root, "timestamp", &ts, err)) < 0)
+	    (r = opt_string(root, "timestamp", &ts, err)) < 0 ||
+	    (r = opt_string(root, "initSecret", &req->secret, err)) < 0)
 		return r;
+	if (req->secret && (!*req->secret || strlen(req->secret) >= INIT_SECRET_MAX))
+		return herr_set(err, -EINVAL, "initSecret: 1-%d bytes", INIT_SECRET_MAX - 1);
 	if (req->token && strlen(req->token) >= STATE_TOKEN_MAX)
 		return herr_set(err, -EINVAL, "accessToken: longer than %d bytes",
 				STATE_TOKEN_MAX - 1);
@@ -607,6 +626,8 @@ static int apply_init(const struct init_request *req, struct herr *err)
 			state_set_default_user(req->user);
 		if (req->workdir && *req->workdir)
 			state_set_default_workdir(req->workdir);
+		if (req->secret)
+			init_secret_replace(req->secret);
 		if (req->has_ts)
 			last_init_ts = req->ts;
 	}

@@ -2,18 +2,19 @@
 // raw fetch the endpoints the SDK lacks. A snapshot of a running sandbox keeps
 // it running (same id, same process, deadline unchanged); a fork from the
 // snapshot is a new sandbox with the files as they were, and writes in one do
-// not show in the other. Forks are filesystem-only: the source's processes do
-// not carry over. Also: fork of a sandbox in one call (count), list and
+// not show in the other. Also: fork of a sandbox in one call (count), list and
 // delete, another team gets 404, bad bodies 400, and nothing stays on disk;
-// a restart removes the snapshot folders a crash can leave.
+// a restart removes the snapshot folders a crash can leave. Forks keep the
+// source's memory: its processes run on in each fork with their state, under
+// the fork's own id, hostname, host uid range, cgroups and access token.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  existsSync, mkdirSync, readdirSync, rmSync, symlinkSync, writeFileSync,
+  existsSync, mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync,
 } from 'node:fs';
 import { join } from 'node:path';
 import { Sandbox } from 'e2b';
-import { requireBase, startHutchd, useEnv } from './lib/hutchd.mjs';
+import { cgroupName, requireBase, startHutchd, useEnv } from './lib/hutchd.mjs';
 
 let h;
 let restore;
@@ -102,9 +103,9 @@ test('snapshot of a running sandbox, fork from it, copies are separate',
       // The files as they were at the snapshot.
       assert.equal(await fork.files.read('/home/user/state.txt'), 'before the snapshot');
       assert.equal((await fork.commands.run('cat /opt/app/version')).stdout, 'v1\n');
-      // Filesystem-only: the source's processes are not in the fork.
+      // With memory: the source's process is in the fork, same pid inside.
       const sleeps = await fork.commands.run('pgrep -x sleep || true');
-      assert.equal(sleeps.stdout.trim(), '');
+      assert.equal(sleeps.stdout.trim(), String(bg.pid));
 
       // Writes stay in their own sandbox, both ways.
       await fork.files.write('/home/user/only-fork.txt', 'fork');
@@ -278,5 +279,223 @@ test('a restart removes unfinished and unreferenced snapshot folders, nothing el
       rmSync(elsewhere, { recursive: true });
     } finally {
       await Sandbox.kill(src.sandboxId);
+    }
+  });
+
+// A server holding a random token and a counter in memory only; "inc" bumps
+// the counter, every reply names token, counter and pid. A client keeps one
+// connection to it and logs each reply, and a last BROKEN line when the
+// connection goes.
+const memServerPy = `
+import os, socket, threading
+token = os.urandom(8).hex()
+state = {'n': 0}
+lock = threading.Lock()
+def serve(conn):
+    with conn, conn.makefile('rwb', buffering=0) as f:
+        for line in f:
+            with lock:
+                if line.strip() == b'inc':
+                    state['n'] += 1
+                reply = 'token=%s n=%d pid=%d\\n' % (token, state['n'], os.getpid())
+            f.write(reply.encode())
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('0.0.0.0', 7412))
+s.listen(16)
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+`;
+const memClientPy = `
+import socket, time
+s = socket.create_connection(('127.0.0.1', 7412))
+f = s.makefile('rwb', buffering=0)
+out = open('/tmp/mem-client.log', 'a', buffering=1)
+try:
+    while True:
+        f.write(b'get\\n')
+        line = f.readline()
+        if not line:
+            raise EOFError('closed')
+        out.write(line.decode())
+        time.sleep(0.2)
+except Exception as e:
+    out.write('BROKEN %r\\n' % (e,))
+`;
+// One request on a fresh connection: "inc" or "get".
+const memAskPy = `
+import socket, sys
+s = socket.create_connection(('127.0.0.1', 7412), timeout=5)
+s.sendall(sys.argv[1].encode() + b'\\n')
+print(s.makefile().readline().strip())
+`;
+// The agent's answer to GET /envs with a given token, from inside the sandbox.
+const agentAskPy = `
+import sys, urllib.request, urllib.error
+req = urllib.request.Request('http://127.0.0.1:49983/envs',
+                             headers={'X-Access-Token': sys.argv[1]})
+try:
+    print(urllib.request.urlopen(req, timeout=5).status)
+except urllib.error.HTTPError as e:
+    print(e.code)
+`;
+
+async function memAsk(sb, what) {
+  const r = await sb.commands.run(`python3 /home/user/mem-ask.py ${what}`);
+  const m = /token=([0-9a-f]+) n=(\d+) pid=(\d+)/.exec(r.stdout);
+  assert.ok(m, `a server reply: ${JSON.stringify(r.stdout)}`);
+  return { token: m[1], n: Number(m[2]), pid: Number(m[3]) };
+}
+
+// The first host id of the sandbox's user namespace, from inside it.
+async function hostUidBase(sb, pid) {
+  const r = await sb.commands.run(`cat /proc/${pid}/uid_map`);
+  const f = r.stdout.trim().split(/\s+/).map(Number);
+  assert.equal(f.length, 3, r.stdout);
+  assert.equal(f[0], 0);
+  return f[1];
+}
+
+// Host pids whose pid inside is `inner`, in the sandbox's own pids cgroup
+// and its cgroup2 leaf (freeze and kill act there: a fork's task in the
+// source's would be killed by the source's pause).
+function hostPidsOf(id, inner) {
+  const v2 = existsSync(`/sys/fs/cgroup/unified/${cgroupName}`) ?
+    `/sys/fs/cgroup/unified/${cgroupName}/${id}` : `/sys/fs/cgroup/${cgroupName}/${id}`;
+  const read = (dir) => readFileSync(`${dir}/cgroup.procs`, 'utf8').split('\n')
+    .filter(Boolean);
+  const both = new Set(read(v2));
+  const procs = read(`/sys/fs/cgroup/pids/${cgroupName}/${id}`).filter((p) => both.has(p));
+  return procs.filter((p) => {
+    try {
+      const ns = /NSpid:\s+(.*)/.exec(readFileSync(`/proc/${p}/status`, 'utf8'))[1];
+      return Number(ns.trim().split(/\s+/).at(-1)) === inner;
+    } catch { return false; }
+  });
+}
+
+function hostUidOf(pid) {
+  return Number(/Uid:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))[1]);
+}
+
+test('forks run the source\'s processes with their memory, under their own identity',
+  async (t) => {
+    if (skipWithoutBase(t)) return;
+    const src = await Sandbox.create({ timeoutMs: 300_000 });
+    const forks = [];
+    let sid;
+    try {
+      await src.files.write('/home/user/mem-server.py', memServerPy);
+      await src.files.write('/home/user/mem-client.py', memClientPy);
+      await src.files.write('/home/user/mem-ask.py', memAskPy);
+      await src.files.write('/home/user/agent-ask.py', agentAskPy);
+      await src.files.write('/home/user/state.txt', 'at the snapshot');
+      await src.commands.run('setsid nohup python3 /home/user/mem-server.py ' +
+        '>/tmp/mem-server.out 2>&1 </dev/null &');
+      await new Promise((r) => setTimeout(r, 500));
+      await src.commands.run('setsid nohup python3 /home/user/mem-client.py ' +
+        '>/dev/null 2>&1 </dev/null &');
+      for (let i = 0; i < 3; i++) await memAsk(src, 'inc');
+      const before = await memAsk(src, 'get');
+      assert.equal(before.n, 3);
+      const srcBase = await hostUidBase(src, before.pid);
+      const srcToken = (await h.api('GET', `/sandboxes/${src.sandboxId}`)).json
+        .envdAccessToken;
+      assert.match(srcToken, /^[0-9a-f]{64}$/, 'a secure source');
+
+      const t0 = Date.now();
+      const made = await h.api('POST', `/sandboxes/${src.sandboxId}/snapshots`);
+      assert.equal(made.status, 201, made.text);
+      const snapMs = Date.now() - t0;
+      sid = made.json.snapshotID;
+      assert.ok(existsSync(join(snapDir(sid), 'checkpoint')), 'memory images kept');
+      for (let i = 0; i < 2; i++) {
+        const t1 = Date.now();
+        forks.push(await Sandbox.create(sid, { timeoutMs: 120_000 }));
+        t.diagnostic(`fork ${i} with memory: ${Date.now() - t1} ms (snapshot ${snapMs} ms)`);
+      }
+      const [a, b] = forks;
+
+      // Each fork: the same process with the same memory, at the snapshot.
+      for (const f of forks) {
+        const now = await memAsk(f, 'get');
+        assert.deepEqual(now, before, `${f.sandboxId}: the server's memory`);
+        assert.equal(await f.files.read('/home/user/state.txt'), 'at the snapshot');
+      }
+      // Counters go their own ways: the source's and each fork's.
+      await memAsk(a, 'inc');
+      await memAsk(a, 'inc');
+      await memAsk(b, 'inc');
+      await memAsk(src, 'inc');
+      assert.equal((await memAsk(a, 'get')).n, 5);
+      assert.equal((await memAsk(b, 'get')).n, 4);
+      const srcNow = await memAsk(src, 'get');
+      assert.equal(srcNow.n, 4);
+      assert.equal(srcNow.pid, before.pid);
+      assert.equal(srcNow.token, before.token);
+
+      // Identity: id, hostname, /etc/hosts, host id range, cgroups, token.
+      const bases = new Set([srcBase]);
+      for (const f of forks) {
+        assert.notEqual(f.sandboxId, src.sandboxId);
+        assert.equal((await f.commands.run('hostname')).stdout.trim(), f.sandboxId);
+        assert.match((await f.commands.run('cat /etc/hosts')).stdout,
+          new RegExp(`127\\.0\\.1\\.1\\s+${f.sandboxId}`));
+        const base = await hostUidBase(f, before.pid);
+        assert.ok(!bases.has(base), `${f.sandboxId}: its own host id range (${base})`);
+        bases.add(base);
+        const hostPids = hostPidsOf(f.sandboxId, before.pid);
+        assert.equal(hostPids.length, 1, 'the server is in the fork\'s own cgroup');
+        const uid = hostUidOf(hostPids[0]);
+        assert.ok(uid >= base && uid < base + 65536, `host uid ${uid} in ${base}+65536`);
+        assert.equal(hostPidsOf(src.sandboxId, before.pid).length, 1, 'source intact');
+
+        const token = (await h.api('GET', `/sandboxes/${f.sandboxId}`)).json.envdAccessToken;
+        assert.match(token, /^[0-9a-f]{64}$/);
+        assert.notEqual(token, srcToken);
+        const asks = async (tok) =>
+          (await f.commands.run(`python3 /home/user/agent-ask.py ${tok}`)).stdout.trim();
+        assert.equal(await asks(token), '200', 'the fork\'s token works');
+        assert.equal(await asks(srcToken), '401', 'the source\'s does not');
+      }
+      assert.equal(await src.commands.run('hostname').then((r) => r.stdout.trim()),
+        src.sandboxId);
+
+      // The client's connection came back closed in the forks (its peer
+      // there was the source's), and goes on in the source.
+      for (const f of forks) {
+        let log = '';
+        for (let i = 0; i < 50 && !log.includes('BROKEN'); i++) {
+          log = await f.files.read('/tmp/mem-client.log');
+          await new Promise((r) => setTimeout(r, 100));
+        }
+        assert.match(log, /BROKEN/, `${f.sandboxId}: the client's connection closed`);
+      }
+      const srcLog = await src.files.read('/tmp/mem-client.log');
+      assert.doesNotMatch(srcLog, /BROKEN/);
+      assert.match(srcLog.trim().split('\n').at(-1), /n=4 /, 'the source\'s client goes on');
+
+      // The source's next pause (another snapshot) leaves the forks alone.
+      const again = await h.api('POST', `/sandboxes/${src.sandboxId}/snapshots`);
+      assert.equal(again.status, 201, again.text);
+      await h.api('DELETE', `/snapshots/${again.json.snapshotID}`);
+      assert.equal((await memAsk(a, 'get')).n, 5);
+      assert.equal((await memAsk(b, 'get')).n, 4);
+
+      // A fork of a fork: its agent took the first fork's init secret and
+      // token, which the second fork's start must show.
+      const ofA = await h.api('POST', `/sandboxes/${a.sandboxId}/snapshots`);
+      assert.equal(ofA.status, 201, ofA.text);
+      const c = await Sandbox.create(ofA.json.snapshotID, { timeoutMs: 60_000 });
+      forks.push(c);
+      await h.api('DELETE', `/snapshots/${ofA.json.snapshotID}`);
+      assert.deepEqual(await memAsk(c, 'get'), { ...before, n: 5 });
+      assert.equal((await c.commands.run('hostname')).stdout.trim(), c.sandboxId);
+      assert.ok(!bases.has(await hostUidBase(c, before.pid)), 'its own host id range');
+    } finally {
+      for (const f of forks) await f.kill().catch(() => {});
+      if (sid) await h.api('DELETE', `/snapshots/${sid}`);
+      await src.kill();
     }
   });

@@ -176,9 +176,13 @@ static void rfc3339_now(char out[64])
  * The token goes here rather than on the command line because argv of the
  * sandbox's init is readable by every process inside it.
  */
-static int init_body(const struct store_sandbox *sb, const struct lc_template *tpl,
+static void init_secret_of(struct lc_rt *l, const char *id, char out[TOKEN_HEX]);
+
+static int init_body(struct lc_rt *l, const struct store_sandbox *sb,
+		     const struct lc_template *tpl, const struct lcrt_fork_from *from,
 		     char **out, struct herr *err)
 {
+	char secret[TOKEN_HEX];
 	json_t *env = json_deep_copy(tpl->env);
 	json_t *extra = json_loads(sb->env, 0, NULL);
 	json_t *body;
@@ -193,6 +197,9 @@ static int init_body(const struct store_sandbox *sb, const struct lc_template *t
 		   : NULL;
 	if (body && *sb->access_token)
 		json_object_set_new(body, "accessToken", json_string(sb->access_token));
+	init_secret_of(l, sb->id, secret);
+	if (body && from && *secret)
+		json_object_set_new(body, "initSecret", json_string(secret));
 	*out = body ? json_dumps(body, JSON_COMPACT) : NULL;
 	json_decref(body);
 	return *out ? 0 : herr_set(err, -ENOMEM, "out of memory");
@@ -227,17 +234,18 @@ static long ms_since(const struct timespec *t0)
  * socket rt_dial already connected cannot be used: curl 7.88 connects again.)
  */
 static int agent_init(struct lc_rt *l, const struct store_sandbox *sb,
-		      const struct lc_template *tpl, long budget_ms, struct herr *err)
+		      const struct lc_template *tpl, long budget_ms,
+		      const struct lcrt_fork_from *from, struct herr *err)
 {
 	_cleanup_free_ char *body = NULL;
 	_cleanup_close_ int fd = -1;
 	struct curl_slist *hdr = NULL;
-	char secret[TOKEN_HEX], line[TOKEN_HEX + 32];
+	char secret[TOKEN_HEX], line[320];
 	struct hbuf answer;
 	long status = 0;
 	CURLcode cc;
 	CURL *c;
-	int rc = init_body(sb, tpl, &body, err);
+	int rc = init_body(l, sb, tpl, from, &body, err);
 
 	if (rc < 0)
 		return rc;
@@ -248,9 +256,15 @@ static int agent_init(struct lc_rt *l, const struct store_sandbox *sb,
 	if (!c)
 		return herr_set(err, -ENOMEM, "curl_easy_init failed");
 	hdr = curl_slist_append(hdr, "Content-Type: application/json");
-	init_secret_of(l, sb->id, secret);
+	/* A fork's agent is the source's: it still wants the source's secret
+	 * and token, and takes the fork's from this body. */
+	init_secret_of(l, from ? from->source_id : sb->id, secret);
 	if (*secret) {
 		snprintf(line, sizeof(line), "X-Hutch-Init-Secret: %s", secret);
+		hdr = curl_slist_append(hdr, line);
+	}
+	if (from && *from->source_token) {
+		snprintf(line, sizeof(line), "X-Access-Token: %s", from->source_token);
 		hdr = curl_slist_append(hdr, line);
 	}
 	curl_easy_setopt(c, CURLOPT_URL, "http://127.0.0.1:49983/init");
@@ -321,10 +335,11 @@ static void agent_argv(struct lc_rt *l, const struct lc_template *tpl,
 	argv[n] = NULL;
 }
 
-/* The runtime create and the wait for the agent to listen; no /init yet. */
+/* The runtime create and, when asked, the wait for the agent to listen; no
+ * /init yet. */
 static int boot(struct lc_rt *l, const char *id, const struct lc_template *tpl,
 		const struct rt_limits *limits, const char *network, bool reuse_upper,
-		long *ms, struct herr *err)
+		bool wait_agent, long *ms, struct herr *err)
 {
 	char secret[TOKEN_HEX], secret_var[TOKEN_HEX + 32];
 	/* The secret goes in the environment, not argv: argv of the sandbox's
@@ -361,6 +376,8 @@ static int boot(struct lc_rt *l, const char *id, const struct lc_template *tpl,
 	if (rc < 0)
 		return herr_wrap(err, "starting the sandbox");
 	ms[0] = ms_since(&t0);
+	if (!wait_agent)
+		return 0;
 	rc = rt_wait_port(l->rt, id, AGENT_PORT, l->cfg.agent_ready_ms, err);
 	if (rc < 0)
 		return explain_not_ready(l, id, rc, err);
@@ -384,13 +401,13 @@ static int start(struct lc_rt *l, const struct store_sandbox *sb,
 	int rc;
 
 	limits_of(sb, &limits);
-	rc = boot(l, sb->id, tpl, &limits, sb->network, reuse_upper, ms, err);
+	rc = boot(l, sb->id, tpl, &limits, sb->network, reuse_upper, true, ms, err);
 	if (rc < 0)
 		return rc;
 	/* One budget for the agent to listen and answer /init. */
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	left = (long)l->cfg.agent_ready_ms - ms[1];
-	rc = agent_init(l, sb, tpl, left, err);
+	rc = agent_init(l, sb, tpl, left, NULL, err);
 	if (rc < 0 && rc != -ETIMEDOUT)
 		return explain_not_ready(l, sb->id, rc, err);
 	/* A built template's start command; ready only once its ready command is. */
@@ -420,7 +437,7 @@ int lcrt_prestart(struct lc_rt *l, const char *id, const struct lc_template *tpl
 	long ms[2];
 
 	/* The default egress policy: the create's own is applied when taken. */
-	return boot(l, id, tpl, &limits, "{}", false, ms, err);
+	return boot(l, id, tpl, &limits, "{}", false, true, ms, err);
 }
 
 int lcrt_finish_warm(struct lc_rt *l, const struct store_sandbox *sb,
@@ -437,7 +454,7 @@ int lcrt_finish_warm(struct lc_rt *l, const struct store_sandbox *sb,
 		rc = lcrt_set_network(l, sb->id, net, err);
 	json_decref(net);
 	if (rc == 0)
-		rc = agent_init(l, sb, tpl, (long)l->cfg.agent_ready_ms, err);
+		rc = agent_init(l, sb, tpl, (long)l->cfg.agent_ready_ms, NULL, err);
 	if (rc < 0 && rc != -ETIMEDOUT)
 		return explain_not_ready(l, sb->id, rc, err);
 	if (rc == 0)
@@ -677,6 +694,60 @@ int lcrt_resume(struct lc_rt *l, const struct store_sandbox *sb,
 		return herr_set(err, -ENOENT, "sandbox %s has neither images nor a disk "
 				"to resume from", sb->id);
 	}
+}
+
+/*
+ * The fork's own sandbox first, made as a create on its copy of the disk
+ * makes it (slot and id range, netns and address, cgroups and limits, its
+ * /etc/hostname and /etc/hosts); the runtime then ends what that start ran
+ * and restores the snapshot's processes in their place (rt_restore with a
+ * fork source). Last the agent, the source's, takes the fork's identity.
+ */
+int lcrt_fork(struct lc_rt *l, const struct store_sandbox *sb,
+	      const struct lc_template *tpl, const struct lcrt_fork_from *from,
+	      struct herr *err)
+{
+	const char *layers[1] = { tpl->rootfs };
+	struct rt_fork_source src = { .images = from->images, .hostname = from->source_id };
+	struct rt_restore_spec spec = {
+		.layers = tpl->n_layers ? (const char *const *)tpl->layers : layers,
+		.n_layers = tpl->n_layers ? tpl->n_layers : 1,
+		.agent_dir = l->cfg.agent_dir, .fork = &src,
+	};
+	struct rt_ckpt_opts opts = { .criu = l->cfg.criu };
+	struct rt_ckpt_stats stats = { 0 };
+	struct rt_limits limits;
+	struct timespec t0;
+	long ms[2] = { 0, 0 };
+	int rc;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	limits_of(sb, &limits);
+	rc = boot(l, sb->id, tpl, &limits, sb->network, true, false, ms, err);
+	if (rc == 0 && (rc = rt_restore(l->rt, sb->id, &spec, &opts, &stats, err)) < 0)
+		herr_wrap(err, "restoring the snapshot's processes");
+	if (rc == 0 && (rc = rt_wait_port(l->rt, sb->id, AGENT_PORT, l->cfg.agent_ready_ms,
+					  err)) < 0)
+		rc = explain_not_ready(l, sb->id, rc, err);
+	if (rc == 0 && (rc = agent_init(l, sb, tpl, (long)l->cfg.agent_ready_ms, from,
+					err)) < 0)
+		herr_wrap(err, "handing the fork its identity");
+	if (rc == 0)
+		log_info("lifecycle", sb->id, "forked from %s with memory in %ld ms (start %ld, "
+			 "criu %llu, images %llu bytes)", from->source_id, ms_since(&t0),
+			 ms[0], (unsigned long long)stats.criu_ms,
+			 (unsigned long long)stats.image_bytes);
+	return rc;
+}
+
+int lcrt_copy_images(struct lc_rt *l, const char *id, const char *dir, int64_t *bytes,
+		     struct herr *err)
+{
+	uint64_t n = 0;
+	int rc = rt_checkpoint_copy(l->rt, id, dir, &n, err);
+
+	*bytes = (int64_t)n;
+	return rc;
 }
 
 int lcrt_remove_paused(struct lc_rt *l, const char *id, struct herr *err)

@@ -98,6 +98,19 @@ int lcrt_resume(struct lc_rt *rt, const struct store_sandbox *sb,
 	return herr_set(err, -ENOSYS, "no sandbox runtime on this node");
 }
 
+int lcrt_fork(struct lc_rt *rt, const struct store_sandbox *sb,
+	      const struct lc_template *tpl, const struct lcrt_fork_from *from,
+	      struct herr *err)
+{
+	return herr_set(err, -ENOSYS, "no sandbox runtime on this node");
+}
+
+int lcrt_copy_images(struct lc_rt *rt, const char *id, const char *dir, int64_t *bytes,
+		     struct herr *err)
+{
+	return herr_set(err, -ENOSYS, "no sandbox runtime on this node");
+}
+
 int lcrt_remove_paused(struct lc_rt *rt, const char *id, struct herr *err)
 {
 	return herr_set(err, -ENOENT, "no sandbox runtime on this node");

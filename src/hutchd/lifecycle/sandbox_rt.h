@@ -61,6 +61,24 @@ int lcrt_release_keep_disk(struct lc_rt *rt, const char *id, struct herr *err);
  * processes too when it was paused with them and keep_memory is true. */
 int lcrt_resume(struct lc_rt *rt, const struct store_sandbox *sb,
 		const struct lc_template *tpl, bool keep_memory, struct herr *err);
+/*
+ * A fork with memory: a new sandbox (the row's id, tokens, limits and
+ * network) whose disk is already in place, running the processes of a
+ * snapshot's images. Its agent, the source's, is given the fork's token,
+ * env and init secret through /init, which it takes only with the source's.
+ */
+struct lcrt_fork_from {
+	const char *images;        /* the snapshot's memory images */
+	const char *source_id;     /* the sandbox they were taken from */
+	const char *source_token;  /* its agent's access token then; "" when none */
+};
+int lcrt_fork(struct lc_rt *rt, const struct store_sandbox *sb,
+	      const struct lc_template *tpl, const struct lcrt_fork_from *from,
+	      struct herr *err);
+/* Copies a sandbox's memory images (it is paused) into dir, made here;
+ * durable when this returns. */
+int lcrt_copy_images(struct lc_rt *rt, const char *id, const char *dir, int64_t *bytes,
+		     struct herr *err);
 /* Recovery: ends a sandbox's processes keeping everything else (rt_stop),
  * or thaws processes a CRIU run left frozen. */
 void lcrt_stop(struct lc_rt *rt, const char *id);

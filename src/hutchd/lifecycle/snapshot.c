@@ -41,6 +41,9 @@
 #include "sandbox_rt.h"
 
 #define DETACH_WAIT_MS 5000 /* how long a just-ended sandbox's disk may stay attached */
+#define SNAP_IMAGES "checkpoint"  /* the source's memory images, when it had them */
+#define SNAP_TOKEN "agent-token"  /* the access token its agent held then */
+#define SNAP_TOKEN_MAX 128
 #define COPY_CHUNK (64u << 20)
 
 /* ---- paths ---- */
@@ -72,14 +75,37 @@ static int fsync_path(const char *path, struct herr *err)
 	return 0;
 }
 
-/* Removes a snapshot folder: only the one file we put there, then the folder. */
+static void unlink_logged(int dirfd, const char *dir, const char *name, int flags)
+{
+	if (unlinkat(dirfd, name, flags) < 0 && errno != ENOENT)
+		log_warn("lifecycle", NULL, "removing %s/%s: %s", dir, name, strerror(errno));
+}
+
+/* The memory images: files only (CRIU's are flat), never through a link. */
+static void remove_images(int top, const char *dir)
+{
+	int fd = openat(top, SNAP_IMAGES, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	_cleanup_closedir_ DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+	struct dirent *e;
+
+	if (fd >= 0 && !d)
+		close(fd);
+	while (d && (e = readdir(d)))
+		if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
+			unlink_logged(dirfd(d), dir, e->d_name, 0);
+	unlink_logged(top, dir, SNAP_IMAGES, AT_REMOVEDIR);
+}
+
+/* Removes a snapshot folder: only the files we put there, then the folder. */
 static void remove_snapshot_dir(const char *dir)
 {
-	char path[PATH_MAX + 16];
+	_cleanup_close_ int top = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 
-	snprintf(path, sizeof(path), "%s/disk.img", dir);
-	if (unlink(path) < 0 && errno != ENOENT)
-		log_warn("lifecycle", NULL, "removing %s: %s", path, strerror(errno));
+	if (top >= 0) {
+		unlink_logged(top, dir, "disk.img", 0);
+		unlink_logged(top, dir, SNAP_TOKEN, 0);
+		remove_images(top, dir);
+	}
 	if (rmdir(dir) < 0 && errno != ENOENT)
 		log_warn("lifecycle", NULL, "removing %s: %s", dir, strerror(errno));
 }
@@ -231,10 +257,37 @@ static char *config_of(const struct store_sandbox *sb)
 	return text;
 }
 
-/* Copies the source's disk into <sid>.tmp, then renames it to <sid>. */
-static int write_files(struct lifecycle *lc, const char *id, const char *sid,
-		       int64_t *bytes, struct herr *err)
+/*
+ * The source's memory images (it is paused with them), and the access token
+ * its agent holds in that memory: a fork's first /init must show it. The
+ * token is in the images anyway; the file is 0600 in a 0700 folder.
+ */
+static int write_memory(struct lifecycle *lc, const struct store_sandbox *sb,
+			const char *tmp, int64_t *bytes, struct herr *err)
 {
+	char dir[PATH_MAX + 16], path[PATH_MAX + 16];
+	int64_t n = 0;
+	int rc;
+
+	snprintf(dir, sizeof(dir), "%s/%s", tmp, SNAP_IMAGES);
+	snprintf(path, sizeof(path), "%s/%s", tmp, SNAP_TOKEN);
+	rc = lcrt_copy_images(lc->rt, sb->id, dir, &n, err);
+	if (rc < 0)
+		return herr_wrap(err, "copying the memory images of %s", sb->id);
+	*bytes += n;
+	_cleanup_close_ int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC |
+				      O_NOFOLLOW, 0600);
+	size_t len = strlen(sb->access_token);
+	if (fd < 0 || write(fd, sb->access_token, len) != (ssize_t)len || fsync(fd) < 0)
+		return herr_sys(err, -errno, "writing %s", path);
+	return 0;
+}
+
+/* Copies the source's disk (and memory) into <sid>.tmp, then renames it to <sid>. */
+static int write_files(struct lifecycle *lc, const struct store_sandbox *sb,
+		       const char *sid, int64_t *bytes, struct herr *err)
+{
+	const char *id = sb->id;
 	char top[PATH_MAX], tmp[PATH_MAX], final[PATH_MAX], src[PATH_MAX];
 	char img[PATH_MAX + 16];
 	int rc;
@@ -250,6 +303,8 @@ static int write_files(struct lifecycle *lc, const char *id, const char *sid,
 	if (rc < 0)
 		return rc;
 	rc = copy_image(src, img, bytes, err);
+	if (rc == 0 && lcrt_paused_kind(lc->rt, id) == LCRT_PAUSED_MEMORY)
+		rc = write_memory(lc, sb, tmp, bytes, err);
 	if (rc == 0)
 		rc = fsync_path(tmp, err);
 	if (rc == 0 && rename(tmp, final) < 0)
@@ -375,7 +430,7 @@ static int take_locked(struct lifecycle *lc, const struct store_sandbox *sb,
 		rc = stop_source(lc, sb, err);
 	if (rc < 0)
 		return rc;
-	rc = write_files(lc, sb->id, sid, &bytes, err);
+	rc = write_files(lc, sb, sid, &bytes, err);
 	if (rc == 0)
 		rc = record(lc, sb, sid, name, bytes, out, err);
 	if (rc < 0) {
@@ -511,6 +566,53 @@ static int place_disk(struct lifecycle *lc, const struct store_snapshot *snap,
 	return rc;
 }
 
+/* The token file of a snapshot with memory: hex, as sandboxes' tokens are. */
+static int read_token(const char *dir, char out[SNAP_TOKEN_MAX + 2], struct herr *err)
+{
+	char path[PATH_MAX + 16];
+
+	snprintf(path, sizeof(path), "%s/%s", dir, SNAP_TOKEN);
+	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	ssize_t n = fd >= 0 ? read(fd, out, SNAP_TOKEN_MAX + 1) : -1;
+
+	if (n < 0)
+		return herr_sys(err, -errno, "reading %s", path);
+	out[n] = '\0';
+	if (n > SNAP_TOKEN_MAX || strspn(out, "0123456789abcdef") != (size_t)n)
+		return herr_set(err, -EINVAL, "%s: not an access token", path);
+	return 0;
+}
+
+/*
+ * With memory images the fork runs the source's processes as they were at
+ * the snapshot (lcrt_fork). Without (the source was paused without memory
+ * when it was taken) the runtime starts the sandbox afresh on the disk,
+ * agent and start command included, as for a resume after a memory-less
+ * pause; the event and the log say so.
+ */
+static int start_on_disk(struct lifecycle *lc, const struct store_snapshot *snap,
+			 struct store_sandbox *sb, const struct lc_template *tpl,
+			 struct herr *err)
+{
+	char dir[PATH_MAX], images[PATH_MAX + 16], token[SNAP_TOKEN_MAX + 2];
+	struct lcrt_fork_from from = { .images = images, .source_id = snap->sandbox_id,
+				       .source_token = token };
+	struct stat st;
+	int rc;
+
+	snapshot_dir(lc, snap->id, "", dir);
+	snprintf(images, sizeof(images), "%s/%s", dir, SNAP_IMAGES);
+	if (lstat(images, &st) < 0 || !S_ISDIR(st.st_mode)) {
+		log_warn("lifecycle", sb->id, "snapshot %s has no memory images (its source "
+			 "was paused without memory): the fork starts afresh on its disk",
+			 snap->id);
+		lc_event(lc, sb->id, "fork without memory", snap->id);
+		return lcrt_resume(lc->rt, sb, tpl, true, err);
+	}
+	rc = read_token(dir, token, err);
+	return rc < 0 ? rc : lcrt_fork(lc->rt, sb, tpl, &from, err);
+}
+
 static int start_fork(struct lifecycle *lc, const struct store_snapshot *snap,
 		      struct store_sandbox *sb, struct herr *err)
 {
@@ -523,11 +625,8 @@ static int start_fork(struct lifecycle *lc, const struct store_snapshot *snap,
 	if (rc == -ENOENT)
 		rc = herr_set(err, -EIO, "template '%s' of the snapshot is gone",
 			      sb->template_id);
-	/* A kept disk and no images: the runtime starts the sandbox afresh on
-	 * that disk (reuse of the writable layer), agent and start command
-	 * included, exactly as for a resume after a memory-less pause. */
 	if (rc == 0)
-		rc = lcrt_resume(lc->rt, sb, &tpl, true, err);
+		rc = start_on_disk(lc, snap, sb, &tpl, err);
 	tpl_clear(&tpl);
 	if (rc < 0)
 		return rc;

@@ -63,6 +63,7 @@
 #include <unistd.h>
 
 #include "cleanup.h"
+#include "criu_images.h"
 #include "log.h"
 #include "rt_checkpoint.h"
 #include "rt_internal.h"
@@ -360,6 +361,71 @@ static bool dir_exists(const char *path)
 	struct stat st;
 
 	return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/* Copies one regular file in the kernel; dst is new (O_EXCL). */
+static int copy_file(const char *src, const char *dst, bool durable, uint64_t *bytes,
+		     struct herr *err)
+{
+	_cleanup_close_ int in = open(src, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	_cleanup_close_ int out = -1;
+	struct stat st;
+	off_t left;
+
+	if (in < 0 || fstat(in, &st) < 0)
+		return herr_sys(err, -errno, "open %s", src);
+	if (!S_ISREG(st.st_mode))
+		return herr_set(err, -EINVAL, "%s is not a regular file", src);
+	out = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (out < 0)
+		return herr_sys(err, -errno, "create %s", dst);
+	for (left = st.st_size; left > 0;) {
+		ssize_t n = copy_file_range(in, NULL, out, NULL, (size_t)left, 0);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return herr_sys(err, -errno, "copying %s to %s", src, dst);
+		if (n == 0)
+			return herr_set(err, -EIO, "%s shrank while being copied", src);
+		left -= n;
+	}
+	if (durable && fsync(out) < 0)
+		return herr_sys(err, -errno, "fsync %s", dst);
+	*bytes += (uint64_t)st.st_size;
+	return 0;
+}
+
+/*
+ * Copies the regular files of an image folder into dst (made here, 0700).
+ * Images are flat: CRIU writes no subfolders, and anything that is not a
+ * regular file (a link someone put there) is refused rather than followed.
+ * durable: every file, then the folder, fsynced.
+ */
+static int copy_images(const char *src, const char *dst, bool durable, uint64_t *bytes,
+		       struct herr *err)
+{
+	_cleanup_closedir_ DIR *d = opendir(src);
+	struct dirent *e;
+	char from[4096], to[4096];
+	int r = 0;
+
+	*bytes = 0;
+	if (!d)
+		return herr_sys(err, -errno, "opendir %s", src);
+	if (mkdir(dst, 0700) < 0)
+		return herr_sys(err, -errno, "mkdir %s", dst);
+	while (r == 0 && (e = readdir(d))) {
+		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+			continue;
+		snprintf(from, sizeof(from), "%.3800s/%.255s", src, e->d_name);
+		snprintf(to, sizeof(to), "%.3800s/%.255s", dst, e->d_name);
+		r = copy_file(from, to, durable, bytes, err);
+	}
+	if (r == 0 && durable && (r = fsync_path(dst, O_DIRECTORY)) < 0)
+		herr_sys(err, r, "fsync %s", dst);
+	if (r < 0)
+		remove_tree(dst);
+	return r;
 }
 
 /* Appends the last lines of a CRIU log to err's message: the cause is there. */
@@ -1479,6 +1545,32 @@ static int build_restore_mounts(struct restore_ctx *c, const char *scratch, stru
 	return attach_tree(sys, path, err);
 }
 
+/*
+ * A fork's processes go into the fork's own cgroups. The images name the
+ * source's (CRIU records the full host path of each task's cgroup, the
+ * cgroup namespace root included), so each hierarchy the runtime makes a
+ * sandbox cgroup in is re-rooted at the fork's; the others are left as a
+ * resume leaves them (the tasks sit where every sandbox's do). Connections
+ * are restored closed: their peers belong to the source, and the fork's
+ * netns has another address. So there is nothing to lock either.
+ */
+static void fork_args(struct restore_ctx *c, struct argv_buf *a)
+{
+	/* CRIU names the cgroup2 hierarchy "" (its empty controller list). */
+	static const char *const hybrid[] = { "memory", "pids", "cpu", "cpuacct", "" };
+	static const char *const legacy[] = { "memory", "pids", "cpu", "cpuacct", "freezer" };
+	const char *const *ctrls = c->rt->cg_mode == RT_CG_LEGACY ? legacy : hybrid;
+	size_t n = c->rt->cg_mode == RT_CG_UNIFIED ? 1 : sizeof(hybrid) / sizeof(hybrid[0]);
+	const char *cg = c->rt->cg_name, *id = c->s->id;
+
+	arg_add(a, "--tcp-close");
+	arg_add(a, "--network-lock=skip");
+	if (c->rt->cg_mode == RT_CG_UNIFIED)
+		ctrls = hybrid + 4;
+	for (size_t i = 0; i < n; i++)
+		arg_add(a, "--cgroup-root=%s:/%s/%s", ctrls[i], cg, id);
+}
+
 static void restore_args(struct restore_ctx *c, const char *scratch, struct argv_buf *a)
 {
 	const int first_inherit = 4; /* the netns, then the external files */
@@ -1489,8 +1581,10 @@ static void restore_args(struct restore_ctx *c, const char *scratch, struct argv
 	arg_add(a, "--root=%s/root", scratch);
 	arg_add(a, "--restore-detached");
 	arg_add(a, "--pidfile=%s", c->pidfile);
-	arg_add(a, "--tcp-established");
-	arg_add(a, "--network-lock=nftables");
+	if (!c->spec->fork) {
+		arg_add(a, "--tcp-established");
+		arg_add(a, "--network-lock=nftables");
+	}
 	for (size_t i = 0; i < N_EXT_MOUNTS; i++) {
 		const char *m = ext_mounts[i].mountpoint;
 		if (!strcmp(m, RT_AGENT_MOUNT))
@@ -1502,6 +1596,8 @@ static void restore_args(struct restore_ctx *c, const char *scratch, struct argv
 	}
 	for (int i = 0; i < c->n_files; i++)
 		arg_add(a, "--inherit-fd=fd[%d]:%s", first_inherit + 1 + i, c->files[i].key);
+	if (c->spec->fork)
+		fork_args(c, a);
 	arg_add(a, "--log-file=restore.log");
 	arg_add(a, "%s", c->opts && c->opts->verbose_log ? "-v4" : "-v2");
 }
@@ -1921,120 +2017,198 @@ static void adopt_restored(struct rt *rt, struct rt_sandbox *s, pid_t keeper, pi
 	pthread_mutex_unlock(&rt->lock);
 }
 
+static void restore_ctx_release(struct restore_ctx *c)
+{
+	for (int i = 0; i < MAX_EXT_FILES; i++)
+		if (c->file_fds[i] >= 0)
+			close(c->file_fds[i]);
+	if (c->out_r >= 0)
+		close(c->out_r);
+	if (c->log_fd >= 0)
+		close(c->log_fd);
+}
+
+/* The sandbox can take its images back: stopped, empty, its netns held. */
+static int restore_check(struct rt *rt, struct rt_sandbox *s, const char *fin,
+			 struct herr *err)
+{
+	if (!dir_exists(fin))
+		return herr_set(err, -ENOENT, "sandbox '%s' has no checkpoint", s->id);
+	if (s->state != RT_STATE_STOPPED || cgroup_has_tasks(rt, s->id))
+		return herr_set(err, -EBUSY, "sandbox '%s' is running", s->id);
+	if (s->net.fd < 0)
+		s->net.fd = netns_from_pin(rt, s->id);
+	if (s->net.fd < 0)
+		return herr_set(err, -ENOTSUP, "sandbox '%s': the network namespace it was "
+				"paused in is gone; its images are kept, and resuming with "
+				"memory false (onResume 'reboot') starts it afresh on its disk",
+				s->id);
+	return 0;
+}
+
+/*
+ * A fork's own processes (its fresh start) end and the snapshot's images
+ * become its own: copied, then given the fork's id range and hostname (see
+ * criu_images.c). The copy is not made durable: a fork that does not finish
+ * is removed whole, images included.
+ */
+static int fork_take_images(struct rt *rt, struct rt_sandbox *s,
+			    const struct rt_fork_source *from, struct herr *err)
+{
+	char tmp[4096], fin[4096];
+	uint64_t bytes;
+	int r;
+
+	if (s->state == RT_STATE_RUNNING || s->state == RT_STATE_STARTING)
+		end_paused_processes(rt, s);
+	if (!cgroup_wait_empty(rt, s->id, 5000))
+		return herr_set(err, -EBUSY, "sandbox '%s': the processes of its start do "
+				"not end", s->id);
+	sbx_path(rt, s->id, CKPT_TMP, tmp, sizeof(tmp));
+	sbx_path(rt, s->id, CKPT_FINAL, fin, sizeof(fin));
+	if (dir_exists(fin))
+		return herr_set(err, -EEXIST, "%s exists: sandbox '%s' has images", fin, s->id);
+	remove_tree(tmp);
+	if ((r = copy_images(from->images, tmp, false, &bytes, err)) < 0)
+		return r;
+	r = rt_images_rekey(tmp, s->uid_base, from->hostname, s->id, err);
+	if (r == 0 && rename(tmp, fin) < 0)
+		r = herr_sys(err, -errno, "rename %s to %s", tmp, fin);
+	if (r < 0)
+		remove_tree(tmp);
+	return r;
+}
+
+/* CRIU failed: no half-restored task survives (a resume retried at once
+ * would find the sandbox "running"), and the images go back. */
+static void restore_undo(struct rt *rt, const char *id, const char *restoring,
+			 const char *fin, pid_t keeper, struct herr *err)
+{
+	char log[4200];
+
+	snprintf(log, sizeof(log), "%s/restore.log", restoring);
+	append_log_tail(err, log);
+	if (keeper > 0)
+		waitpid(keeper, NULL, 0);
+	rt_cg_kill(rt, id, 0);
+	rt_cg_freeze(rt, id, false, NULL);
+	if (!cgroup_wait_empty(rt, id, 5000))
+		log_warn("runtime", id, "tasks of the failed restore still exit");
+	rename(restoring, fin);
+	log_warn("runtime", id, "resume failed, images kept: %s", err ? err->msg : "");
+}
+
+/*
+ * Parts of CRIU's restore run inside the sandbox's user namespace and open
+ * images then: the images become the sandbox root's (host uid uid_base,
+ * whose memory it is) and readable, which exposes nothing: <data_dir>/
+ * sandboxes is 0700, so no other host user can reach them. From the rename
+ * on, a second resume finds no images: it cannot run twice.
+ */
+static int take_images(struct rt *rt, struct restore_ctx *c, const char *fin,
+		       const char *restoring, struct herr *err)
+{
+	char path[4096];
+	int r;
+
+	c->n_files = read_ext_files(fin, c->files, MAX_EXT_FILES, err);
+	if (c->n_files < 0)
+		return c->n_files;
+	if ((r = open_ext_files(rt, c, err)) < 0)
+		return r;
+	if (rename(fin, restoring) < 0)
+		return herr_sys(err, -errno, "rename %s to %s", fin, restoring);
+	if ((r = chown_tree(restoring, c->s->uid_base, err)) < 0) {
+		rename(restoring, fin);
+		return r;
+	}
+	c->dir = restoring;
+	snprintf(c->pidfile, sizeof(c->pidfile), "%s/%s.restored.pid", rt->run_dir, c->s->id);
+	unlink(c->pidfile); /* CRIU kills the tree if the pidfile exists */
+	snprintf(path, sizeof(path), "%s/%s/exit", rt->run_dir, c->s->id);
+	unlink(path);
+	return 0;
+}
+
+static int restore_locked(struct rt *rt, struct rt_sandbox *s,
+			  const struct rt_restore_spec *spec, const struct rt_ckpt_opts *opts,
+			  struct rt_ckpt_stats *stats, struct herr *err)
+{
+	_cleanup_(restore_ctx_release) struct restore_ctx c = {
+		.rt = rt, .s = s, .spec = spec, .opts = opts,
+		.out_r = -1, .log_fd = -1, .lock_fd = -1,
+	};
+	struct rt_ckpt_stats st = { 0 };
+	struct restore_report rep = { 0 };
+	uint64_t t0 = now_ms(), t1;
+	char fin[4096], restoring[4096];
+	pid_t keeper = -1;
+	int r;
+
+	for (int i = 0; i < MAX_EXT_FILES; i++)
+		c.file_fds[i] = -1;
+	_cleanup_close_ int lock = lock_sandbox(rt, s->id, err);
+	if (lock < 0)
+		return lock;
+	c.lock_fd = lock;
+	if (spec->fork && (r = fork_take_images(rt, s, spec->fork, err)) < 0)
+		return r;
+	if ((r = recover_resume(rt, s->id, err)) < 0)
+		return r;
+	sbx_path(rt, s->id, CKPT_FINAL, fin, sizeof(fin));
+	sbx_path(rt, s->id, CKPT_RESTORING, restoring, sizeof(restoring));
+	if ((r = restore_check(rt, s, fin, err)) < 0 ||
+	    (r = take_images(rt, &c, fin, restoring, err)) < 0)
+		return r;
+
+	t1 = now_ms();
+	r = spawn_restore(rt, &c, &keeper, &rep, err);
+	st.criu_ms = now_ms() - t1;
+	unlink(c.pidfile);
+	scratch_remove(rt, s->id);
+	if (r < 0) {
+		restore_undo(rt, s->id, restoring, fin, keeper, err);
+		return r;
+	}
+	adopt_restored(rt, s, keeper, rep.init_pid);
+	netns_unpin(rt, s->id);
+	st.image_bytes = dir_bytes(restoring);
+	remove_tree(restoring);
+	st.total_ms = now_ms() - t0;
+	log_info("runtime", s->id, "%s pid=%d criu_ms=%llu total_ms=%llu tcp_repaired=%d",
+		 spec->fork ? "forked" : "resumed", rep.init_pid,
+		 (unsigned long long)st.criu_ms, (unsigned long long)st.total_ms, rep.repaired);
+	if (stats)
+		*stats = st;
+	return 0;
+}
+
 int rt_restore(struct rt *rt, const char *id, const struct rt_restore_spec *spec,
 	       const struct rt_ckpt_opts *opts, struct rt_ckpt_stats *stats,
 	       struct herr *err)
 {
-	struct rt_ckpt_stats st = { 0 };
-	uint64_t t0 = now_ms();
-	char fin[4096], restoring[4096], path[4096];
-	struct restore_report rep = { 0 };
-	struct restore_ctx c = { .rt = rt, .spec = spec, .opts = opts };
-	pid_t keeper = -1;
-	int r;
-
 	if (!spec || !spec->n_layers || spec->n_layers > RT_MAX_LAYERS || !spec->agent_dir)
 		return herr_set(err, -EINVAL, "restore spec: layers (1-%d) and agent_dir needed",
 				RT_MAX_LAYERS);
+	if (spec->fork && (!spec->fork->images || !spec->fork->hostname))
+		return herr_set(err, -EINVAL, "restore spec: a fork needs images and hostname");
 	struct rt_sandbox *s = sandbox_lock(rt, id, err);
 	if (!s)
 		return -ENOENT;
-	c.s = s;
-	c.out_r = c.log_fd = c.lock_fd = -1;
-	for (int i = 0; i < MAX_EXT_FILES; i++)
-		c.file_fds[i] = -1;
-	_cleanup_close_ int lock = lock_sandbox(rt, id, err);
-	if (lock < 0) {
-		r = lock;
-		goto out;
-	}
-	c.lock_fd = lock;
-	if ((r = recover_resume(rt, id, err)) < 0)
-		goto out;
-	sbx_path(rt, id, CKPT_FINAL, fin, sizeof(fin));
-	sbx_path(rt, id, CKPT_RESTORING, restoring, sizeof(restoring));
-	if (!dir_exists(fin)) {
-		r = herr_set(err, -ENOENT, "sandbox '%s' has no checkpoint", id);
-		goto out;
-	}
-	if (s->state != RT_STATE_STOPPED || cgroup_has_tasks(rt, id)) {
-		r = herr_set(err, -EBUSY, "sandbox '%s' is running", id);
-		goto out;
-	}
-	if (s->net.fd < 0)
-		s->net.fd = netns_from_pin(rt, id);
-	if (s->net.fd < 0) {
-		r = herr_set(err, -ENOTSUP, "sandbox '%s': the network namespace it was "
-			     "paused in is gone; its images are kept, and resuming with "
-			     "memory false (onResume 'reboot') starts it afresh on its disk",
-			     id);
-		goto out;
-	}
-	c.n_files = read_ext_files(fin, c.files, MAX_EXT_FILES, err);
-	if (c.n_files < 0 || (r = open_ext_files(rt, &c, err)) < 0) {
-		r = c.n_files < 0 ? c.n_files : r;
-		goto out;
-	}
-	/* From here a second resume finds no images: it cannot run twice. */
-	if (rename(fin, restoring) < 0) {
-		r = herr_sys(err, -errno, "rename %s to %s", fin, restoring);
-		goto out;
-	}
-	/* Parts of CRIU's restore run inside the sandbox's user namespace and
-	 * open images then: the images become the sandbox root's (host uid
-	 * uid_base, whose memory it is) and readable, which exposes nothing:
-	 * <data_dir>/sandboxes is 0700, so no other host user can reach them. */
-	if ((r = chown_tree(restoring, s->uid_base, err)) < 0) {
-		rename(restoring, fin);
-		goto out;
-	}
-	c.dir = restoring;
-	snprintf(c.pidfile, sizeof(c.pidfile), "%s/%s.restored.pid", rt->run_dir, id);
-	unlink(c.pidfile); /* CRIU kills the tree if the pidfile exists */
-	snprintf(path, sizeof(path), "%s/%s/exit", rt->run_dir, id);
-	unlink(path);
-
-	uint64_t t1 = now_ms();
-	r = spawn_restore(rt, &c, &keeper, &rep, err);
-	st.criu_ms = now_ms() - t1;
-	unlink(c.pidfile);
-	scratch_remove(rt, id);
-	if (r < 0) {
-		snprintf(path, sizeof(path), "%.3900s/restore.log", restoring);
-		append_log_tail(err, path);
-		if (keeper > 0)
-			waitpid(keeper, NULL, 0);
-		/* A half-restored tree must not survive; the images are kept.
-		 * Its tasks are gone before this returns: a resume retried at
-		 * once would otherwise find the sandbox "running". */
-		rt_cg_kill(rt, id, 0);
-		rt_cg_freeze(rt, id, false, NULL);
-		if (!cgroup_wait_empty(rt, id, 5000))
-			log_warn("runtime", id, "tasks of the failed restore still exit");
-		rename(restoring, fin);
-		log_warn("runtime", id, "resume failed, images kept: %s", err ? err->msg : "");
-		goto out;
-	}
-	adopt_restored(rt, s, keeper, rep.init_pid);
-	netns_unpin(rt, id);
-	st.image_bytes = dir_bytes(restoring);
-	remove_tree(restoring);
-	st.total_ms = now_ms() - t0;
-	log_info("runtime", id, "resumed pid=%d criu_ms=%llu total_ms=%llu tcp_repaired=%d",
-		 rep.init_pid, (unsigned long long)st.criu_ms, (unsigned long long)st.total_ms,
-		 rep.repaired);
-	if (stats)
-		*stats = st;
-out:
-	for (int i = 0; i < MAX_EXT_FILES; i++)
-		if (c.file_fds[i] >= 0)
-			close(c.file_fds[i]);
-	if (c.out_r >= 0)
-		close(c.out_r);
-	if (c.log_fd >= 0)
-		close(c.log_fd);
+	int r = restore_locked(rt, s, spec, opts, stats, err);
 	pthread_mutex_unlock(&s->lock);
 	return r;
+}
+
+int rt_checkpoint_copy(struct rt *rt, const char *id, const char *dir, uint64_t *bytes,
+		       struct herr *err)
+{
+	char fin[4096];
+
+	if (!rt_id_valid(id))
+		return herr_set(err, -EINVAL, "id: must be 1-%d of [A-Za-z0-9_-]", RT_ID_MAX);
+	sbx_path(rt, id, CKPT_FINAL, fin, sizeof(fin));
+	return copy_images(fin, dir, true, bytes, err);
 }
 
 /* ---------- after a hutchd crash ---------- */

@@ -38,12 +38,27 @@ struct rt_ckpt_opts {
 	bool verbose_log;      /* -v4 in the CRIU logs (slower); default -v2 */
 };
 
+/*
+ * A fork: the processes of another sandbox's images (a snapshot's), restored
+ * as this one. The sandbox must have been made with rt_create (its own slot,
+ * id range, netns, cgroups, disk: a copy of the source's); its processes are
+ * ended and the images copied in, with the user namespace's id map moved to
+ * this sandbox's range and the source's hostname replaced by this id. TCP
+ * connections come back closed (their peers are the source's); listeners
+ * come back.
+ */
+struct rt_fork_source {
+	const char *images;    /* the snapshot's image folder; read, never changed */
+	const char *hostname;  /* the source's hostname (its id), to be replaced */
+};
+
 /* What a resume needs that the images do not hold: the same template layers
  * and agent bundle the sandbox was created with (rt_spec's fields). */
 struct rt_restore_spec {
 	const char *const *layers;
 	size_t n_layers;
 	const char *agent_dir;
+	const struct rt_fork_source *fork; /* NULL: the sandbox's own images */
 };
 
 struct rt_ckpt_stats {
@@ -65,6 +80,11 @@ int rt_checkpoint(struct rt *rt, const char *id, const struct rt_ckpt_opts *opts
 int rt_restore(struct rt *rt, const char *id, const struct rt_restore_spec *spec,
 	       const struct rt_ckpt_opts *opts, struct rt_ckpt_stats *stats,
 	       struct herr *err);
+
+/* Copies a paused sandbox's images (regular files) into dir, which must not
+ * exist, and makes them durable; for a snapshot taken while it is paused. */
+int rt_checkpoint_copy(struct rt *rt, const char *id, const char *dir, uint64_t *bytes,
+		       struct herr *err);
 
 /* Finishes what a pause or resume of a hutchd that died left half done:
  * waits for its CRIU or restore keeper to end, adopts a restored tree, rolls
