@@ -682,3 +682,148 @@ test('a body cut short of its Content-Length is dropped without a hang', async (
     await agent.stop();
   }
 });
+
+test('WatchDir keepalives are {"keepalive":{}} and its deadline ends it', async () => {
+  const agent = await startAgent();
+  try {
+    const t0 = Date.now();
+    const res = await fetch(`${agent.url}/filesystem.Filesystem/WatchDir`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/connect+json', 'keepalive-ping-interval': '1',
+        'connect-timeout-ms': '2600' },
+      body: frame(JSON.stringify({ path: agent.home })),
+    });
+    const frames = framesOf(Buffer.from(await res.arrayBuffer()));
+    const took = Date.now() - t0;
+    assert.deepEqual(frames.map((f) => f.msg), [
+      { start: {} }, { keepalive: {} }, { keepalive: {} },
+      { error: { code: 'deadline_exceeded', message: 'the operation timed out' } },
+    ]);
+    assert.deepEqual(frames.map((f) => f.flags), [0, 0, 0, 2]);
+    assert.ok(took >= 2500 && took < 4500, `stream lasted ${took} ms`);
+  } finally {
+    await agent.stop();
+  }
+});
+
+const sleepMs = (ms) => new Promise((ok) => setTimeout(ok, ms));
+
+async function waitFor(cond, what, ms = 5000) {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    assert.ok(Date.now() < end, `timed out waiting for ${what}`);
+    await sleepMs(20);
+  }
+}
+
+// A live (not zombie) process with that pid and command name.
+function running(pid, comm) {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+    const state = stat.slice(stat.lastIndexOf(')') + 2)[0];
+    return name === comm && state !== 'Z';
+  } catch {
+    return false;
+  }
+}
+
+test('on SIGTERM the agent forwards it to its processes and kills the rest after 2 s',
+  async () => {
+    const agent = await startAgent();
+    let deafPid;
+    try {
+      useSdkEnv(agent);
+      const sbx = await Sandbox.connect('debug_sandbox_id');
+      const marker = join(agent.home, 'got-term');
+      const polite = await sbx.commands.run(
+        `trap 'echo term > ${marker}; exit 0' TERM; sleep 60 & wait`,
+        { background: true, timeoutMs: 0 });
+      const deaf = await sbx.commands.run("trap '' TERM; exec sleep 61",
+        { background: true, timeoutMs: 0 });
+      deafPid = deaf.pid;
+      await polite.disconnect();
+      await deaf.disconnect();
+      // Each trap is set: the first shell waits on its sleep, the second exec'd its own.
+      await waitFor(() => childrenOf(polite.pid).length === 1, 'the trap to be set');
+      await waitFor(() => running(deaf.pid, 'sleep'), 'the exec');
+
+      const t0 = Date.now();
+      const exited = new Promise((ok) => agent.child.once('exit',
+        (code, sig) => ok({ code, sig, took: Date.now() - t0 })));
+      agent.child.kill('SIGTERM');
+      await waitFor(() => existsSync(marker), 'the forwarded SIGTERM', 1500);
+      assert.equal(readFileSync(marker, 'utf8'), 'term\n');
+      await sleepMs(1200);
+      assert.ok(running(deaf.pid, 'sleep'), 'the process ignoring SIGTERM died within 1.2 s');
+      const { code, sig, took } = await exited;
+      assert.deepEqual({ code, sig }, { code: 0, sig: null });
+      assert.ok(took >= 1900 && took < 5000, `the agent stopped after ${took} ms`);
+      assert.equal(running(deaf.pid, 'sleep'), false, 'the agent left a process running');
+      assert.match(agent.log(), /processes still running after 2000 ms, killing them/);
+    } finally {
+      // Only if the agent failed to: our own test process, by its pid.
+      if (deafPid && running(deafPid, 'sleep')) process.kill(deafPid, 'SIGKILL');
+      await agent.stop();
+    }
+  });
+
+// The agent as PID 1 of a new PID namespace, as in a sandbox: it signals
+// every process there, also one in a session of its own whose parent lives.
+test('as PID 1 the agent signals every process of its namespace on SIGTERM', async (t) => {
+  if (process.getuid() !== 0) return t.skip('a PID namespace needs root');
+  const root = mkdtempSync(join(tmpdir(), 'hutch-pid1-'));
+  let ns;
+  try {
+    chmodSync(root, 0o755);
+    mkdirSync(join(root, 'etc'));
+    writeFileSync(join(root, 'etc/passwd'), `root:x:0:0:root:${root}:/bin/bash\n`);
+    writeFileSync(join(root, 'etc/group'), 'root:x:0:\n');
+    const port = await freePort();
+    ns = spawn('unshare', ['--pid', '--fork', '--mount-proc', '--kill-child', agentBin,
+      '--listen=127.0.0.1', `--port=${port}`, `--etc-dir=${join(root, 'etc')}`,
+      '--default-user=root'], { stdio: ['ignore', 'inherit', 'pipe'] });
+    let log = '';
+    ns.stderr.on('data', (d) => { log += d; });
+    const url = `http://127.0.0.1:${port}`;
+    await waitFor(() => /msg="ready /.test(log) || ns.exitCode !== null, 'the agent', 10000);
+    assert.equal(ns.exitCode, null, log);
+    const [agentPid] = childrenOf(ns.pid);
+    const nspid = readFileSync(`/proc/${agentPid}/status`, 'utf8').match(/^NSpid:\s+(.*)$/m)[1];
+    assert.equal(nspid.split(/\s+/).at(-1), '1', 'the agent is not PID 1 of its namespace');
+
+    Object.assign(process.env, { E2B_DEBUG: 'true', E2B_SANDBOX_URL: url });
+    const sbx = await Sandbox.connect('debug_sandbox_id');
+    const f = (name) => join(root, name);
+    const detached = await sbx.commands.run(`setsid sh -c 'trap "echo term > ${f('detached')}; ` +
+      `exit 0" TERM; echo > ${f('detached-ready')}; while :; do sleep 0.1; done' & wait`,
+    { background: true, timeoutMs: 0 });
+    const deaf = await sbx.commands.run(`trap '' TERM; echo > ${f('deaf-ready')}; ` +
+      `while :; do date +%s%3N > ${f('heartbeat')}; sleep 0.1; done`,
+    { background: true, timeoutMs: 0 });
+    await detached.disconnect();
+    await deaf.disconnect();
+    await waitFor(() => existsSync(f('detached-ready')) && existsSync(f('deaf-ready')),
+      'the traps to be set');
+
+    const t0 = Date.now();
+    const exited = new Promise((ok) => ns.once('exit', (code) => ok({ code,
+      took: Date.now() - t0 })));
+    process.kill(agentPid, 'SIGTERM');
+    const { code, took } = await exited;
+    assert.equal(code, 0, log);
+    assert.equal(readFileSync(f('detached'), 'utf8'), 'term\n');
+    // The deaf loop lived on through the grace period, then was killed.
+    const lastBeat = Number(readFileSync(f('heartbeat'), 'utf8'));
+    assert.ok(lastBeat - t0 >= 1500, `last heartbeat ${lastBeat - t0} ms after SIGTERM`);
+    assert.ok(took >= 1900 && took < 5000, `the agent stopped after ${took} ms`);
+    assert.match(log, /processes still running after 2000 ms, killing them/);
+  } finally {
+    if (ns && ns.exitCode === null) {
+      const gone = new Promise((ok) => ns.once('exit', ok));
+      ns.kill('SIGKILL'); // --kill-child takes the namespace with it
+      await gone;
+    }
+    rmSync(root, { recursive: true, force: true });
+  }
+});
