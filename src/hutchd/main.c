@@ -79,6 +79,9 @@ static struct cfg_opt opts[] = {
 	{ "veth-prefix", CFG_STR, "hsb", "host-side veth names start with this (1-4 a-z)" },
 	{ "net-cidr", CFG_STR, "10.213.0.0/16", "sandbox addresses" },
 	{ "pool-size", CFG_INT, "4", "network namespaces prepared ahead" },
+	{ "egress-conn-max", CFG_INT, "2500",
+	  "outbound connections one sandbox may have open at once; the next one is "
+	  "refused with a TCP reset (E2B allows 2500)" },
 	{ "no-runtime", CFG_BOOL, "false", "run the control plane without sandboxes" },
 	{ "criu", CFG_STR, RT_CRIU_DEFAULT,
 	  "CRIU binary for pauses that keep memory and their resumes "
@@ -99,6 +102,9 @@ static struct cfg_opt opts[] = {
 #define NOPTS ((int)(sizeof(opts) / sizeof(opts[0])))
 
 #define MAX_TIMEOUT_LIMIT_S (10 * 365 * 24 * 3600)
+/* Far above any per-sandbox need; the host's conntrack table is the real
+ * bound, and a value past it would only read as "no cap". */
+#define EGRESS_CONN_LIMIT 1000000
 
 /* The subsystems hutchd logs under: --log names no others. */
 static const char *const log_subsystems[] = {
@@ -480,6 +486,7 @@ static void fill_lc_config(struct lc_config *c, const char *tpl, const char *age
 		.veth_prefix = S("veth-prefix"),
 		.max_sandboxes = (unsigned)I("max-sandboxes"),
 		.pool_size = (unsigned)I("pool-size"),
+		.egress_conn_max = (unsigned)I("egress-conn-max"),
 		.agent_ready_ms = (unsigned)I("agent-ready-ms"),
 		.reaper_interval_ms = I("reaper-interval-ms") > 0 ?
 			I("reaper-interval-ms") : 50,
@@ -512,6 +519,10 @@ static int check_settings(void)
 	if (I("api-port") < 0 || I("api-port") > 65535 || I("proxy-port") < 0 ||
 	    I("proxy-port") > 65535) {
 		fprintf(stderr, "hutchd: api-port and proxy-port must be 0..65535\n");
+		return -1;
+	}
+	if (I("egress-conn-max") < 1 || I("egress-conn-max") > EGRESS_CONN_LIMIT) {
+		fprintf(stderr, "hutchd: egress-conn-max must be 1..%d\n", EGRESS_CONN_LIMIT);
 		return -1;
 	}
 	if (I("head-timeout") < 1 || I("head-timeout") > 3600 ||

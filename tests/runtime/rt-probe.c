@@ -11,7 +11,9 @@
  *   rt-probe membomb         allocates until the memory limit kills it
  *
  * Commands of "serve": connect IP PORT MS | escape | hold IP PORT MS |
- * forkbomb MS | membomb | fill PATH | crash | exit N.
+ * forkbomb MS | membomb | fill PATH | crash | exit N | open IP PORT MS |
+ * echo | shut | closeall (the last four keep connections open between
+ * commands, for the connection cap checks).
  *
  * Every escape check prints "<name> <result>": "ok" when the attempt worked,
  * the errno name when it was refused, "seen=N" for visibility counts.
@@ -454,6 +456,71 @@ static void cmd_hold(const char *ip, int port, int limit_ms)
 	close(fd);
 }
 
+/* Connections kept open across commands (open, echo, shut, closeall). */
+#define HELD_MAX 128
+static int held[HELD_MAX];
+static int n_held;
+
+static void cmd_open(const char *ip, int port, int timeout_ms)
+{
+	long t0 = now_ms();
+	int fd = n_held < HELD_MAX ? tcp_connect(ip, port, timeout_ms) : -EMFILE;
+
+	if (fd >= 0)
+		held[n_held++] = fd;
+	say("%s %ld %d\n", result(fd), now_ms() - t0, n_held);
+}
+
+/* One byte there and back on a held connection, within a second. */
+static bool echo_one(int fd)
+{
+	struct timeval tv = { 1, 0 };
+	char b = 'e';
+
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	return send(fd, &b, 1, MSG_NOSIGNAL) == 1 && recv(fd, &b, 1, 0) == 1 && b == 'e';
+}
+
+static void cmd_echo(void)
+{
+	int working = 0;
+
+	for (int i = 0; i < n_held; i++)
+		working += echo_one(held[i]);
+	say("echo %d %d\n", working, n_held);
+}
+
+/* Ends the oldest held connection the orderly way and waits for the peer's
+ * FIN, so the flow is over on both sides when this answers. */
+static void cmd_shut(void)
+{
+	long t0 = now_ms();
+	int r = -ENOENT;
+
+	if (n_held > 0) {
+		struct timeval tv = { 1, 0 };
+		char b[64];
+		ssize_t n;
+
+		setsockopt(held[0], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+		r = shutdown(held[0], SHUT_WR) < 0 ? -errno : 0;
+		while (r == 0 && (n = recv(held[0], b, sizeof(b), 0)) != 0)
+			r = n < 0 ? -errno : 0;
+		close(held[0]);
+		memmove(held, held + 1, (size_t)(--n_held) * sizeof(held[0]));
+	}
+	say("%s %ld %d\n", result(r), now_ms() - t0, n_held);
+}
+
+static void cmd_closeall(void)
+{
+	int n = n_held;
+
+	while (n_held > 0)
+		close(held[--n_held]);
+	say("closed %d\n", n);
+}
+
 /* ---------- limits ---------- */
 
 static void cmd_forkbomb(int ms)
@@ -580,6 +647,14 @@ static void handle(int c, bool *quit)
 		cmd_connect(a, x, y);
 	else if (sscanf(line, "hold %255s %d %d", a, &x, &y) == 3)
 		cmd_hold(a, x, y);
+	else if (sscanf(line, "open %255s %d %d", a, &x, &y) == 3)
+		cmd_open(a, x, y);
+	else if (strcmp(line, "echo") == 0)
+		cmd_echo();
+	else if (strcmp(line, "shut") == 0)
+		cmd_shut();
+	else if (strcmp(line, "closeall") == 0)
+		cmd_closeall();
 	else if (strcmp(line, "escape") == 0)
 		run_escape(false);
 	else if (sscanf(line, "forkbomb %d", &x) == 1)

@@ -34,21 +34,18 @@
 #include <unistd.h>
 
 #include "rt.h"
+#include "rt_test.h"
 #include "rt_test_env.h"
 
-#define PROBE_PORT 7000
-
 static int n_pass, n_fail;
-static struct rt *rt;
-static struct rt_config cfg;
+struct rt *rt;
+struct rt_config cfg;
 static char tmp_dir[512], rootfs[600], agent_dir[600], data_dir[600], run_dir[600];
 static const char *probe_path;
 static const char *probe_argv[] = { RT_AGENT_MOUNT "/rt-probe", "serve", "7000", NULL };
 static const char *bomb_argv[] = { RT_AGENT_MOUNT "/rt-probe", "membomb", NULL };
 
-static void check(bool ok, const char *name, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-static void check(bool ok, const char *name, const char *fmt, ...)
+void check(bool ok, const char *name, const char *fmt, ...)
 {
 	char detail[1024];
 	va_list ap;
@@ -80,8 +77,8 @@ static bool quick(void)
 
 /* ---------- sandboxes ---------- */
 
-static int make_sandbox(const char *id, struct rt_limits lim, const struct rt_net_policy *pol,
-			const char *const *argv)
+int make_sandbox(const char *id, struct rt_limits lim, const struct rt_net_policy *pol,
+		 const char *const *argv)
 {
 	const char *layers[] = { rootfs };
 	struct rt_spec spec = {
@@ -109,7 +106,7 @@ static int make_sandbox(const char *id, struct rt_limits lim, const struct rt_ne
 	return r;
 }
 
-static void destroy(const char *id)
+void destroy(const char *id)
 {
 	struct herr err;
 	int r = rt_destroy(rt, id, &err);
@@ -120,7 +117,7 @@ static void destroy(const char *id)
 
 /* Sends one command to the probe in a sandbox; returns its answer (without
  * the closing "." line) or an error text. */
-static int probe_cmd(const char *id, const char *line, char *out, size_t len, int wait_ms)
+int probe_cmd(const char *id, const char *line, char *out, size_t len, int wait_ms)
 {
 	struct herr err;
 	int fd = rt_dial(rt, id, PROBE_PORT, &err);
@@ -156,8 +153,8 @@ static int probe_cmd(const char *id, const char *line, char *out, size_t len, in
 }
 
 /* Asks the probe to connect somewhere; true when it connected. */
-static bool probe_connect(const char *id, const char *ip, int port, char *res, size_t len,
-			  long *ms)
+bool probe_connect(const char *id, const char *ip, int port, char *res, size_t len,
+		   long *ms)
 {
 	char line[128], out[256], what[64] = "?";
 
@@ -172,7 +169,7 @@ static bool probe_connect(const char *id, const char *ip, int port, char *res, s
 	return strcmp(what, "ok") == 0;
 }
 
-static bool host_connect(const char *ip, int port)
+bool host_connect(const char *ip, int port)
 {
 	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
 	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -933,8 +930,11 @@ int main(int argc, char **argv)
 			suite_escape();
 		else if (strcmp(argv[i], "limits") == 0)
 			suite_limits();
-		else if (strcmp(argv[i], "egress") == 0)
+		else if (strcmp(argv[i], "egress") == 0) {
 			suite_egress();
+			suite_egress_ranges();
+			suite_egress_cap();
+		}
 		else if (strcmp(argv[i], "readopt") == 0)
 			suite_readopt();
 		else if (strcmp(argv[i], "leak") == 0)

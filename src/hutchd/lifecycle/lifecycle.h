@@ -33,6 +33,7 @@ struct lc_config {
 	const char *net_cidr;
 	unsigned max_sandboxes;
 	unsigned pool_size;
+	unsigned egress_conn_max;  /* open outbound connections per sandbox; 0 = 2500 */
 	unsigned agent_ready_ms;   /* how long the agent may take to answer */
 	int64_t reaper_interval_ms;
 	int64_t end_retention_ms;  /* ended rows (and reasons) kept this long */

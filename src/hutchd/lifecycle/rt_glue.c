@@ -67,7 +67,7 @@ int lcrt_open(const struct lc_config *cfg, struct lc_rt **out, struct herr *err)
 		.cgroup_name = cfg->cgroup_name ? cfg->cgroup_name : "hutch",
 		.net_cidr = cfg->net_cidr, .pool_size = cfg->pool_size,
 		.max_sandboxes = cfg->max_sandboxes, .uid_base = 0x10000000u,
-		.egress_conn_max = 1024, .veth_prefix = cfg->veth_prefix,
+		.egress_conn_max = cfg->egress_conn_max, .veth_prefix = cfg->veth_prefix,
 	};
 	struct lc_rt *l = calloc(1, sizeof(*l));
 	int r;

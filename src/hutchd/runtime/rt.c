@@ -969,7 +969,8 @@ int rt_init(const struct rt_config *cfg, struct rt **out, struct herr *err)
 	rt->pool_size = cfg->pool_size;
 	rt->max_sandboxes = cfg->max_sandboxes ? cfg->max_sandboxes : 1024;
 	rt->uid_base = cfg->uid_base ? cfg->uid_base : 0x10000000u;
-	rt->egress_conn_max = cfg->egress_conn_max ? cfg->egress_conn_max : 1024;
+	rt->egress_conn_max = cfg->egress_conn_max ? cfg->egress_conn_max :
+			      RT_EGRESS_CONN_DEFAULT;
 	pick_nameservers(rt, cfg->nameservers);
 	if (!rt->data_dir || !rt->run_dir || !rt->cg_name) {
 		r = herr_set(err, -ENOMEM, "out of memory");

@@ -36,6 +36,9 @@
 #define RT_ID_MAX 63
 /* Where the agent bundle appears inside every sandbox (read-only bind). */
 #define RT_AGENT_MOUNT "/.hutch"
+/* Concurrent egress connections per sandbox when the config gives none:
+ * what E2B allows. */
+#define RT_EGRESS_CONN_DEFAULT 2500
 
 struct rt;
 
@@ -50,7 +53,11 @@ struct rt_config {
 	/* First host uid/gid of the sandbox id ranges; slot i gets
 	 * [uid_base + i*65536, uid_base + (i+1)*65536). Must not overlap real users. */
 	uint32_t uid_base;
-	unsigned egress_conn_max; /* concurrent egress connections per sandbox */
+	/* Connections a sandbox may have open to the outside at once (conntrack
+	 * entries of its own); a new one past it is refused with a TCP reset or
+	 * ICMP. Applies to sandboxes created or given a policy afterwards.
+	 * 0 = RT_EGRESS_CONN_DEFAULT. */
+	unsigned egress_conn_max;
 	/* Nameservers written to each sandbox's /etc/resolv.conf, space separated;
 	 * NULL = the host's, unless those are loopback addresses. */
 	const char *nameservers;
