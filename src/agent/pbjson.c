@@ -20,6 +20,8 @@
 
 #include "pbjson.h"
 
+#include "cleanup.h"
+
 #define NAME_MAX_LEN 128
 #define PATH_MAX_LEN 256
 
@@ -1394,8 +1396,9 @@ void pbjson_envelope_header(unsigned char hdr[PBJSON_ENVELOPE_HEADER], unsigned 
 char *pbjson_connect_error(const char *code, const char *message, int end_stream,
 			   size_t *len)
 {
-	json_t *j = json_object(), *e = NULL;
-	char *s = NULL;
+	_cleanup_(json_decrefp) json_t *j = json_object();
+	_cleanup_(json_decrefp) json_t *e = NULL;
+	char *s;
 
 	if (!j)
 		return NULL;
@@ -1404,13 +1407,10 @@ char *pbjson_connect_error(const char *code, const char *message, int end_stream
 		if (!e || json_object_set_new(e, "code", json_string(code)) ||
 		    json_object_set_new(e, "message", json_text(message)) ||
 		    (end_stream && json_object_set(j, "error", e)))
-			goto out;
+			return NULL;
 	}
 	s = json_dumps(j, JSON_COMPACT);
 	if (s)
 		*len = strlen(s);
-out:
-	json_decref(e);
-	json_decref(j);
 	return s;
 }

@@ -594,56 +594,74 @@ static void log_listening(struct api *api, struct proxy *proxy, struct store *st
 	       "store_schema", schema, NULL);
 }
 
-static int serve(void)
-{
+/* The running daemon: what stop_daemon takes down, and what the parts'
+ * configurations point to while they run. */
+struct daemon {
+	struct store *st;
+	struct lifecycle *lc;
+	struct api *api;
+	struct proxy *proxy;
+	struct proxy_backend be;
 	unsigned char secret[SERVER_SECRET_LEN];
-	char secret_path[4096], tpl[4096], agent[4096], key_line[1400];
-	struct store *st = NULL;
-	struct lifecycle *lc = NULL;
-	struct api *api = NULL;
-	struct proxy *proxy = NULL;
-	struct proxy_backend be = { 0 };
+	char tpl[4096], agent[4096];
+};
+
+static void stop_daemon(struct daemon *d)
+{
+	/* Proxied streams through the API port end first, or its connection
+	 * threads would hold api_stop() until their sandboxes spoke. */
+	proxy_close_sandbox(d->proxy, NULL);
+	api_stop(d->api);
+	if (d->lc)
+		lc_set_end_hook(d->lc, NULL, NULL);
+	proxy_stop(d->proxy);
+	proxy_backend_hutchd_free(&d->be);
+	lc_stop(d->lc);
+	store_close(d->st);
+}
+
+/* Starts the parts on the open store; what started is d's to stop. */
+static int start_daemon(struct daemon *d, struct herr *err)
+{
+	char secret_path[4096];
 	struct api_config ac;
 	struct lc_config lcc;
-	struct herr err;
-	int rc = 1;
 
-	if (check_settings() < 0 || open_store(&st) < 0)
-		return 1;
 	snprintf(secret_path, sizeof(secret_path), "%s/server-secret", S("data-dir"));
-	default_dirs(tpl, agent, sizeof(tpl), NULL);
-	fill_lc_config(&lcc, S("template-dir") ? S("template-dir") : tpl,
-		       S("agent-dir") ? S("agent-dir") : agent);
+	default_dirs(d->tpl, d->agent, sizeof(d->tpl), NULL);
+	fill_lc_config(&lcc, S("template-dir") ? S("template-dir") : d->tpl,
+		       S("agent-dir") ? S("agent-dir") : d->agent);
 	fill_api_config(&ac);
-	lcc.server_secret = secret; /* read before lc_start uses it */
-	if (server_secret_load(secret_path, secret, &err) < 0 ||
-	    lc_start(st, &lcc, &lc, &err) < 0 ||
-	    start_proxy(st, lc, secret, &be, &proxy, &err) < 0 ||
-	    start_api(&ac, proxy, st, lc, secret, &api, &err) < 0) {
+	lcc.server_secret = d->secret; /* read before lc_start uses it */
+	if (server_secret_load(secret_path, d->secret, err) < 0 ||
+	    lc_start(d->st, &lcc, &d->lc, err) < 0 ||
+	    start_proxy(d->st, d->lc, d->secret, &d->be, &d->proxy, err) < 0 ||
+	    start_api(&ac, d->proxy, d->st, d->lc, d->secret, &d->api, err) < 0)
+		return err->code < 0 ? err->code : -EIO;
+	return 0;
+}
+
+static int serve(void)
+{
+	_cleanup_(stop_daemon) struct daemon d = { 0 };
+	char key_line[1400];
+	struct herr err;
+
+	if (check_settings() < 0 || open_store(&d.st) < 0)
+		return 1;
+	if (start_daemon(&d, &err) < 0) {
 		log_error("hutchd", NULL, "%s", err.msg);
-		goto out;
+		return 1;
 	}
-	if (first_key_line(st, key_line, sizeof(key_line)) < 0)
-		goto out;
-	log_listening(api, proxy, st);
-	print_exports(api_port(api), proxy_port(proxy), key_line);
+	if (first_key_line(d.st, key_line, sizeof(key_line)) < 0)
+		return 1;
+	log_listening(d.api, d.proxy, d.st);
+	print_exports(api_port(d.api), proxy_port(d.proxy), key_line);
 	while (!stop_signal)
 		pause();
 	log_info("hutchd", NULL, "stopping on signal %d; sandboxes keep running",
 		 (int)stop_signal);
-	rc = 0;
-out:
-	/* Proxied streams through the API port end first, or its connection
-	 * threads would hold api_stop() until their sandboxes spoke. */
-	proxy_close_sandbox(proxy, NULL);
-	api_stop(api);
-	if (lc)
-		lc_set_end_hook(lc, NULL, NULL);
-	proxy_stop(proxy);
-	proxy_backend_hutchd_free(&be);
-	lc_stop(lc);
-	store_close(st);
-	return rc;
+	return 0;
 }
 
 /*

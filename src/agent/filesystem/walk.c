@@ -116,43 +116,47 @@ static Filesystem__EntryInfo *list_next_slot(struct list_walk *w)
 static int list_level(struct list_walk *w, int fd, unsigned level);
 
 /*
- * Adds one entry and, if it is a real directory and depth allows, its
- * children. An entry gone by the time we look is skipped, as is a directory
- * that turned into something else before we could open it.
+ * Adds the entry the walk's paths end in and, if it is a real directory and
+ * depth allows, its children. An entry gone by the time we look is skipped,
+ * as is a directory that turned into something else before we could open it.
  */
-static int list_entry(struct list_walk *w, int fd, const char *name, unsigned level)
+static int add_entry(struct list_walk *w, int fd, const char *name, unsigned level)
 {
-	size_t shown_old = fs_path_push(&w->shown, name);
-	size_t real_old = fs_path_push(&w->real, name);
 	Filesystem__EntryInfo *e;
-	int r = 0;
+	int r;
 
-	if (w->n >= FS_LIST_MAX_ENTRIES) {
-		r = herr_set(w->err, -E2BIG, "more than %d entries under '%s'; list with a "
-			     "smaller depth", FS_LIST_MAX_ENTRIES, w->root);
-		goto out;
-	}
+	if (w->n >= FS_LIST_MAX_ENTRIES)
+		return herr_set(w->err, -E2BIG, "more than %d entries under '%s'; list with a "
+				"smaller depth", FS_LIST_MAX_ENTRIES, w->root);
 	e = list_next_slot(w);
 	r = fs_entry_at(w->mem, fd, name, w->shown.buf, w->real.buf, e, w->err);
 	if (r == -ENOENT || r == -ENOTDIR) {
 		herr_clear(w->err);
-		r = 0;
-		goto out;
+		return 0;
 	}
 	if (r < 0)
-		goto out;
+		return r;
 	w->entries[w->n++] = e;
 
-	if (level < w->depth && e->type == FILESYSTEM__FILE_TYPE__FILE_TYPE_DIRECTORY &&
-	    e->_symlink_target_case != FILESYSTEM__ENTRY_INFO___SYMLINK_TARGET_SYMLINK_TARGET) {
-		_cleanup_close_ int child = openat(fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
-						   O_CLOEXEC);
-		if (child >= 0)
-			r = list_level(w, child, level + 1);
-		else if (errno != ENOENT && errno != ENOTDIR && errno != ELOOP)
-			r = herr_sys(w->err, -errno, "opening directory '%s'", w->shown.buf);
-	}
-out:
+	if (level >= w->depth || e->type != FILESYSTEM__FILE_TYPE__FILE_TYPE_DIRECTORY ||
+	    e->_symlink_target_case == FILESYSTEM__ENTRY_INFO___SYMLINK_TARGET_SYMLINK_TARGET)
+		return 0;
+	_cleanup_close_ int child = openat(fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
+					   O_CLOEXEC);
+	if (child >= 0)
+		return list_level(w, child, level + 1);
+	if (errno != ENOENT && errno != ENOTDIR && errno != ELOOP)
+		return herr_sys(w->err, -errno, "opening directory '%s'", w->shown.buf);
+	return 0;
+}
+
+/* One entry, with the walk's paths extended by its name meanwhile. */
+static int list_entry(struct list_walk *w, int fd, const char *name, unsigned level)
+{
+	size_t shown_old = fs_path_push(&w->shown, name);
+	size_t real_old = fs_path_push(&w->real, name);
+	int r = add_entry(w, fd, name, level);
+
 	fs_path_pop(&w->shown, shown_old);
 	fs_path_pop(&w->real, real_old);
 	return r;
@@ -160,16 +164,13 @@ out:
 
 static int list_level(struct list_walk *w, int fd, unsigned level)
 {
-	struct name_list names = { 0 };
+	_cleanup_(name_list_free) struct name_list names = { 0 };
 	int r = read_names(fd, &names);
 
-	if (r < 0) {
-		name_list_free(&names);
+	if (r < 0)
 		return herr_sys(w->err, r, "reading directory '%s'", w->shown.buf);
-	}
 	for (size_t i = 0; i < names.n && r == 0; i++)
 		r = list_entry(w, fd, names.names[i], level);
-	name_list_free(&names);
 	return r;
 }
 
@@ -248,23 +249,20 @@ static void rm_walk_free(struct rm_walk *w)
  */
 static int rm_scan(struct rm_walk *w, int fd, int *child, char **child_name)
 {
-	struct name_list names = { 0 };
+	_cleanup_(name_list_free) struct name_list names = { 0 };
 	int r = read_names(fd, &names);
 
-	if (r < 0) {
-		herr_sys(w->err, r, "removing '%s': reading a directory", w->top);
-		goto out;
-	}
+	if (r < 0)
+		return herr_sys(w->err, r, "removing '%s': reading a directory", w->top);
 	for (size_t i = 0; i < names.n; i++) {
 		const char *name = names.names[i];
 		int c;
 
 		if (unlinkat(fd, name, 0) == 0 || errno == ENOENT)
 			continue;
-		if (errno != EISDIR && errno != EPERM) {
-			r = herr_sys(w->err, -errno, "removing '%s': unlinking '%s'", w->top, name);
-			goto out;
-		}
+		if (errno != EISDIR && errno != EPERM)
+			return herr_sys(w->err, -errno, "removing '%s': unlinking '%s'", w->top,
+					name);
 		int unlink_errno = errno;
 		c = openat(fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 		if (c < 0) {
@@ -272,20 +270,15 @@ static int rm_scan(struct rm_walk *w, int fd, int *child, char **child_name)
 				continue;
 			/* Not a directory after all: the unlink error is the real one. */
 			int e = (errno == ENOTDIR || errno == ELOOP) ? unlink_errno : errno;
-			r = herr_sys(w->err, -e, "removing '%s': removing '%s'", w->top, name);
-			goto out;
+			return herr_sys(w->err, -e, "removing '%s': removing '%s'", w->top, name);
 		}
 		*child = c;
 		*child_name = strdup(name);
 		if (!*child_name)
 			abort();
-		r = 1;
-		goto out;
+		return 1;
 	}
-	r = 0;
-out:
-	name_list_free(&names);
-	return r;
+	return 0;
 }
 
 /* Opens ".." of fd and checks it is the directory we came from. */

@@ -533,29 +533,19 @@ static int close_stdin_fn(struct rpc_ctx *ctx, const ProtobufCMessage *req,
 
 /* ---- Update ---- */
 
-static int update_fn(struct rpc_ctx *ctx, const ProtobufCMessage *req, ProtobufCMessage *resp,
-		     struct rpc_status *st)
+static int resize_pty(struct proc *p, const Process__UpdateRequest *r, struct rpc_status *st)
 {
-	const Process__UpdateRequest *r = (const Process__UpdateRequest *)req;
-	struct proc *p = get_proc(r->process, st);
 	struct winsize ws = { 0 };
 	int rc = 0;
 
-	if (!p)
-		return -1;
-	if (!p->pty) {
-		rpc_fail(st, RPC_INTERNAL, "process with pid %d is not a PTY", (int)p->pid);
-		goto out;
-	}
-	if (!r->pty || !r->pty->size) {
-		rpc_fail(st, RPC_INVALID_ARGUMENT, "pty.size is required");
-		goto out;
-	}
-	if (r->pty->size->cols > USHRT_MAX || r->pty->size->rows > USHRT_MAX) {
-		rpc_fail(st, RPC_INVALID_ARGUMENT, "pty.size %ux%u is too large",
-			 r->pty->size->cols, r->pty->size->rows);
-		goto out;
-	}
+	if (!p->pty)
+		return rpc_fail(st, RPC_INTERNAL, "process with pid %d is not a PTY",
+				(int)p->pid);
+	if (!r->pty || !r->pty->size)
+		return rpc_fail(st, RPC_INVALID_ARGUMENT, "pty.size is required");
+	if (r->pty->size->cols > USHRT_MAX || r->pty->size->rows > USHRT_MAX)
+		return rpc_fail(st, RPC_INVALID_ARGUMENT, "pty.size %ux%u is too large",
+				r->pty->size->cols, r->pty->size->rows);
 	ws.ws_col = (unsigned short)r->pty->size->cols;
 	ws.ws_row = (unsigned short)r->pty->size->rows;
 
@@ -567,11 +557,23 @@ static int update_fn(struct rpc_ctx *ctx, const ProtobufCMessage *req, ProtobufC
 		rc = -errno;
 	pthread_mutex_unlock(&p->in_lock);
 	if (rc < 0)
-		rpc_fail(st, RPC_INTERNAL, "resizing the terminal of pid %d: %s", (int)p->pid,
-			 strerror(-rc));
-out:
+		return rpc_fail(st, RPC_INTERNAL, "resizing the terminal of pid %d: %s",
+				(int)p->pid, strerror(-rc));
+	return 0;
+}
+
+static int update_fn(struct rpc_ctx *ctx, const ProtobufCMessage *req, ProtobufCMessage *resp,
+		     struct rpc_status *st)
+{
+	const Process__UpdateRequest *r = (const Process__UpdateRequest *)req;
+	struct proc *p = get_proc(r->process, st);
+	int rc;
+
+	if (!p)
+		return -1;
+	rc = resize_pty(p, r, st);
 	put_proc(p);
-	return st->code == RPC_OK ? 0 : -1;
+	return rc;
 }
 
 /* ---- StreamInput ---- */

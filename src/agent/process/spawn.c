@@ -207,11 +207,12 @@ struct spawn_fds {
 	int status[2];
 };
 
-static void spawn_fds_init(struct spawn_fds *s)
+static struct spawn_fds spawn_fds_none(void)
 {
-	s->in[0] = s->in[1] = s->out[0] = s->out[1] = -1;
-	s->err[0] = s->err[1] = s->master = s->slave = -1;
-	s->status[0] = s->status[1] = -1;
+	return (struct spawn_fds){
+		.in = { -1, -1 }, .out = { -1, -1 }, .err = { -1, -1 },
+		.master = -1, .slave = -1, .status = { -1, -1 },
+	};
 }
 
 static void close_fd(int *fd)
@@ -285,19 +286,18 @@ static int open_pipes(struct spawn_fds *s, enum spawn_stdin mode, struct herr *e
 
 int spawn_start(const struct spawn_spec *spec, struct spawn_child *child, struct herr *err)
 {
-	struct spawn_fds s;
+	/* What the child is given or the parent keeps is stolen below; the
+	 * rest, and everything on a failure, is closed on return. */
+	_cleanup_(spawn_fds_close) struct spawn_fds s = spawn_fds_none();
 	struct child_fds cf;
 	int r;
 
-	spawn_fds_init(&s);
 	r = spec->pty ? open_pty(&s, spec->cols, spec->rows, err)
 		      : open_pipes(&s, spec->stdin_mode, err);
 	if (r < 0)
-		goto fail;
-	if (pipe2(s.status, O_CLOEXEC) < 0) {
-		r = herr_sys(err, -errno, "creating the exec status pipe");
-		goto fail;
-	}
+		return r;
+	if (pipe2(s.status, O_CLOEXEC) < 0)
+		return herr_sys(err, -errno, "creating the exec status pipe");
 
 	if (spec->pty)
 		cf = (struct child_fds){ s.slave, s.slave, s.slave, s.slave, s.status[1] };
@@ -305,10 +305,8 @@ int spawn_start(const struct spawn_spec *spec, struct spawn_child *child, struct
 		cf = (struct child_fds){ s.in[0], s.out[1], s.err[1], -1, s.status[1] };
 
 	child->pid = fork();
-	if (child->pid < 0) {
-		r = herr_sys(err, -errno, "fork");
-		goto fail;
-	}
+	if (child->pid < 0)
+		return herr_sys(err, -errno, "fork");
 	if (child->pid == 0)
 		child_main(spec, &cf);
 
@@ -316,12 +314,7 @@ int spawn_start(const struct spawn_spec *spec, struct spawn_child *child, struct
 	child->out_fd = spec->pty ? steal_fd(&s.master) : steal_fd(&s.out[0]);
 	child->err_fd = steal_fd(&s.err[0]);
 	child->status_fd = steal_fd(&s.status[0]);
-	spawn_fds_close(&s);
 	return 0;
-
-fail:
-	spawn_fds_close(&s);
-	return r;
 }
 
 static const char *step_text(int step)

@@ -36,6 +36,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "cleanup.h"
 #include "rt_internal.h"
 
 #define EGRESS_MAP "egress"
@@ -89,47 +90,57 @@ static void batch_next(struct batch *bt)
 	mnl_nlmsg_batch_next(bt->b);
 }
 
-/* Sends the batch as one transaction: all of it applies, or none. */
-static int batch_commit(struct batch *bt, struct herr *err, const char *what)
+static void mnl_socket_closep(struct mnl_socket **nl)
 {
-	struct mnl_socket *nl = NULL;
+	if (*nl)
+		mnl_socket_close(*nl);
+}
+
+/* Reads the answers to a sent batch: one ack per message; an error stops
+ * the transaction. */
+static int read_acks(struct mnl_socket *nl, struct herr *err, const char *what)
+{
 	char rbuf[MNL_SOCKET_BUFFER_SIZE];
-	int r = 0;
-
-	nftnl_batch_end(mnl_nlmsg_batch_current(bt->b), bt->seq++);
-	mnl_nlmsg_batch_next(bt->b);
-
-	nl = mnl_socket_open2(NETLINK_NETFILTER, SOCK_CLOEXEC);
-	if (!nl || mnl_socket_bind(nl, 0, MNL_SOCKET_AUTOPID) < 0) {
-		r = herr_sys(err, -errno, "nftables socket (%s)", what);
-		goto out;
-	}
-	if (mnl_socket_sendto(nl, mnl_nlmsg_batch_head(bt->b),
-			      mnl_nlmsg_batch_size(bt->b)) < 0) {
-		r = herr_sys(err, -errno, "nftables send (%s)", what);
-		goto out;
-	}
-	/* One ack per message; an error stops the transaction. */
 	unsigned portid = mnl_socket_get_portid(nl);
 	int fd = mnl_socket_get_fd(nl);
+
 	for (;;) {
 		/* nf_tables handles the batch inside sendmsg, so every answer is
 		 * queued by now. poll, not select: hutchd holds thousands of
 		 * descriptors and an fd_set stops at 1024. */
 		struct pollfd p = { .fd = fd, .events = POLLIN };
 		if (poll(&p, 1, 0) <= 0)
-			break;
+			return 0;
 		ssize_t n = mnl_socket_recvfrom(nl, rbuf, sizeof(rbuf));
 		if (n <= 0)
-			break;
-		if (mnl_cb_run(rbuf, (size_t)n, 0, portid, NULL, NULL) < 0) {
-			r = herr_sys(err, -errno, "nftables (%s)", what);
-			break;
-		}
+			return 0;
+		if (mnl_cb_run(rbuf, (size_t)n, 0, portid, NULL, NULL) < 0)
+			return herr_sys(err, -errno, "nftables (%s)", what);
 	}
-out:
-	if (nl)
-		mnl_socket_close(nl);
+}
+
+static int batch_send(struct batch *bt, struct herr *err, const char *what)
+{
+	_cleanup_(mnl_socket_closep) struct mnl_socket *nl =
+		mnl_socket_open2(NETLINK_NETFILTER, SOCK_CLOEXEC);
+
+	if (!nl || mnl_socket_bind(nl, 0, MNL_SOCKET_AUTOPID) < 0)
+		return herr_sys(err, -errno, "nftables socket (%s)", what);
+	if (mnl_socket_sendto(nl, mnl_nlmsg_batch_head(bt->b),
+			      mnl_nlmsg_batch_size(bt->b)) < 0)
+		return herr_sys(err, -errno, "nftables send (%s)", what);
+	return read_acks(nl, err, what);
+}
+
+/* Sends the batch as one transaction (all of it applies, or none) and
+ * frees it. */
+static int batch_commit(struct batch *bt, struct herr *err, const char *what)
+{
+	int r;
+
+	nftnl_batch_end(mnl_nlmsg_batch_current(bt->b), bt->seq++);
+	mnl_nlmsg_batch_next(bt->b);
+	r = batch_send(bt, err, what);
 	mnl_nlmsg_batch_stop(bt->b);
 	free(bt->buf);
 	return r;

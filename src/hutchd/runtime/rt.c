@@ -412,63 +412,53 @@ void rt_last_marks(struct rt *rt, struct rt_marks *out)
 	pthread_mutex_unlock(&rt->lock);
 }
 
-int rt_create(struct rt *rt, const struct rt_spec *spec, struct herr *err)
+/*
+ * The page of create marks shared with the keeper and the init (until its
+ * execve): a memfd, so that a keeper forked ahead can map it too. NULL when
+ * it cannot be had; the marks only time the steps for the debug log.
+ */
+static struct rt_marks *marks_map(int fd)
 {
-	struct rt_sandbox *s = NULL;
-	struct rt_spawn_result res = { 0 };
-	struct host_prep hp = { .disk_fd = -1 };
-	int r;
+	void *m;
 
-	r = check_spec(spec, err);
-	if (r < 0)
-		return r;
-	/* Shared with the keeper and the init (until its execve); a memfd so
-	 * that a keeper forked ahead can map it too. */
-	_cleanup_close_ int marks_fd = memfd_create("hutch-marks", MFD_CLOEXEC);
-	struct rt_marks *marks = NULL;
-	if (marks_fd >= 0 && ftruncate(marks_fd, sizeof(*marks)) == 0)
-		marks = mmap(NULL, sizeof(*marks), PROT_READ | PROT_WRITE, MAP_SHARED,
-			     marks_fd, 0);
-	if (marks == MAP_FAILED)
-		marks = NULL;
-	rt_mark(marks, RT_M_START);
-	rt_prep_create_begin(rt);
-	r = reserve_slot(rt, spec, &s, err);
-	if (r < 0)
-		goto out;
+	if (fd < 0 || ftruncate(fd, sizeof(struct rt_marks)) < 0)
+		return NULL;
+	m = mmap(NULL, sizeof(struct rt_marks), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	return m == MAP_FAILED ? NULL : m;
+}
 
-	pthread_mutex_lock(&s->lock);
-	r = prepare_host_side(rt, s, spec, &hp, marks, err);
-	res.marks = marks;
-	res.marks_fd = marks ? marks_fd : -1;
-	res.leave_fd = -1;
-	res.disk_fd = hp.disk_fd;
-	res.zygote = hp.has_zygote ? &hp.zygote : NULL;
-	if (r == 0) {
-		hp.disk_fd = -1;
-		r = rt_spawn(rt, s, spec, &res, err);
-		/* rt_spawn used the pooled keeper, or let it go on failure */
-		hp.has_zygote = false;
-	}
-	if (r < 0) {
-		/* An unused pooled keeper leaves the cgroups before they go. */
-		host_prep_drop(&hp);
-		log_warn("runtime", s->id, "create failed: %s", err ? err->msg : "");
-		s->stop_requested = true;
-		rt_cg_kill(rt, s->id, 0);
-		release_all(rt, s, !spec->reuse_upper, NULL);
-		if (spec->reuse_upper)
-			rt_state_remove(rt, s->id);
-		pthread_mutex_unlock(&s->lock);
-		drop_slot(rt, s);
-		goto out;
-	}
+static void marks_unmapp(struct rt_marks **m)
+{
+	if (*m)
+		munmap(*m, sizeof(**m));
+}
 
-	s->keeper_pid = res.keeper_pid;
-	s->init_pid = res.init_pid;
-	s->init_start = rt_proc_starttime(res.init_pid);
-	s->keeper_pidfd = pidfd_open_checked(res.keeper_pid, 0);
-	s->init_pidfd = pidfd_open_checked(res.init_pid, 0);
+/* Undoes what a failed create made after taking its slot; s is locked and
+ * is gone on return. */
+static void undo_create(struct rt *rt, struct rt_sandbox *s, const struct rt_spec *spec,
+			struct host_prep *hp, struct herr *err)
+{
+	/* An unused pooled keeper leaves the cgroups before they go. */
+	host_prep_drop(hp);
+	log_warn("runtime", s->id, "create failed: %s", err ? err->msg : "");
+	s->stop_requested = true;
+	rt_cg_kill(rt, s->id, 0);
+	release_all(rt, s, !spec->reuse_upper, NULL);
+	if (spec->reuse_upper)
+		rt_state_remove(rt, s->id);
+	pthread_mutex_unlock(&s->lock);
+	drop_slot(rt, s);
+}
+
+/* Records a started sandbox and hands it to the exit monitor; unlocks s. */
+static void finish_create(struct rt *rt, struct rt_sandbox *s, const struct rt_spec *spec,
+			  const struct rt_spawn_result *res, struct rt_marks *marks)
+{
+	s->keeper_pid = res->keeper_pid;
+	s->init_pid = res->init_pid;
+	s->init_start = rt_proc_starttime(res->init_pid);
+	s->keeper_pidfd = pidfd_open_checked(res->keeper_pid, 0);
+	s->init_pidfd = pidfd_open_checked(res->init_pid, 0);
 	rt_state_write(rt, s, NULL);
 	rt_mark(marks, RT_M_DONE);
 
@@ -483,12 +473,53 @@ int rt_create(struct rt *rt, const struct rt_spec *spec, struct herr *err)
 		 s->slot, s->net.host_if);
 	if (marks)
 		log_marks(spec->id, marks);
-	if (res.leave_fd >= 0)
-		rt_prep_keeper_leave(rt, res.leave_fd);
-out:
+	if (res->leave_fd >= 0)
+		rt_prep_keeper_leave(rt, res->leave_fd);
+}
+
+/* Takes a slot, prepares the host side and spawns the keeper and init. */
+static int create_in_slot(struct rt *rt, const struct rt_spec *spec, struct rt_marks *marks,
+			  int marks_fd, struct herr *err)
+{
+	struct rt_sandbox *s = NULL;
+	struct rt_spawn_result res = { .marks = marks, .marks_fd = marks ? marks_fd : -1,
+				       .leave_fd = -1 };
+	struct host_prep hp = { .disk_fd = -1 };
+	int r = reserve_slot(rt, spec, &s, err);
+
+	if (r < 0)
+		return r;
+	pthread_mutex_lock(&s->lock);
+	r = prepare_host_side(rt, s, spec, &hp, marks, err);
+	res.disk_fd = hp.disk_fd;
+	res.zygote = hp.has_zygote ? &hp.zygote : NULL;
+	if (r == 0) {
+		hp.disk_fd = -1;
+		r = rt_spawn(rt, s, spec, &res, err);
+		/* rt_spawn used the pooled keeper, or let it go on failure */
+		hp.has_zygote = false;
+	}
+	if (r < 0) {
+		undo_create(rt, s, spec, &hp, err);
+		return r;
+	}
+	finish_create(rt, s, spec, &res, marks);
+	return r;
+}
+
+int rt_create(struct rt *rt, const struct rt_spec *spec, struct herr *err)
+{
+	int r = check_spec(spec, err);
+
+	if (r < 0)
+		return r;
+	_cleanup_close_ int marks_fd = memfd_create("hutch-marks", MFD_CLOEXEC);
+	_cleanup_(marks_unmapp) struct rt_marks *marks = marks_map(marks_fd);
+
+	rt_mark(marks, RT_M_START);
+	rt_prep_create_begin(rt);
+	r = create_in_slot(rt, spec, marks, marks_fd, err);
 	rt_prep_create_end(rt);
-	if (marks)
-		munmap(marks, sizeof(*marks));
 	return r;
 }
 

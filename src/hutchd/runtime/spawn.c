@@ -411,14 +411,35 @@ static int send_fds(int sock, const int *fds, size_t n)
 	return sendmsg(sock, &msg, MSG_NOSIGNAL) == 1 ? 0 : -errno;
 }
 
+/* The mount descriptors sent to the init in one message; all closed when
+ * the batch goes out of scope (the init has its own copies by then). */
+struct fd_batch {
+	int fds[N_FIXED_FDS + RT_MAX_LAYERS];
+	size_t n;
+};
+
+static void fd_batch_closep(struct fd_batch *b)
+{
+	for (size_t i = 0; i < b->n; i++)
+		close(b->fds[i]);
+}
+
+/* Adds fd, or passes on the negative error the call that made it returned. */
+static int fd_batch_add(struct fd_batch *b, int fd)
+{
+	if (fd < 0)
+		return fd;
+	b->fds[b->n++] = fd;
+	return 0;
+}
+
 /* Builds and sends the mounts the child needs, in its user namespace. */
 static int keeper_send_mounts(struct rt *rt, struct rt_sandbox *s, const struct rt_spec *spec,
 			      pid_t child, int sock, int disk_fd, struct herr *err)
 {
-	int fds[N_FIXED_FDS + RT_MAX_LAYERS];
-	size_t n = 0;
+	_cleanup_(fd_batch_closep) struct fd_batch batch = { .n = 0 };
 	char path[64];
-	int r = 0;
+	int r;
 
 	snprintf(path, sizeof(path), "/proc/%d/ns/user", child);
 	_cleanup_close_ int userns = open(path, O_RDONLY | O_CLOEXEC);
@@ -432,36 +453,17 @@ static int keeper_send_mounts(struct rt *rt, struct rt_sandbox *s, const struct 
 	};
 	if (mount_setattr(disk_fd, "", AT_EMPTY_PATH, &dattr, sizeof(dattr)) < 0)
 		return herr_sys(err, -errno, "idmapping the sandbox disk");
-	fds[n] = fcntl(disk_fd, F_DUPFD_CLOEXEC, 3);
-	if (fds[n] < 0)
+	if (fd_batch_add(&batch, fcntl(disk_fd, F_DUPFD_CLOEXEC, 3)) < 0)
 		return herr_sys(err, -errno, "dup of disk mount");
-	n++;
-	fds[n] = idmapped_tree(spec->agent_dir, userns, true, err);
-	if (fds[n] < 0) {
-		r = fds[n];
-		goto out;
-	}
-	n++;
-	fds[n] = rt_net_sysfs_fd(s->net.fd, err);
-	if (fds[n] < 0) {
-		r = fds[n];
-		goto out;
-	}
-	n++;
-	for (size_t i = 0; i < spec->n_layers; i++, n++) {
-		fds[n] = idmapped_tree(spec->layers[i], userns, true, err);
-		if (fds[n] < 0) {
-			r = fds[n];
-			goto out;
-		}
-	}
-	r = send_fds(sock, fds, n);
+	r = fd_batch_add(&batch, idmapped_tree(spec->agent_dir, userns, true, err));
+	if (r == 0)
+		r = fd_batch_add(&batch, rt_net_sysfs_fd(s->net.fd, err));
+	for (size_t i = 0; r == 0 && i < spec->n_layers; i++)
+		r = fd_batch_add(&batch, idmapped_tree(spec->layers[i], userns, true, err));
 	if (r < 0)
-		herr_sys(err, r, "sending mounts to the sandbox init");
-out:
-	for (size_t i = 0; i < n; i++)
-		close(fds[i]);
-	return r;
+		return r;
+	r = send_fds(sock, batch.fds, batch.n);
+	return r < 0 ? herr_sys(err, r, "sending mounts to the sandbox init") : 0;
 }
 
 struct keeper_ctx {

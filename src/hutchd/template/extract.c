@@ -579,12 +579,30 @@ static int put_entry(struct tx_ctx *c, struct archive_entry *e, struct herr *err
 	}
 }
 
+/* Every entry of the opened archive; their number, or a negative error. */
+static int put_entries(struct tx_ctx *c, struct herr *err)
+{
+	struct archive_entry *e;
+	unsigned n = 0;
+	int rc, r;
+
+	while ((r = archive_read_next_header(c->a, &e)) == ARCHIVE_OK) {
+		if (++n > c->o->max_entries)
+			return herr_set(err, -EFBIG, "archive holds more than %u entries",
+					c->o->max_entries);
+		rc = put_entry(c, e, err);
+		if (rc < 0)
+			return rc;
+	}
+	if (r != ARCHIVE_EOF)
+		return herr_set(err, -EINVAL, "archive: %s", archive_error_string(c->a));
+	return (int)n;
+}
+
 int tx_extract(int archive_fd, int layer_fd, const struct tx_opts *o, struct herr *err)
 {
 	struct tx_ctx c = { .layer = layer_fd, .o = o };
-	struct archive_entry *e;
-	unsigned n = 0;
-	int rc = 0, r;
+	int rc;
 
 	c.a = archive_read_new();
 	if (!c.a)
@@ -597,25 +615,10 @@ int tx_extract(int archive_fd, int layer_fd, const struct tx_opts *o, struct her
 		archive_read_support_filter_zstd(c.a);
 	archive_read_support_format_tar(c.a);
 	archive_read_support_format_gnutar(c.a);
-	if (archive_read_open_fd(c.a, archive_fd, 64 * 1024) != ARCHIVE_OK) {
-		rc = herr_set(err, -EINVAL, "archive: %s", archive_error_string(c.a));
-		goto out;
-	}
-	while ((r = archive_read_next_header(c.a, &e)) == ARCHIVE_OK) {
-		if (++n > o->max_entries) {
-			rc = herr_set(err, -EFBIG, "archive holds more than %u entries",
-				      o->max_entries);
-			goto out;
-		}
-		rc = put_entry(&c, e, err);
-		if (rc < 0)
-			goto out;
-	}
-	if (r != ARCHIVE_EOF)
+	if (archive_read_open_fd(c.a, archive_fd, 64 * 1024) != ARCHIVE_OK)
 		rc = herr_set(err, -EINVAL, "archive: %s", archive_error_string(c.a));
 	else
-		rc = (int)n;
-out:
+		rc = put_entries(&c, err);
 	archive_read_free(c.a);
 	return rc;
 }

@@ -283,11 +283,31 @@ static void sweep_uploads(struct tmpl_mgr *m, json_t *busy, struct tmpl_gc_stats
 	closedir(d);
 }
 
+/* Under the registry lock: the teams whose uploads are in use, and (when
+ * the layer store is ours) the layers to keep. */
+static json_t *plan_gc(struct tmpl_mgr *m, json_t *live, json_t *keep, bool layers)
+{
+	json_t *busy;
+	bool changed = false;
+
+	reg_enter(m);
+	busy = busy_teams(m);
+	if (layers) {
+		collect_keep(m, live, keep, &changed);
+		if (changed)
+			tmpl_save_registry(m, NULL);
+	}
+	reg_leave(m);
+	return busy;
+}
+
 int tmpl_gc(struct tmpl_mgr *m, struct tmpl_gc_stats *st, struct herr *err)
 {
 	_cleanup_close_ int lock = layer_store_lock_all(m->data_dir, NULL);
-	json_t *live = NULL, *keep = json_object(), *dropped = json_object(), *busy;
-	bool changed = false;
+	_cleanup_(json_decrefp) json_t *live = NULL;
+	_cleanup_(json_decrefp) json_t *keep = json_object();
+	_cleanup_(json_decrefp) json_t *dropped = json_object();
+	_cleanup_(json_decrefp) json_t *busy = NULL;
 	int rc;
 
 	memset(st, 0, sizeof(*st));
@@ -295,15 +315,8 @@ int tmpl_gc(struct tmpl_mgr *m, struct tmpl_gc_stats *st, struct herr *err)
 	if (rc == 0 && (!keep || !dropped))
 		rc = herr_set(err, -ENOMEM, "out of memory");
 	if (rc < 0)
-		goto out;
-	reg_enter(m);
-	busy = busy_teams(m);
-	if (lock >= 0) {
-		collect_keep(m, live, keep, &changed);
-		if (changed)
-			tmpl_save_registry(m, NULL);
-	}
-	reg_leave(m);
+		return rc;
+	busy = plan_gc(m, live, keep, lock >= 0);
 	st->deferred = lock < 0;
 	if (lock >= 0)
 		rc = sweep_layers(m, keep, dropped, st, err);
@@ -313,13 +326,8 @@ int tmpl_gc(struct tmpl_mgr *m, struct tmpl_gc_stats *st, struct herr *err)
 		sweep_records(m, "tmpl/images/refs", true, dropped, &st->records_removed);
 	}
 	sweep_uploads(m, busy, st);
-	json_decref(busy);
 	log_info("template", NULL, "gc: %u layer(s) removed%s, %u record(s), %u upload(s)",
 		 st->layers_removed, st->deferred ? " (layers skipped: a build or import "
 		 "holds the store)" : "", st->records_removed, st->uploads_removed);
-out:
-	json_decref(live);
-	json_decref(keep);
-	json_decref(dropped);
 	return rc;
 }

@@ -426,45 +426,52 @@ static int docker_image(struct img_ctx *c, json_t **config, char cfg_hex[65],
 	return 0;
 }
 
+/* Hashes the one stream of the opened archive a into md, counting its
+ * bytes against the image's limit. */
+static int hash_stream(struct img_ctx *c, struct archive *a, EVP_MD_CTX *md,
+		       struct herr *err)
+{
+	struct archive_entry *e;
+	unsigned char buf[65536];
+	la_ssize_t n;
+
+	if (archive_read_next_header(a, &e) != ARCHIVE_OK)
+		return herr_set(err, -EINVAL, "%s", archive_error_string(a));
+	while ((n = archive_read_data(a, buf, sizeof(buf))) > 0) {
+		c->used += (uint64_t)n;
+		if (c->used > c->max_bytes)
+			return herr_set(err, -EFBIG, "the image holds more than %llu bytes "
+					"uncompressed", (unsigned long long)c->max_bytes);
+		EVP_DigestUpdate(md, buf, (size_t)n);
+	}
+	if (n < 0)
+		return herr_set(err, -EINVAL, "%s", archive_error_string(a));
+	return 0;
+}
+
 /* sha256 of a layer's uncompressed stream (gzip, zstd or plain tar). */
 static int diff_hash(struct img_ctx *c, int fd, char hex[65], struct herr *err)
 {
 	struct archive *a = archive_read_new();
-	struct archive_entry *e;
 	EVP_MD_CTX *md = EVP_MD_CTX_new();
-	unsigned char d[32], buf[65536];
+	unsigned char d[32];
 	unsigned len = 0;
-	la_ssize_t n = 0;
-	int rc = 0;
+	int rc;
 
 	if (!a || !md || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) {
 		rc = herr_set(err, -ENOMEM, "out of memory");
-		goto out;
+	} else {
+		archive_read_support_filter_gzip(a);
+		archive_read_support_filter_zstd(a);
+		archive_read_support_format_raw(a);
+		rc = archive_read_open_fd(a, fd, 65536) == ARCHIVE_OK ?
+			hash_stream(c, a, md, err) :
+			herr_set(err, -EINVAL, "%s", archive_error_string(a));
 	}
-	archive_read_support_filter_gzip(a);
-	archive_read_support_filter_zstd(a);
-	archive_read_support_format_raw(a);
-	if (archive_read_open_fd(a, fd, 65536) != ARCHIVE_OK ||
-	    archive_read_next_header(a, &e) != ARCHIVE_OK) {
-		rc = herr_set(err, -EINVAL, "%s", archive_error_string(a));
-		goto out;
+	if (rc == 0) {
+		EVP_DigestFinal_ex(md, d, &len);
+		to_hex(d, 32, hex);
 	}
-	while ((n = archive_read_data(a, buf, sizeof(buf))) > 0) {
-		c->used += (uint64_t)n;
-		if (c->used > c->max_bytes) {
-			rc = herr_set(err, -EFBIG, "the image holds more than %llu bytes "
-				      "uncompressed", (unsigned long long)c->max_bytes);
-			goto out;
-		}
-		EVP_DigestUpdate(md, buf, (size_t)n);
-	}
-	if (n < 0) {
-		rc = herr_set(err, -EINVAL, "%s", archive_error_string(a));
-		goto out;
-	}
-	EVP_DigestFinal_ex(md, d, &len);
-	to_hex(d, 32, hex);
-out:
 	EVP_MD_CTX_free(md);
 	archive_read_free(a);
 	return rc;

@@ -116,48 +116,62 @@ static int cmp_names(const void *a, const void *b)
 	return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/* Sorted names of a folder (without . and ..); caller frees each and the array. */
-static int list_sorted(int dir_fd, char ***names, size_t *n, struct herr *err)
-{
-	DIR *d = fdopendir(dup(dir_fd));
-	struct dirent *e;
-	char **v = NULL;
-	size_t cnt = 0, cap = 0;
-
-	if (!d)
-		return herr_sys(err, -errno, "listing a layer folder");
-	while ((e = readdir(d))) {
-		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
-			continue;
-		if (cnt == cap) {
-			char **nv = realloc(v, (cap = cap ? cap * 2 : 16) * sizeof(*v));
-			if (!nv)
-				goto oom;
-			v = nv;
-		}
-		if (!(v[cnt] = strdup(e->d_name)))
-			goto oom;
-		cnt++;
-	}
-	closedir(d);
-	if (cnt)
-		qsort(v, cnt, sizeof(*v), cmp_names);
-	*names = v;
-	*n = cnt;
-	return 0;
-oom:
-	closedir(d);
-	for (size_t i = 0; i < cnt; i++)
-		free(v[i]);
-	free(v);
-	return herr_set(err, -ENOMEM, "out of memory");
-}
-
 static void free_names(char **v, size_t n)
 {
 	for (size_t i = 0; i < n; i++)
 		free(v[i]);
 	free(v);
+}
+
+/* Appends a copy of name to the array v of *cnt names; false when out of memory
+ * (v is then unchanged). */
+static bool add_name(char ***v, size_t *cnt, size_t *cap, const char *name)
+{
+	if (*cnt == *cap) {
+		size_t grown = *cap ? *cap * 2 : 16;
+		char **nv = realloc(*v, grown * sizeof(**v));
+
+		if (!nv)
+			return false;
+		*v = nv;
+		*cap = grown;
+	}
+	(*v)[*cnt] = strdup(name);
+	if (!(*v)[*cnt])
+		return false;
+	(*cnt)++;
+	return true;
+}
+
+/* Sorted names of a folder (without . and ..); caller frees each and the array. */
+static int list_sorted(int dir_fd, char ***names, size_t *n, struct herr *err)
+{
+	int fd = dup(dir_fd);
+	_cleanup_closedir_ DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+	struct dirent *e;
+	char **v = NULL;
+	size_t cnt = 0, cap = 0;
+
+	if (!d) {
+		int saved = errno;
+
+		if (fd >= 0)
+			close(fd);
+		return herr_sys(err, -saved, "listing a layer folder");
+	}
+	while ((e = readdir(d))) {
+		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+			continue;
+		if (!add_name(&v, &cnt, &cap, e->d_name)) {
+			free_names(v, cnt);
+			return herr_set(err, -ENOMEM, "out of memory");
+		}
+	}
+	if (cnt)
+		qsort(v, cnt, sizeof(*v), cmp_names);
+	*names = v;
+	*n = cnt;
+	return 0;
 }
 
 static int hash_file(EVP_MD_CTX *md, int dir_fd, const char *name, struct herr *err)
