@@ -278,6 +278,39 @@ void cfg_print_help(FILE *out, const struct cfg_opt *opts, int nopts, const char
 	fprintf(out, "\n");
 }
 
+static void print_value(FILE *out, const struct cfg_opt *o)
+{
+	if (o->type == CFG_STR)
+		fprintf(out, "%s", o->str ? o->str : "");
+	else if (o->type == CFG_BOOL)
+		fprintf(out, "%s", o->num ? "true" : "false");
+	else
+		fprintf(out, "%lld", o->num);
+}
+
+int cfg_print_values(FILE *out, const struct cfg_opt *opts, int nopts, const char *name)
+{
+	for (int i = 0; i < nopts; i++) {
+		const struct cfg_opt *o = &opts[i];
+
+		if (name) {
+			if (strcmp(o->name, name) != 0)
+				continue;
+			print_value(out, o);
+			fprintf(out, "\n");
+			return 0;
+		}
+		if (o->type == CFG_STR && !o->str) {
+			fprintf(out, "# %s is unset (%s)\n", o->name, o->from);
+			continue;
+		}
+		fprintf(out, "%s = ", o->name);
+		print_value(out, o);
+		fprintf(out, "  # %s\n", o->from);
+	}
+	return name ? -ENOENT : 0;
+}
+
 const char *cfg_str(struct cfg_opt *opts, int nopts, const char *name)
 {
 	struct cfg_opt *o = cfg_find(opts, nopts, name);

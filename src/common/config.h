@@ -44,6 +44,13 @@ int cfg_load(struct cfg_opt *opts, int nopts, const char *prog, const char *summ
 void cfg_print_help(FILE *out, const struct cfg_opt *opts, int nopts, const char *prog,
 		    const char *summary, const char *default_file);
 
+/*
+ * Writes the loaded values as config-file lines, "name = value  # from",
+ * a setting without a value as a comment; with name, only that setting's
+ * value (an empty line when unset). -ENOENT names no setting.
+ */
+int cfg_print_values(FILE *out, const struct cfg_opt *opts, int nopts, const char *name);
+
 struct cfg_opt *cfg_find(struct cfg_opt *opts, int nopts, const char *name);
 const char *cfg_str(struct cfg_opt *opts, int nopts, const char *name);
 long long cfg_int(struct cfg_opt *opts, int nopts, const char *name);

@@ -9,6 +9,7 @@
  *   hutchd [settings] templates import NAME[:TAG] FILE-OR-DIR [--team NAME]
  *   hutchd [settings] templates pull IMAGE [NAME[:TAG]] [--team NAME]
  *   hutchd [settings] templates gc
+ *   hutchd [settings] settings [NAME]      the values in effect, or one
  *
  * When the API listens, stdout gets exactly the lines a shell needs to point
  * the E2B SDKs here; everything else goes to stderr.
@@ -120,7 +121,8 @@ static const char summary[] =
 	"keys revoke ID; templates import NAME[:TAG] FILE-OR-DIR [--team NAME]\n"
 	"(a docker save tarball or an OCI layout, folder or tarball); templates pull\n"
 	"IMAGE [NAME[:TAG]] [--team NAME] (from its registry); templates gc (unused\n"
-	"layers and old uploads).";
+	"layers and old uploads); settings [NAME] (the values in effect, as config\n"
+	"lines, or one value alone).";
 
 static const char *S(const char *name)
 {
@@ -420,6 +422,24 @@ static int cmd_templates(int argc, char **argv, int i)
 	tmpl_close(m);
 	store_close(st);
 	return rc < 0 ? 1 : 0;
+}
+
+/*
+ * "settings [NAME]": what defaults, the config file, flags and HUTCH_*
+ * variables make of each setting, so that a script (scripts/start) need not
+ * redo that layering to find, say, the template folder.
+ */
+static int cmd_settings(int argc, char **argv, int i)
+{
+	if (i + 1 < argc) {
+		fprintf(stderr, "hutchd settings: unexpected argument '%s'\n", argv[i + 1]);
+		return 2;
+	}
+	if (cfg_print_values(stdout, opts, NOPTS, i < argc ? argv[i] : NULL) < 0) {
+		fprintf(stderr, "hutchd settings: no setting '%s' (see --help)\n", argv[i]);
+		return 2;
+	}
+	return 0;
 }
 
 static int first_key_line(struct store *st, char *line, size_t cap)
@@ -754,6 +774,8 @@ int main(int argc, char **argv)
 		rc = cmd_keys(argc, argv, first + 1);
 	else if (first < argc && strcmp(argv[first], "templates") == 0)
 		rc = cmd_templates(argc, argv, first + 1);
+	else if (first < argc && strcmp(argv[first], "settings") == 0)
+		rc = cmd_settings(argc, argv, first + 1);
 	else if (first < argc)
 		rc = (fprintf(stderr, "hutchd: unknown command '%s' (see --help)\n",
 			      argv[first]), 2);
