@@ -6,6 +6,7 @@
  *   bit 0: multipart/form-data (boundary "fuzzb") or application/octet-stream
  *   bit 1: Content-Encoding: gzip
  *   bit 2: send an X-Metadata-Fuzz header made from the first body bytes
+ *   bit 3: quote the boundary parameter (boundary="fuzzb"), as RFC 2046 allows
  * The "path" query is always set, so every write lands on one file in a
  * private temporary home and filenames from the input are never used as
  * paths. Fails when the agent answers anything but 200 or a 4xx/507, or
@@ -124,6 +125,14 @@ static void check_status(int fd)
 	}
 }
 
+static const char *content_type(unsigned flags)
+{
+	if (!(flags & 1))
+		return "application/octet-stream";
+	return flags & 8 ? "multipart/form-data; boundary=\"fuzzb\""
+			 : "multipart/form-data; boundary=fuzzb";
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	static int ready;
@@ -154,8 +163,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	n = snprintf(head, sizeof(head),
 		     "POST /files?path=fuzz-target HTTP/1.1\r\nHost: fuzz\r\n"
 		     "Content-Type: %s\r\n%s%sContent-Length: %zu\r\nConnection: close\r\n\r\n",
-		     flags & 1 ? "multipart/form-data; boundary=fuzzb" :
-				 "application/octet-stream",
+		     content_type(flags),
 		     flags & 2 ? "Content-Encoding: gzip\r\n" : "", meta, size);
 
 	fd = connect_agent();
