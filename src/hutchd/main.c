@@ -103,6 +103,7 @@ static struct cfg_opt opts[] = {
 #define NOPTS ((int)(sizeof(opts) / sizeof(opts[0])))
 
 #define MAX_TIMEOUT_LIMIT_S (10 * 365 * 24 * 3600)
+
 /* Far above any per-sandbox need; the host's conntrack table is the real
  * bound, and a value past it would only read as "no cap". */
 #define EGRESS_CONN_LIMIT 1000000
