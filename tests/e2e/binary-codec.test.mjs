@@ -114,6 +114,37 @@ for (const binary of [true, false]) {
       (e) => e.code === Code.DeadlineExceeded);
     assert.ok(Date.now() - t0 < 5000);
   });
+
+  test(`${name}: idle Connect stream gets keepalives; its deadline leaves the process`,
+    async () => {
+      const { proc } = clients(binary);
+      // Started without a deadline; leaving the Start stream does not stop it.
+      let pid;
+      for await (const m of proc.start({ process: { cmd: '/bin/sleep', args: ['30'] } },
+        { headers: auth })) {
+        pid = m.event.event.value.pid;
+        break;
+      }
+      const selector = { process: { selector: { case: 'pid', value: pid } } };
+      try {
+        const seen = [];
+        const t0 = Date.now();
+        // The deadline as a header, not timeoutMs: the client's own timer
+        // would otherwise hang up first, and the agent's end would go unseen.
+        await assert.rejects(async () => {
+          for await (const m of proc.connect(selector, { headers: { ...auth,
+            'Keepalive-Ping-Interval': '1', 'Connect-Timeout-Ms': '2400' } }))
+            seen.push(m.event.event.case);
+        }, (e) => e.code === Code.DeadlineExceeded && e.rawMessage === 'the operation timed out');
+        assert.deepEqual(seen, ['start', 'keepalive', 'keepalive']);
+        const took = Date.now() - t0;
+        assert.ok(took >= 2300 && took < 2950, `the stream ended after ${took} ms`);
+        const { processes } = await proc.list({}, { headers: auth });
+        assert.ok(processes.some((p) => p.pid === pid), 'the process ended with the stream');
+      } finally {
+        await proc.sendSignal({ ...selector, signal: 9 }, { headers: auth });
+      }
+    });
 }
 
 async function runEchoWithCwd(proc, cwd) {
