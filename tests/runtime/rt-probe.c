@@ -9,11 +9,15 @@
  *   rt-probe escape          runs the escape checks once and prints them
  *                            (host control run: root, own mount namespace)
  *   rt-probe membomb         allocates until the memory limit kills it
+ *   rt-probe facts           what it sees of its namespaces, privileges,
+ *                            /dev, /etc and descriptors (rt_probe_facts.c)
  *
  * Commands of "serve": connect IP PORT MS | escape | hold IP PORT MS |
  * forkbomb MS | membomb | fill PATH | crash | exit N | open IP PORT MS |
  * echo | shut | closeall (the last four keep connections open between
- * commands, for the connection cap checks).
+ * commands, for the connection cap checks) | facts [SYSV-KEY] |
+ * spin THREADS MS | forkfail. "exit N" and a forkfail that met the pids
+ * limit (status 75) end the probe, and with it the sandbox.
  *
  * Every escape check prints "<name> <result>": "ok" when the attempt worked,
  * the errno name when it was refused, "seen=N" for visibility counts.
@@ -45,6 +49,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "rt_probe_facts.h"
 
 static int out_fd = 1; /* where results go: stdout, or the client socket */
 
@@ -629,6 +634,8 @@ static int listen_on(const char *ip, int port)
 	return fd;
 }
 
+static int exit_code; /* of serve, once a command ends it */
+
 static void handle(int c, bool *quit)
 {
 	char line[512], a[256];
@@ -666,7 +673,13 @@ static void handle(int c, bool *quit)
 	else if (strcmp(line, "crash") == 0)
 		__builtin_trap();
 	else if (sscanf(line, "exit %d", &x) == 1)
-		*quit = true;
+		*quit = true, exit_code = x;
+	else if (strncmp(line, "facts", 5) == 0)
+		probe_facts(c, line + 5);
+	else if (sscanf(line, "spin %d %d", &x, &y) == 2)
+		probe_spin(c, x, y);
+	else if (strcmp(line, "forkfail") == 0)
+		*quit = (exit_code = probe_forkfail(c)) != 0;
 	else
 		say("unknown command\n");
 	say(".\n");
@@ -690,7 +703,7 @@ static int serve(int port)
 		handle(c, &quit);
 		close(c);
 	}
-	return 0;
+	return exit_code;
 }
 
 /* Echo server for the egress tests; one child per connection. */
@@ -745,6 +758,11 @@ int main(int argc, char **argv)
 	}
 	if (argc == 2 && strcmp(argv[1], "membomb") == 0)
 		membomb();
-	fprintf(stderr, "usage: rt-probe serve PORT | listen IP PORT | escape | membomb\n");
+	if (argc == 2 && strcmp(argv[1], "facts") == 0) {
+		probe_facts(1, NULL);
+		return 0;
+	}
+	fprintf(stderr, "usage: rt-probe serve PORT | listen IP PORT | escape | membomb | "
+		"facts\n");
 	return 2;
 }

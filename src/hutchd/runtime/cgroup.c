@@ -328,14 +328,16 @@ uint64_t rt_cg_oom_kills(struct rt *rt, const char *id)
 	if (rt->cg_mode == RT_CG_UNIFIED) {
 		v2_path(rt, path, sizeof(path), id);
 		strncat(path, "/memory.events", sizeof(path) - strlen(path) - 1);
-		return read_keyed(path, "oom_kill");
+		/* A group kill (memory.oom.group, should anyone set it) counts apart. */
+		return read_keyed(path, "oom_kill") + read_keyed(path, "oom_group_kill");
 	}
 	v1_path(path, sizeof(path), "memory", rt->cg_name, id);
 	strncat(path, "/memory.oom_control", sizeof(path) - strlen(path) - 1);
 	return read_keyed(path, "oom_kill");
 }
 
-bool rt_cg_pids_hit(struct rt *rt, const char *id)
+/* "max" in pids.events: forks refused because this cgroup was at pids.max. */
+uint64_t rt_cg_pids_refused(struct rt *rt, const char *id)
 {
 	char path[512];
 
@@ -344,7 +346,7 @@ bool rt_cg_pids_hit(struct rt *rt, const char *id)
 	else
 		v1_path(path, sizeof(path), "pids", rt->cg_name, id);
 	strncat(path, "/pids.events", sizeof(path) - strlen(path) - 1);
-	return read_keyed(path, "max") > 0;
+	return read_keyed(path, "max");
 }
 
 static uint64_t read_in(const char *dir, const char *file)

@@ -48,8 +48,9 @@ static int pidfd_open_checked(pid_t pid, unsigned long long start)
 const char *rt_exit_reason_name(enum rt_exit_reason reason)
 {
 	static const char *const names[] = { "none", "exited", "killed", "oom", "limit",
-					     "error" };
-	return (unsigned)reason < 6 ? names[reason] : "unknown";
+					     "error", "signal" };
+	return (unsigned)reason < sizeof(names) / sizeof(names[0]) ? names[reason] :
+	       "unknown";
 }
 
 const char *rt_state_name(enum rt_state state)
@@ -126,6 +127,44 @@ static void close_pidfds(struct rt_sandbox *s)
 	s->keeper_pidfd = s->init_pidfd = -1;
 }
 
+/* Forks the pids limit refused since the create. */
+static uint64_t pids_refused(struct rt *rt, const struct rt_sandbox *s)
+{
+	uint64_t now = rt_cg_pids_refused(rt, s->id);
+
+	return now > s->pids_base ? now - s->pids_base : 0;
+}
+
+/* An init that exited by itself: with a failure after refused forks, the
+ * pids limit is named (see RT_EXIT_LIMIT); otherwise just its status. */
+static void settle_exited(struct rt_info *in, int status)
+{
+	in->exit_status = status;
+	in->reason = status != 0 && in->pids_refused ? RT_EXIT_LIMIT : RT_EXIT_EXITED;
+	if (in->reason == RT_EXIT_LIMIT)
+		snprintf(in->message, sizeof(in->message), "exited with status %d after the "
+			 "pids limit refused %" PRIu64 " forks", status, in->pids_refused);
+}
+
+/*
+ * A signal death: ours (a stop), the OOM killer's, or anyone else's. Only
+ * SIGKILL can be the OOM killer's, and a pid namespace's init cannot get
+ * SIGKILL from inside its namespace, so SIGKILL plus a risen OOM-kill
+ * count is the kernel's doing. Any other signal is a crash of the init
+ * (or a signal from the host), whatever limits were hit around it.
+ */
+static void settle_signaled(struct rt *rt, struct rt_sandbox *s, struct rt_info *in,
+			    int sig)
+{
+	in->exit_signal = sig;
+	if (s->stop_requested)
+		in->reason = RT_EXIT_KILLED;
+	else if (sig == SIGKILL && rt_cg_oom_kills(rt, s->id) > s->oom_base)
+		in->reason = RT_EXIT_OOM;
+	else
+		in->reason = RT_EXIT_SIGNAL;
+}
+
 /* Works out how the init ended, from the keeper's record and the cgroup. */
 static void settle_exit(struct rt *rt, struct rt_sandbox *s)
 {
@@ -133,6 +172,7 @@ static void settle_exit(struct rt *rt, struct rt_sandbox *s)
 	int wstatus;
 
 	rt_cg_stats(rt, s->id, in);
+	in->pids_refused = pids_refused(rt, s);
 	in->state = RT_STATE_STOPPED;
 	in->pid = 0;
 	if (rt_state_exit_read(rt, s->id, &wstatus) < 0) {
@@ -140,19 +180,14 @@ static void settle_exit(struct rt *rt, struct rt_sandbox *s)
 		if (!s->stop_requested)
 			snprintf(in->message, sizeof(in->message),
 				 "the sandbox keeper ended without recording an exit");
+	} else if (s->stop_requested && !WIFSIGNALED(wstatus)) {
+		/* An init that exits cleanly on our SIGTERM was still stopped by us. */
+		in->reason = RT_EXIT_KILLED;
+		in->exit_status = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 0;
 	} else if (WIFEXITED(wstatus)) {
-		in->reason = RT_EXIT_EXITED;
-		in->exit_status = WEXITSTATUS(wstatus);
+		settle_exited(in, WEXITSTATUS(wstatus));
 	} else {
-		in->exit_signal = WIFSIGNALED(wstatus) ? WTERMSIG(wstatus) : 0;
-		if (s->stop_requested)
-			in->reason = RT_EXIT_KILLED;
-		else if (rt_cg_oom_kills(rt, s->id) > s->oom_base)
-			in->reason = RT_EXIT_OOM;
-		else if (rt_cg_pids_hit(rt, s->id))
-			in->reason = RT_EXIT_LIMIT;
-		else
-			in->reason = RT_EXIT_KILLED;
+		settle_signaled(rt, s, in, WIFSIGNALED(wstatus) ? WTERMSIG(wstatus) : 0);
 	}
 	s->state = RT_STATE_STOPPED;
 	/* Our own child keepers are reaped here; adopted ones by their parent. */
@@ -369,6 +404,7 @@ static int prepare_host_side(struct rt *rt, struct rt_sandbox *s, const struct r
 	if (r < 0)
 		return r;
 	s->oom_base = rt_cg_oom_kills(rt, s->id);
+	s->pids_base = rt_cg_pids_refused(rt, s->id);
 	rt_mark(marks, RT_M_CGROUP);
 	r = rt_net_take(rt, &s->net, err);
 	if (r < 0)
@@ -648,6 +684,7 @@ static void fill_info(struct rt *rt, struct rt_sandbox *s, struct rt_info *info)
 		info->pid = s->init_pid;
 		info->reason = RT_EXIT_NONE;
 		rt_cg_stats(rt, s->id, info);
+		info->pids_refused = pids_refused(rt, s);
 		info->disk_bytes = rt_disk_used(rt, s->id, s->init_pid);
 	}
 	inet_ntop(AF_INET, &a, info->ip, sizeof(info->ip));

@@ -123,27 +123,44 @@ enum rt_state {
 	RT_STATE_STOPPED, /* init gone; writable layer kept until rt_destroy */
 };
 
+/*
+ * How the init ended. Only what the kernel's records show is claimed:
+ * the wait status the keeper saw, whether we asked for the end, and the
+ * sandbox cgroup's event counters since the create.
+ */
 enum rt_exit_reason {
 	RT_EXIT_NONE,   /* still running */
 	RT_EXIT_EXITED, /* init exited by itself; exit_status holds the code */
-	RT_EXIT_KILLED, /* rt_stop/rt_destroy, or a signal; exit_signal holds it */
-	RT_EXIT_OOM,    /* the memory limit was hit and the kernel killed the init */
-	RT_EXIT_LIMIT,  /* another limit (pids) ended it */
+	RT_EXIT_KILLED, /* rt_stop/rt_destroy (we asked); exit_signal holds the signal */
+	/* Killed by SIGKILL, which only the kernel or the host can send to a
+	 * pid namespace's init, and the cgroup's OOM-kill count rose: the
+	 * memory limit was hit and the OOM killer chose the init. */
+	RT_EXIT_OOM,
+	/* The init exited with a non-zero status after the pids limit had
+	 * refused forks in the sandbox (pids_refused > 0). That limit never
+	 * kills anything: a failed fork is all a process sees of it, and
+	 * giving up with an error is how an init dies of it. A crash (a
+	 * signal) is RT_EXIT_SIGNAL whatever the counters say. */
+	RT_EXIT_LIMIT,
 	RT_EXIT_ERROR,  /* setup failed, or the keeper died: see the message */
+	/* A signal we did not send ended the init (a crash: SIGSEGV, SIGABRT,
+	 * SIGILL...; or SIGKILL from the host with no OOM kill seen). */
+	RT_EXIT_SIGNAL,
 };
 
 struct rt_info {
 	enum rt_state state;
 	pid_t pid;              /* host pid of the init; 0 when stopped */
 	enum rt_exit_reason reason;
-	int exit_status;        /* for RT_EXIT_EXITED */
-	int exit_signal;        /* for RT_EXIT_KILLED/OOM */
+	int exit_status;        /* for RT_EXIT_EXITED and RT_EXIT_LIMIT */
+	int exit_signal;        /* for RT_EXIT_KILLED, OOM and SIGNAL */
 	uint64_t memory_bytes;  /* current cgroup memory use */
 	uint64_t memory_peak;   /* highest seen */
 	uint64_t cpu_usec;      /* total CPU time used */
 	unsigned pids;          /* tasks now */
 	uint64_t disk_bytes;    /* writable layer in use */
 	uint64_t oom_kills;     /* OOM kills inside the sandbox (any process) */
+	uint64_t pids_refused;  /* forks the pids limit refused since the create */
 	char ip[16];            /* the sandbox's address, dotted quad */
 	char message[256];      /* for RT_EXIT_ERROR */
 };

@@ -93,6 +93,7 @@ struct rt_sandbox {
 	bool stop_requested;
 	bool destroying;
 	uint64_t oom_base;      /* oom_kill count at start */
+	uint64_t pids_base;     /* pids.events "max" at start */
 	uint64_t mem_peak;
 	pthread_mutex_t lock;
 };
@@ -173,7 +174,7 @@ void rt_cg_stats(struct rt *rt, const char *id, struct rt_info *info);
 /* The sandbox's anonymous and shared memory: what a checkpoint writes. */
 uint64_t rt_cg_dumpable_bytes(struct rt *rt, const char *id);
 uint64_t rt_cg_oom_kills(struct rt *rt, const char *id);
-bool rt_cg_pids_hit(struct rt *rt, const char *id);
+uint64_t rt_cg_pids_refused(struct rt *rt, const char *id);
 bool rt_cg_exists(struct rt *rt, const char *id);
 
 int rt_cg_pool_create(struct rt *rt, const char *name, struct herr *err);

@@ -112,9 +112,11 @@ int rt_state_write(struct rt *rt, const struct rt_sandbox *s, struct herr *err)
 	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
 	snprintf(text, sizeof(text),
 		 "slot=%u\nuid_base=%u\nnet_slot=%u\nhost_if=%s\nhost_ip=%u\nsbx_ip=%u\n"
-		 "keeper_pid=%d\ninit_pid=%d\ninit_start=%llu\noom_base=%" PRIu64 "\n",
+		 "keeper_pid=%d\ninit_pid=%d\ninit_start=%llu\noom_base=%" PRIu64 "\n"
+		 "pids_base=%" PRIu64 "\n",
 		 s->slot, s->uid_base, s->net.slot, s->net.host_if, s->net.host_ip,
-		 s->net.sbx_ip, s->keeper_pid, s->init_pid, s->init_start, s->oom_base);
+		 s->net.sbx_ip, s->keeper_pid, s->init_pid, s->init_start, s->oom_base,
+		 s->pids_base);
 	int r = rt_write_file(tmp, text, err);
 	if (r < 0)
 		return r;
@@ -159,6 +161,8 @@ int rt_state_read(struct rt *rt, const char *id, struct rt_sandbox *s, struct he
 			s->init_start = v;
 		else if (strcmp(line, "oom_base") == 0)
 			s->oom_base = v;
+		else if (strcmp(line, "pids_base") == 0)
+			s->pids_base = v;
 	}
 	if (s->slot >= rt->max_sandboxes || s->net.slot >= rt->max_sandboxes)
 		return herr_set(err, -EINVAL, "%s: slot out of range", path);

@@ -81,6 +81,7 @@ static void test_names(void **state)
 	(void)state;
 	assert_string_equal(rt_exit_reason_name(RT_EXIT_OOM), "oom");
 	assert_string_equal(rt_exit_reason_name(RT_EXIT_LIMIT), "limit");
+	assert_string_equal(rt_exit_reason_name(RT_EXIT_SIGNAL), "signal");
 	assert_string_equal(rt_exit_reason_name((enum rt_exit_reason)99), "unknown");
 	assert_string_equal(rt_state_name(RT_STATE_FROZEN), "frozen");
 	assert_string_equal(rt_state_name((enum rt_state)-1), "unknown");
@@ -158,7 +159,8 @@ static void test_state_roundtrip(void **state)
 	char dir[] = "/tmp/hutch-rtunit.XXXXXX", path[128];
 	struct rt rt = { .max_sandboxes = 8 };
 	struct rt_sandbox s = { .slot = 3, .uid_base = 0x10030000, .keeper_pid = 42,
-				.init_pid = 43, .init_start = 123456789ull, .oom_base = 7 };
+				.init_pid = 43, .init_start = 123456789ull, .oom_base = 7,
+				.pids_base = 11 };
 	struct rt_sandbox back = { 0 };
 	struct herr err;
 	int wst = -1;
@@ -185,6 +187,7 @@ static void test_state_roundtrip(void **state)
 	assert_int_equal(back.init_pid, 43);
 	assert_int_equal(back.init_start, 123456789ull);
 	assert_int_equal(back.oom_base, 7);
+	assert_int_equal(back.pids_base, 11);
 	assert_int_equal(rt_state_exit_read(&rt, "box-1", &wst), -ENOENT);
 
 	/* a slot beyond the runtime's table is refused, not indexed */
