@@ -5,34 +5,25 @@
 // behind in the runtime or the list.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import {
-  chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync,
-} from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Sandbox } from 'e2b';
-import { requireBase, startHutchd, templateDir, useEnv } from './lib/hutchd.mjs';
+import { requireBase, startHutchd, templatesBesideBase, useEnv } from './lib/hutchd.mjs';
 
 let h;
 let tpl;
 let restore;
 
-// A template dir of our own: base by symlink, and templates that cannot work.
+// A template dir of our own: base, and templates that cannot work.
 function makeTemplates() {
-  const dir = mkdtempSync(join(tmpdir(), 'hutch-tpl-e2e-'));
-  symlinkSync(join(templateDir, 'base'), join(dir, 'base'));
-  const add = (name, json, complete = true) => {
-    mkdirSync(join(dir, name));
-    symlinkSync(join(templateDir, 'base', 'rootfs'), join(dir, name, 'rootfs'));
-    writeFileSync(join(dir, name, 'template.json'), json);
-    if (complete) writeFileSync(join(dir, name, 'complete'), '');
-  };
-  add('ghost', JSON.stringify({ user: 'ghost', workdir: '/home/ghost' }));
-  add('rootly', JSON.stringify({ user: 'root', workdir: '/tmp', env: { FROM_TPL: 'yes' },
-    cpuCount: 1, memoryMB: 256 }));
-  add('broken', '{"user": ');
-  add('halfbuilt', '{}', false);
-  return dir;
+  return templatesBesideBase([
+    { name: 'ghost', json: JSON.stringify({ user: 'ghost', workdir: '/home/ghost' }) },
+    { name: 'rootly', json: JSON.stringify({ user: 'root', workdir: '/tmp',
+      env: { FROM_TPL: 'yes' }, cpuCount: 1, memoryMB: 256 }) },
+    { name: 'broken', json: '{"user": ' },
+    { name: 'halfbuilt', json: '{}', complete: false },
+  ]);
 }
 
 before(async (t) => {

@@ -34,6 +34,15 @@ struct lifecycle {
 	char (*busy)[SBX_ID_LEN + 1];
 	size_t n_busy, cap_busy;
 	pthread_cond_t busy_done;
+	/* Sandboxes whose agent ended on its own, with the runtime's reason:
+	 * the runtime reports them, the reaper ends their rows (under lock). */
+	struct lc_exit *exits;
+	size_t n_exits, cap_exits;
+};
+
+struct lc_exit {
+	char id[SBX_ID_LEN + 1];
+	char reason[512];
 };
 
 void lc_call_end_hook(struct lifecycle *lc, const char *id);

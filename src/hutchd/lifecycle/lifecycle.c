@@ -11,6 +11,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -251,6 +252,100 @@ int lc_stats(struct lifecycle *lc, const char *id, struct lc_stats *out,
 	return lcrt_stats(lc->rt, id, out, err);
 }
 
+/* ---- sandboxes whose agent ended on its own ---- */
+
+/* Appends to the noted ends; false when out of memory. Under lc->lock. */
+static bool note_end_locked(struct lifecycle *lc, const struct lc_exit *e)
+{
+	if (lc->n_exits == lc->cap_exits) {
+		size_t cap = lc->cap_exits ? lc->cap_exits * 2 : 8;
+		struct lc_exit *more = realloc(lc->exits, cap * sizeof(*more));
+
+		if (!more)
+			return false;
+		lc->exits = more;
+		lc->cap_exits = cap;
+	}
+	lc->exits[lc->n_exits++] = *e;
+	return true;
+}
+
+/* The runtime's exit monitor: noted here, settled by the reaper, which may
+ * take the operation lock and call back into the runtime. */
+static void agent_ended(void *arg, const char *id, const char *reason)
+{
+	struct lifecycle *lc = arg;
+	struct lc_exit e;
+	bool noted;
+
+	/* Longer ids are the runtime's own (template builds): no rows. */
+	if (strlen(id) > SBX_ID_LEN)
+		return;
+	snprintf(e.id, sizeof(e.id), "%s", id);
+	snprintf(e.reason, sizeof(e.reason), "%s", reason);
+	pthread_mutex_lock(&lc->lock);
+	noted = note_end_locked(lc, &e);
+	pthread_cond_signal(&lc->wake);
+	pthread_mutex_unlock(&lc->lock);
+	if (!noted)
+		log_error("lifecycle", id, "out of memory noting its end (%s); its timeout "
+			  "will end its row", reason);
+}
+
+/*
+ * Ends the row of a sandbox whose agent ended, with the runtime's reason,
+ * and frees what the runtime still holds for it. False when it has to wait:
+ * a create, pause, resume or kill of it is under way and decides first.
+ */
+static bool settle_agent_end(struct lifecycle *lc, const struct lc_exit *e)
+{
+	_cleanup_sandbox_ struct store_sandbox sb = { 0 };
+	struct herr err;
+	bool done = true;
+
+	if (!lc_busy_take(lc, e->id, false))
+		return false;
+	int rc = store_sandbox_get(lc->store, e->id, -1, &sb, &err);
+	if (rc < 0)
+		log_error("lifecycle", e->id, "reading its row after its end: %s", err.msg);
+	else if (rc > 0 && strcmp(sb.state, SBX_CREATING) == 0)
+		done = false; /* the create sees the end itself, or makes it running */
+	/* Only a running row whose sandbox really is gone: a warm or resumed
+	 * sandbox of that id may be alive again, a paused or ended row has
+	 * its reason already. */
+	else if (rc > 0 && strcmp(sb.state, SBX_RUNNING) == 0 && !*sb.intent &&
+		 lcrt_alive(lc->rt, e->id) == 0 &&
+		 lc_kill_locked(lc, e->id, e->reason, &err) < 0)
+		log_error("lifecycle", e->id, "ending its row (%s): %s", e->reason, err.msg);
+	lc_busy_give(lc, e->id);
+	return done;
+}
+
+static void settle_agent_ends(struct lifecycle *lc)
+{
+	struct lc_exit *list;
+	size_t n;
+
+	pthread_mutex_lock(&lc->lock);
+	list = lc->exits;
+	n = lc->n_exits;
+	lc->exits = NULL;
+	lc->n_exits = lc->cap_exits = 0;
+	pthread_mutex_unlock(&lc->lock);
+	for (size_t i = 0; i < n; i++) {
+		if (settle_agent_end(lc, &list[i]))
+			continue;
+		/* Looked at again on the next round of the reaper. */
+		pthread_mutex_lock(&lc->lock);
+		bool noted = note_end_locked(lc, &list[i]);
+		pthread_mutex_unlock(&lc->lock);
+		if (!noted)
+			log_error("lifecycle", list[i].id, "out of memory keeping its end (%s)",
+				  list[i].reason);
+	}
+	free(list);
+}
+
 /* ---- reaper ---- */
 
 static void purge_old(struct lifecycle *lc, int64_t now)
@@ -275,6 +370,8 @@ int lc_reap_once(struct lifecycle *lc, int64_t now)
 	struct herr err;
 	int n = 0, kills = 0;
 
+	if (lc->rt)
+		settle_agent_ends(lc);
 	if (store_sandbox_expired(lc->store, now, ids, REAP_BATCH, &n, &err) < 0) {
 		log_error("lifecycle", NULL, "finding expired sandboxes: %s", err.msg);
 		return 0;
@@ -320,6 +417,7 @@ static int recover_one(const struct store_sandbox *sb, void *arg)
 {
 	struct lifecycle *lc = arg;
 	struct herr err;
+	char why[512];
 
 	if (lc_recover_pause(lc, sb))
 		return 0;
@@ -336,6 +434,10 @@ static int recover_one(const struct store_sandbox *sb, void *arg)
 		if (lc->rt && lcrt_alive(lc->rt, sb->id) > 0) {
 			log_info("lifecycle", sb->id, "re-adopted");
 			lc_event(lc, sb->id, "re-adopted", "");
+		} else if (lc->rt && lcrt_exit_reason(lc->rt, sb->id, why, sizeof(why))) {
+			/* It ended while hutchd was away: the runtime knows how. */
+			if (lc_kill(lc, sb->id, why, &err) < 0)
+				log_error("lifecycle", sb->id, "ending: %s", err.msg);
 		} else {
 			lc_end_row(lc, sb->id, lc->rt ? "lost: not running after hutchd restart" :
 				"lost: no sandbox runtime on this node");
@@ -404,6 +506,8 @@ int lc_start(struct store *st, const struct lc_config *cfg, struct lifecycle **o
 			log_error("lifecycle", NULL, "sandbox runtime unavailable, creates "
 				  "will be refused: %s", err->msg);
 			lc->rt = NULL;
+		} else {
+			lcrt_on_exit(lc->rt, agent_ended, lc);
 		}
 	}
 	store_sandbox_each(st, NULL, recover_one, lc, err);
@@ -443,6 +547,7 @@ void lc_stop(struct lifecycle *lc)
 	pthread_cond_destroy(&lc->wake);
 	pthread_cond_destroy(&lc->busy_done);
 	free(lc->busy);
+	free(lc->exits);
 	pthread_rwlock_destroy(&lc->hook_lock);
 	pthread_mutex_destroy(&lc->lock);
 	free(lc);

@@ -41,6 +41,8 @@ struct lc_rt {
 	struct rt *rt;
 	struct lc_config cfg;
 	bool bundled;   /* agent_dir holds ld.so + lib/ (else a static agent) */
+	lcrt_exit_fn on_exit; /* set before the runtime may call it */
+	void *exit_arg;
 };
 
 /*
@@ -515,6 +517,72 @@ int lcrt_set_network(struct lc_rt *l, const char *id, json_t *network,
 	int rc = policy_from_json(network, &pol, a, d, err);
 
 	return rc < 0 ? rc : rt_set_net_policy(l->rt, id, &pol, err);
+}
+
+/*
+ * A sandbox row's end reason from the runtime's account of its init (the
+ * agent): a word first ("oom", "limit", "exited", "signal", "killed",
+ * "error"), then what it means for the user.
+ */
+static void end_text(const struct rt_info *in, char *out, size_t len)
+{
+	const char *sig = sigabbrev_np(in->exit_signal);
+
+	switch (in->reason) {
+	case RT_EXIT_OOM:
+		snprintf(out, len, "oom: the sandbox reached its memory limit and the kernel "
+			 "killed its agent");
+		break;
+	case RT_EXIT_LIMIT:
+		snprintf(out, len, "limit: the agent exited with status %d after the sandbox's "
+			 "pids limit refused %llu forks", in->exit_status,
+			 (unsigned long long)in->pids_refused);
+		break;
+	case RT_EXIT_EXITED:
+		snprintf(out, len, "exited: the agent exited with status %d", in->exit_status);
+		break;
+	case RT_EXIT_SIGNAL:
+		snprintf(out, len, "signal: the agent was killed by signal %d (SIG%s)",
+			 in->exit_signal, sig ? sig : "?");
+		break;
+	case RT_EXIT_KILLED:
+		snprintf(out, len, "killed");
+		break;
+	default:
+		snprintf(out, len, "error: %s", *in->message ? in->message :
+			 rt_exit_reason_name(in->reason));
+	}
+}
+
+/* The runtime's exit monitor: ends it was asked for are not passed on. */
+static void runtime_exit(void *arg, const char *id, const struct rt_info *info)
+{
+	struct lc_rt *l = arg;
+	char why[512];
+
+	if (info->reason == RT_EXIT_KILLED || !l->on_exit)
+		return;
+	end_text(info, why, sizeof(why));
+	l->on_exit(l->exit_arg, id, why);
+}
+
+void lcrt_on_exit(struct lc_rt *l, lcrt_exit_fn fn, void *arg)
+{
+	l->on_exit = fn;
+	l->exit_arg = arg;
+	/* Takes the runtime's lock: the monitor sees the fields set above. */
+	rt_set_exit_callback(l->rt, fn ? runtime_exit : NULL, l);
+}
+
+int lcrt_exit_reason(struct lc_rt *l, const char *id, char *out, size_t len)
+{
+	struct rt_info info;
+	struct herr err;
+
+	if (rt_query(l->rt, id, &info, &err) < 0 || info.state != RT_STATE_STOPPED)
+		return 0;
+	end_text(&info, out, len);
+	return 1;
 }
 
 int lcrt_stats(struct lc_rt *l, const char *id, struct lc_stats *out, struct herr *err)

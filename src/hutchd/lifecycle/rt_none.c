@@ -123,3 +123,12 @@ void lcrt_stop(struct lc_rt *rt, const char *id)
 void lcrt_thaw(struct lc_rt *rt, const char *id)
 {
 }
+
+void lcrt_on_exit(struct lc_rt *rt, lcrt_exit_fn fn, void *arg)
+{
+}
+
+int lcrt_exit_reason(struct lc_rt *rt, const char *id, char *out, size_t len)
+{
+	return 0;
+}

@@ -9,6 +9,7 @@
 #define HUTCH_LC_SANDBOX_RT_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include <jansson.h>
@@ -87,5 +88,16 @@ void lcrt_thaw(struct lc_rt *rt, const char *id);
 int lcrt_remove_paused(struct lc_rt *rt, const char *id, struct herr *err);
 
 int lcrt_stats(struct lc_rt *rt, const char *id, struct lc_stats *out, struct herr *err);
+
+/*
+ * Called (from a runtime thread) when a sandbox's agent ends without being
+ * asked to: reason is the end reason for its row ("oom: ...", "exited:
+ * ...", see rt_glue.c). Ends asked for (stop, destroy, pause) are not
+ * reported; whoever asked records those. fn must not block for long.
+ */
+typedef void (*lcrt_exit_fn)(void *arg, const char *id, const char *reason);
+void lcrt_on_exit(struct lc_rt *rt, lcrt_exit_fn fn, void *arg);
+/* 1 and the reason when the runtime knows id as ended, 0 when not. */
+int lcrt_exit_reason(struct lc_rt *rt, const char *id, char *out, size_t len);
 
 #endif

@@ -7,7 +7,8 @@
 // its own so that it never touches another runtime's sandboxes.
 import { spawn, spawnSync } from 'node:child_process';
 import {
-  appendFileSync, chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmdirSync, rmSync,
+  appendFileSync, chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync,
+  rmdirSync, rmSync, symlinkSync, writeFileSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -34,6 +35,22 @@ export function requireBase(t) {
     return false;
   }
   throw new Error(msg);
+}
+
+// A template folder of a test's own: the shared base by symlink, and each
+// of templates ({ name, json, complete }) on the base's root file system
+// with that template.json text ("complete: false" leaves the marker out).
+// The caller removes the folder.
+export function templatesBesideBase(templates) {
+  const dir = mkdtempSync(join(tmpdir(), 'hutch-tpl-e2e-'));
+  symlinkSync(join(templateDir, 'base'), join(dir, 'base'));
+  for (const { name, json, complete = true } of templates) {
+    mkdirSync(join(dir, name));
+    symlinkSync(join(templateDir, 'base', 'rootfs'), join(dir, name, 'rootfs'));
+    writeFileSync(join(dir, name, 'template.json'), json);
+    if (complete) writeFileSync(join(dir, name, 'complete'), '');
+  }
+  return dir;
 }
 
 function parseExports(text) {
