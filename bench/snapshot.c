@@ -1,6 +1,7 @@
 /*
- * snapshot bench: pause and resume times of real runtime sandboxes holding
- * 50 MB and 500 MB, and the RAM that 100 paused sandboxes keep. Run by
+ * snapshot bench: pause, resume and fork (with memory) times of real runtime
+ * sandboxes holding 50 MB and 500 MB, and the RAM that 100 paused sandboxes
+ * keep. Run by
  * bench/snapshot as root; prints rows of figures, passes nothing.
  *
  *   snap-bench TMPDIR SNAP_APP [ROUNDS] [N_PAUSED]
@@ -131,6 +132,84 @@ static void bench_size(struct rt *rt, const char *tmp, unsigned mb, int rounds,
 	rt_destroy(rt, id, NULL);
 }
 
+/* Copies the paused source's disk for a fork, as lc_fork_from does, once no
+ * loop device holds it (the source's mount namespace goes asynchronously). */
+static int copy_disk(const char *tmp, const char *from, const char *to)
+{
+	char cmd[3 * 4200];
+
+	snprintf(cmd, sizeof(cmd), "for i in $(seq 50); do losetup -j '%s/data/sandboxes/%s/"
+		 "disk.img' | grep -q . || break; sleep 0.02; done; mkdir -p '%s/data/sandboxes/"
+		 "%s' && cp --sparse=always '%s/data/sandboxes/%s/disk.img' "
+		 "'%s/data/sandboxes/%s/disk.img'", tmp, from, tmp, to, tmp, from, tmp, to);
+	return system(cmd) == 0 ? 0 : -EIO;
+}
+
+/*
+ * A fork with memory, as hutchd makes it: its own sandbox created on a copy
+ * of the disk (its first process ended at once), then the source's images
+ * restored into it with the id map, hostname and cgroups moved. Reference:
+ * CRIU's own restore of the same images in the same call.
+ */
+static void bench_fork(struct rt *rt, const char *tmp, unsigned mb, int rounds,
+		       const struct rt_restore_spec *rspec)
+{
+	char id[32], fork[32], images[4200], rootfs[4200], agent[4200];
+	struct rt_ckpt_stats st;
+	struct herr err;
+
+	snprintf(id, sizeof(id), "f%u", mb);
+	snprintf(images, sizeof(images), "%s/images-%s", tmp, id);
+	snprintf(rootfs, sizeof(rootfs), "%s/rootfs", tmp);
+	snprintf(agent, sizeof(agent), "%s/agent", tmp);
+	if (create_app(rt, id, tmp, mb) < 0 || rt_checkpoint(rt, id, &ckpt, &st, &err) < 0 ||
+	    rt_checkpoint_copy(rt, id, images, &st.image_bytes, &err) < 0) {
+		printf("%u MB fork: no source images: %s\n", mb, err.msg);
+		rt_destroy(rt, id, NULL);
+		return;
+	}
+	struct rt_fork_source src = { .images = images, .hostname = id };
+	struct rt_restore_spec fspec = *rspec;
+	fspec.fork = &src;
+	const char *layers[] = { rootfs };
+	const char *args[] = { RT_AGENT_MOUNT "/snap-app", "1", "bench", "nopeer", NULL };
+	for (int i = 1; i <= rounds; i++) {
+		snprintf(fork, sizeof(fork), "f%uk%d", mb, i);
+		struct rt_spec spec = {
+			.id = fork, .layers = layers, .n_layers = 1, .agent_dir = agent,
+			.argv = args, .reuse_upper = true,
+			.limits = { .memory_mb = mb * 2 + 128, .pids = 32, .disk_mb = 64 },
+		};
+		if (copy_disk(tmp, id, fork) < 0) {
+			printf("%u MB fork: disk copy failed\n", mb);
+			break;
+		}
+		struct timespec t0, t1;
+		clock_gettime(CLOCK_MONOTONIC, &t0);
+		int r = rt_create(rt, &spec, &err);
+		if (r == 0)
+			r = rt_restore(rt, fork, &fspec, &ckpt, &st, &err);
+		clock_gettime(CLOCK_MONOTONIC, &t1);
+		long ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
+		if (r < 0)
+			printf("%u MB fork %d failed: %s\n", mb, i, err.msg);
+		else
+			printf("%4u MB fork   %d: hutch %5ld ms | criu restore %5llu ms "
+			       "(create and restore; warm cache)\n", mb, i, ms,
+			       (unsigned long long)st.criu_ms);
+		if (r == 0 && app_ready(rt, fork) < 0)
+			printf("%u MB: app not intact in the fork\n", mb);
+		rt_checkpoint_remove(rt, fork, NULL);
+		rt_destroy(rt, fork, NULL);
+	}
+	rt_checkpoint_remove(rt, id, NULL);
+	rt_destroy(rt, id, NULL);
+	char rm[4300];
+	snprintf(rm, sizeof(rm), "rm -rf '%s'", images);
+	if (system(rm) != 0)
+		printf("removing %s failed\n", images);
+}
+
 static void bench_paused_ram(struct rt *rt, const char *tmp, int n)
 {
 	char ids[MAX_SBX][16];
@@ -205,6 +284,8 @@ int main(int argc, char **argv)
 	struct rt_restore_spec rspec = { .layers = layers, .n_layers = 1, .agent_dir = agent };
 	bench_size(rt, tmp, 50, rounds, &rspec);
 	bench_size(rt, tmp, 500, rounds, &rspec);
+	bench_fork(rt, tmp, 50, rounds, &rspec);
+	bench_fork(rt, tmp, 500, rounds, &rspec);
 	if (n_paused > 0)
 		bench_paused_ram(rt, tmp, n_paused);
 	rt_shutdown(rt);

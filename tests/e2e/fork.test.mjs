@@ -265,12 +265,22 @@ test('a restart removes unfinished and unreferenced snapshot folders, nothing el
       const elsewhere = join(h.dir, 'elsewhere');
       mkdirSync(elsewhere);
       writeFileSync(join(elsewhere, 'disk.img'), 'x');
+      mkdirSync(join(elsewhere, 'checkpoint'));
+      writeFileSync(join(elsewhere, 'checkpoint', 'pages-1.img'), 'x');
       const link = snapDir('slinktoanotherfolder0');
       symlinkSync(elsewhere, link);
+      // memory images in the leftovers: a folder of them, and a link named
+      // like one (the link goes, what it leads to stays)
+      mkdirSync(join(snapDir(leftovers[0]), 'checkpoint'));
+      writeFileSync(join(snapDir(leftovers[0]), 'checkpoint', 'pages-1.img'), 'x');
+      writeFileSync(join(snapDir(leftovers[0]), 'agent-token'), 'ab');
+      symlinkSync(join(elsewhere, 'checkpoint'), join(snapDir(leftovers[1]), 'checkpoint'));
       await h.restart();
       for (const name of leftovers) assert.equal(existsSync(snapDir(name)), false, name);
       for (const name of foreign) assert.equal(existsSync(snapDir(name)), true, name);
       assert.ok(existsSync(join(elsewhere, 'disk.img')), 'nothing removed through a link');
+      assert.ok(existsSync(join(elsewhere, 'checkpoint', 'pages-1.img')),
+        'no image removed through a link');
       assert.ok(existsSync(join(snapDir(kept), 'disk.img')), 'a recorded snapshot stays');
       assert.equal((await h.api('GET', `/snapshots/${kept}`)).status, 200);
       assert.equal((await h.api('DELETE', `/snapshots/${kept}`)).status, 204);
@@ -299,13 +309,19 @@ def serve(conn):
                     state['n'] += 1
                 reply = 'token=%s n=%d pid=%d\\n' % (token, state['n'], os.getpid())
             f.write(reply.encode())
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(('0.0.0.0', 7412))
-s.listen(16)
-while True:
-    c, _ = s.accept()
-    threading.Thread(target=serve, args=(c,), daemon=True).start()
+def listen(addr, port):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, port))
+    s.listen(16)
+    while True:
+        c, _ = s.accept()
+        threading.Thread(target=serve, args=(c,), daemon=True).start()
+# A second listener bound to the sandbox's own eth0 address, not 0.0.0.0.
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.connect(('10.255.255.1', 9))
+threading.Thread(target=listen, args=(u.getsockname()[0], 7413), daemon=True).start()
+listen('0.0.0.0', 7412)
 `;
 const memClientPy = `
 import socket, time
@@ -323,10 +339,17 @@ try:
 except Exception as e:
     out.write('BROKEN %r\\n' % (e,))
 `;
-// One request on a fresh connection: "inc" or "get".
+// One request on a fresh connection: "inc" or "get"; with "eth0", to the
+// listener on the sandbox's own eth0 address (printed first).
 const memAskPy = `
 import socket, sys
-s = socket.create_connection(('127.0.0.1', 7412), timeout=5)
+addr = ('127.0.0.1', 7412)
+if sys.argv[2:] == ['eth0']:
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.connect(('10.255.255.1', 9))
+    addr = (u.getsockname()[0], 7413)
+    print(addr[0])
+s = socket.create_connection(addr, timeout=5)
 s.sendall(sys.argv[1].encode() + b'\\n')
 print(s.makefile().readline().strip())
 `;
@@ -341,8 +364,8 @@ except urllib.error.HTTPError as e:
     print(e.code)
 `;
 
-async function memAsk(sb, what) {
-  const r = await sb.commands.run(`python3 /home/user/mem-ask.py ${what}`);
+async function memAsk(sb, what, via = '') {
+  const r = await sb.commands.run(`python3 /home/user/mem-ask.py ${what} ${via}`);
   const m = /token=([0-9a-f]+) n=(\d+) pid=(\d+)/.exec(r.stdout);
   assert.ok(m, `a server reply: ${JSON.stringify(r.stdout)}`);
   return { token: m[1], n: Number(m[2]), pid: Number(m[3]) };
@@ -399,6 +422,9 @@ test('forks run the source\'s processes with their memory, under their own ident
       for (let i = 0; i < 3; i++) await memAsk(src, 'inc');
       const before = await memAsk(src, 'get');
       assert.equal(before.n, 3);
+      assert.deepEqual(await memAsk(src, 'get', 'eth0'), before);
+      const srcAddr = (await src.commands.run('python3 /home/user/mem-ask.py get eth0'))
+        .stdout.split('\n')[0];
       const srcBase = await hostUidBase(src, before.pid);
       const srcToken = (await h.api('GET', `/sandboxes/${src.sandboxId}`)).json
         .envdAccessToken;
@@ -422,6 +448,12 @@ test('forks run the source\'s processes with their memory, under their own ident
         const now = await memAsk(f, 'get');
         assert.deepEqual(now, before, `${f.sandboxId}: the server's memory`);
         assert.equal(await f.files.read('/home/user/state.txt'), 'at the snapshot');
+        // The listener bound to the source's eth0 address listens on the
+        // fork's: the source's does not exist in the fork's netns.
+        const via = await f.commands.run('python3 /home/user/mem-ask.py get eth0');
+        const [addr, reply] = via.stdout.trim().split('\n');
+        assert.notEqual(addr, srcAddr, 'the fork has an address of its own');
+        assert.match(reply, new RegExp(`token=${before.token} n=3 pid=${before.pid}`));
       }
       // Counters go their own ways: the source's and each fork's.
       await memAsk(a, 'inc');
@@ -497,5 +529,123 @@ test('forks run the source\'s processes with their memory, under their own ident
       for (const f of forks) await f.kill().catch(() => {});
       if (sid) await h.api('DELETE', `/snapshots/${sid}`);
       await src.kill();
+    }
+  });
+
+test('a fork whose restore fails leaves nothing behind and the snapshot intact',
+  async (t) => {
+    if (skipWithoutBase(t)) return;
+    const src = await Sandbox.create({ timeoutMs: 120_000 });
+    let sid;
+    let fork;
+    try {
+      const bg = await src.commands.run('sleep 1000', { background: true });
+      const made = await h.api('POST', `/sandboxes/${src.sandboxId}/snapshots`);
+      assert.equal(made.status, 201, made.text);
+      sid = made.json.snapshotID;
+      const images = join(snapDir(sid), 'checkpoint');
+      const before = h.runtimeObjects();
+      const live = await h.liveIds();
+      const forkOnce = async () => {
+        const r = await h.api('POST', `/snapshots/${sid}/fork`);
+        assert.equal(r.status, 201, r.text);
+        assert.equal(r.json.length, 1);
+        return r.json[0];
+      };
+      // Two ways to fail: images hutchd refuses (its user namespace map),
+      // and images CRIU cannot restore (a page image gone).
+      const userns = readdirSync(images).find((n) => /^userns-\d+\.img$/.test(n));
+      const pages = readdirSync(images).filter((n) => /^pages-\d+\.img$/.test(n));
+      assert.ok(userns && pages.length, readdirSync(images).join(' '));
+      const saved = new Map([userns, ...pages].map((n) => [n, readFileSync(join(images, n))]));
+      const breakages = [
+        [() => writeFileSync(join(images, userns), 'not an image'), /userns-\d+\.img/],
+        [() => { for (const p of pages) rmSync(join(images, p)); }, /restor/],
+      ];
+      for (const [doBreak, why] of breakages) {
+        doBreak();
+        const one = await forkOnce();
+        assert.equal(one.sandbox, undefined, 'no sandbox from broken images');
+        assert.equal(one.error.code, 500);
+        assert.match(one.error.message, why);
+        assert.deepEqual(await h.liveIds(), live, 'no sandbox left');
+        assert.deepEqual(h.runtimeObjects(), before, 'no runtime objects left');
+        for (const [n, data] of saved) writeFileSync(join(images, n), data);
+      }
+      // The snapshot is whole again: a fork from it runs the source's process.
+      const ok = await forkOnce();
+      assert.ok(ok.sandbox, JSON.stringify(ok.error));
+      fork = await Sandbox.connect(ok.sandbox.sandboxID);
+      const sleeps = await fork.commands.run('pgrep -x sleep || true');
+      assert.equal(sleeps.stdout.trim(), String(bg.pid));
+    } finally {
+      await fork?.kill();
+      if (sid) await h.api('DELETE', `/snapshots/${sid}`);
+      await src.kill();
+    }
+  });
+
+// mulberry32, as in pause-crash.test.mjs: seedable delays.
+function crashRng(seed) {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6D2B79F5) >>> 0;
+    let x = Math.imul(a ^ (a >>> 15), 1 | a);
+    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x;
+    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+test('kill -9 of hutchd during a fork: a whole fork or none, the snapshot intact',
+  async (t) => {
+    if (skipWithoutBase(t)) return;
+    const seed = Number(process.env.HUTCH_CRASH_SEED ?? Math.floor(Math.random() * 2 ** 31));
+    t.diagnostic(`fork crash seed ${seed} (HUTCH_CRASH_SEED=${seed} repeats it)`);
+    const rand = crashRng(seed);
+    const src = await Sandbox.create({ timeoutMs: 300_000 });
+    let sid;
+    try {
+      const bg = await src.commands.run('sleep 1000', { background: true });
+      const made = await h.api('POST', `/sandboxes/${src.sandboxId}/snapshots`);
+      assert.equal(made.status, 201, made.text);
+      sid = made.json.snapshotID;
+      const t0 = Date.now();
+      const first = await h.api('POST', `/snapshots/${sid}/fork`);
+      const forkMs = Date.now() - t0;
+      assert.ok(first.json[0].sandbox, first.text);
+      await h.api('DELETE', `/sandboxes/${first.json[0].sandbox.sandboxID}`);
+      const before = h.runtimeObjects();
+      let whole = 0;
+      for (let run = 0; run < 6; run++) {
+        const delay = Math.floor(rand() * forkMs * 1.2);
+        const pending = h.api('POST', `/snapshots/${sid}/fork`).catch(() => null);
+        await new Promise((r) => setTimeout(r, delay));
+        await h.crash();
+        await pending;
+        await h.restart();
+        const others = (await h.liveIds()).filter((id) => id !== src.sandboxId);
+        assert.ok(others.length <= 1, `run ${run} (${delay} ms): ${others}`);
+        for (const id of others) {
+          // A fork that finished is whole: the source's process runs in it.
+          const f = await Sandbox.connect(id);
+          const sleeps = await f.commands.run('pgrep -x sleep || true');
+          assert.equal(sleeps.stdout.trim(), String(bg.pid), `run ${run}: ${id}`);
+          await f.kill();
+          whole++;
+        }
+        assert.deepEqual(h.runtimeObjects(), before, `run ${run} (${delay} ms): leftovers`);
+        assert.equal((await h.api('GET', `/snapshots/${sid}`)).status, 200);
+      }
+      t.diagnostic(`${whole} of 6 forks finished before the kill (fork ${forkMs} ms)`);
+      // The snapshot still forks, and the source runs on.
+      const last = await h.api('POST', `/snapshots/${sid}/fork`);
+      assert.ok(last.json[0].sandbox, last.text);
+      await h.api('DELETE', `/sandboxes/${last.json[0].sandbox.sandboxID}`);
+      const again = await Sandbox.connect(src.sandboxId);
+      assert.equal((await again.commands.run(`kill -0 ${bg.pid} && echo alive`)).stdout,
+        'alive\n');
+    } finally {
+      if (sid) await h.api('DELETE', `/snapshots/${sid}`);
+      await Sandbox.kill(src.sandboxId);
     }
   });

@@ -422,9 +422,17 @@ static int recover_one(const struct store_sandbox *sb, void *arg)
 	if (lc_recover_pause(lc, sb))
 		return 0;
 	if (strcmp(sb->state, SBX_CREATING) == 0) {
-		/* A create a crash interrupted: roll it back. */
-		if (lc->rt)
-			lcrt_destroy(lc->rt, sb->id, NULL);
+		/* A create a crash interrupted: roll it back. A fork's restore
+		 * (its keeper outlives hutchd) is waited for first; then its
+		 * images and disk go with the rest, also when the runtime never
+		 * made the sandbox (its disk was placed already). */
+		if (lc->rt) {
+			if (rt_checkpoint_settle(lcrt_runtime(lc->rt), sb->id, &err) < 0 &&
+			    err.code != -ENOENT)
+				log_warn("lifecycle", sb->id, "settling a fork's restore: %s",
+					 err.msg);
+			lcrt_remove_paused(lc->rt, sb->id, NULL);
+		}
 		lc_end_row(lc, sb->id, "create interrupted by a hutchd restart");
 		log_info("lifecycle", sb->id, "rolled back an interrupted create");
 	} else if (strcmp(sb->intent, "kill") == 0) {

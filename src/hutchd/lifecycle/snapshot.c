@@ -88,6 +88,12 @@ static void remove_images(int top, const char *dir)
 	_cleanup_closedir_ DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
 	struct dirent *e;
 
+	if (fd < 0 && errno != ENOENT) {
+		/* Not a folder of ours (a link, a file): the name goes, not
+		 * what it leads to. */
+		unlink_logged(top, dir, SNAP_IMAGES, 0);
+		return;
+	}
 	if (fd >= 0 && !d)
 		close(fd);
 	while (d && (e = readdir(d)))

@@ -31,6 +31,7 @@
  * CRIU runs in a private mount namespace: its temporary mounts (cgroup yard,
  * the rebuilt root) never appear on the host, and vanish with it.
  */
+#include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -74,6 +75,7 @@
 #define CKPT_REMOVING "checkpoint.removing" /* images on their way out */
 #define CKPT_LOCK "checkpoint.lock"
 #define CKPT_BOOT_ID "hutch-boot-id" /* with the images: the boot they were made in */
+#define CKPT_ADDRESS "hutch-address" /* with the images: the sandbox's IPv4 address */
 #define BOOT_ID_PATH "/proc/sys/kernel/random/boot_id"
 #define IMAGE_SPACE_MARGIN (64ull << 20) /* CRIU's own files, and room for the disks */
 #define CKPT_EXT_FILES "hutch-ext-files" /* our own list, kept with the images */
@@ -1127,6 +1129,30 @@ static int read_boot_id(char out[64])
 	return *out ? 0 : -1;
 }
 
+/* The sandbox's own address, for a fork to rebind sockets bound to it. */
+static int write_address(const char *dir, uint32_t ip, struct herr *err)
+{
+	char text[INET_ADDRSTRLEN], path[4200];
+	struct in_addr a = { .s_addr = htonl(ip) };
+
+	inet_ntop(AF_INET, &a, text, sizeof(text));
+	snprintf(path, sizeof(path), "%s/%s", dir, CKPT_ADDRESS);
+	return rt_write_file(path, text, err);
+}
+
+/* The address the images were taken at (network byte order); 0 if unknown. */
+static uint32_t read_address(const char *dir)
+{
+	char path[4200], text[INET_ADDRSTRLEN + 1] = "";
+	struct in_addr a;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, CKPT_ADDRESS);
+	_cleanup_fclose_ FILE *f = fopen(path, "re");
+	if (!f || !fgets(text, sizeof(text), f) || inet_pton(AF_INET, text, &a) != 1)
+		return 0;
+	return a.s_addr;
+}
+
 static int write_boot_id(const char *dir, struct herr *err)
 {
 	char id[64], path[4200];
@@ -1161,116 +1187,139 @@ static int check_image_space(struct rt *rt, const char *id, const char *sdir,
 	return 0;
 }
 
-int rt_checkpoint(struct rt *rt, const char *id, const struct rt_ckpt_opts *opts,
-		  struct rt_ckpt_stats *stats, struct herr *err)
+/* The sandbox can be paused: running, its netns held, no images yet, room
+ * for them. */
+static int checkpoint_check(struct rt *rt, struct rt_sandbox *s, const char *fin,
+			    const char *sdir, struct herr *err)
 {
-	struct rt_ckpt_stats st = { 0 };
-	uint64_t t0 = now_ms();
-	char tmp[4096], fin[4096], sdir[4096];
+	if (s->state != RT_STATE_RUNNING || s->init_pidfd < 0)
+		return herr_set(err, -EINVAL, "sandbox '%s' is not running (state %s)", s->id,
+				rt_state_name(s->state));
+	if (s->net.fd < 0)
+		return herr_set(err, -EINVAL, "sandbox '%s': its network namespace is not held",
+				s->id);
+	if (dir_exists(fin))
+		return herr_set(err, -EEXIST, "%s exists: sandbox '%s' was paused already", fin,
+				s->id);
+	return check_image_space(rt, s->id, sdir, err);
+}
+
+/* CRIU's dump into tmp (made here). On failure tmp is gone, CRIU's log is
+ * kept beside the sandbox and the sandbox runs on. */
+static int dump_into(struct rt *rt, struct rt_sandbox *s, const struct rt_ckpt_opts *opts,
+		     const char *tmp, const char *sdir, int lock, struct rt_ckpt_stats *st,
+		     struct herr *err)
+{
+	_cleanup_free_ struct argv_buf *args = calloc(1, sizeof(*args));
 	struct ext_file files[MAX_EXT_FILES];
-	struct argv_buf *args = NULL;
+	char kept[4200], log[4200];
 	int r, n_files;
 
-	struct rt_sandbox *s = sandbox_lock(rt, id, err);
-	if (!s)
-		return -ENOENT;
-	_cleanup_close_ int lock = lock_sandbox(rt, id, err);
-	if (lock < 0) {
-		r = lock;
-		goto out;
-	}
-	recover_pause(rt, s);
-	if (s->state != RT_STATE_RUNNING || s->init_pidfd < 0) {
-		r = herr_set(err, -EINVAL, "sandbox '%s' is not running (state %s)", id,
-			     rt_state_name(s->state));
-		goto out;
-	}
-	if (s->net.fd < 0) {
-		r = herr_set(err, -EINVAL, "sandbox '%s': its network namespace is not held", id);
-		goto out;
-	}
-	sbx_path(rt, id, CKPT_TMP, tmp, sizeof(tmp));
-	sbx_path(rt, id, CKPT_FINAL, fin, sizeof(fin));
-	snprintf(sdir, sizeof(sdir), "%s/sandboxes/%s", rt->data_dir, id);
-	if (dir_exists(fin)) {
-		r = herr_set(err, -EEXIST, "%s exists: sandbox '%s' was paused already", fin, id);
-		goto out;
-	}
-	if ((r = check_image_space(rt, id, sdir, err)) < 0)
-		goto out;
-	if (mkdir(tmp, 0700) < 0) {
-		r = herr_sys(err, -errno, "mkdir %s", tmp);
-		goto out;
-	}
+	if (!args)
+		return herr_set(err, -ENOMEM, "criu arguments");
+	if (mkdir(tmp, 0700) < 0)
+		return herr_sys(err, -errno, "mkdir %s", tmp);
 	n_files = find_ext_files(rt, s, files, MAX_EXT_FILES, err);
 	if (n_files < 0 || (r = write_ext_files(tmp, files, n_files, err)) < 0) {
-		r = n_files < 0 ? n_files : r;
 		remove_tree(tmp);
-		goto out;
-	}
-	args = calloc(1, sizeof(*args));
-	if (!args) {
-		r = herr_set(err, -ENOMEM, "criu arguments");
-		remove_tree(tmp);
-		goto out;
+		return n_files < 0 ? n_files : r;
 	}
 	dump_args(rt, s, opts, tmp, files, n_files, args);
 
 	uint64_t t1 = now_ms();
 	r = run_dump(args, s->net.fd, lock,
 		     opts && opts->timeout_ms ? opts->timeout_ms : DEFAULT_TIMEOUT_MS, tmp, err);
-	st.criu_ms = now_ms() - t1;
-	if (r < 0) {
-		/* Keep the failed log for diagnosis beside the sandbox. */
-		char kept[4200], log[4200];
-		snprintf(log, sizeof(log), "%s/dump.log", tmp);
-		snprintf(kept, sizeof(kept), "%s/checkpoint-failed.log", sdir);
-		rename(log, kept);
-		remove_tree(tmp);
-		/* A CRIU that was killed (or timed out) left the connections
-		 * in repair mode and locked; one that failed cleanly undid
-		 * both itself, and then this finds nothing. */
-		undo_dump_network(rt, s);
-		resume_running(rt, id);
-		log_warn("runtime", id, "pause failed, sandbox left running: %s",
-			 err ? err->msg : "");
-		goto out;
-	}
-
-	t1 = now_ms();
-	r = write_boot_id(tmp, err);
+	st->criu_ms = now_ms() - t1;
 	if (r == 0)
-		r = sync_dir(tmp, &st.image_bytes, err);
+		return 0;
+	/* Keep the failed log for diagnosis beside the sandbox. */
+	snprintf(log, sizeof(log), "%s/dump.log", tmp);
+	snprintf(kept, sizeof(kept), "%s/checkpoint-failed.log", sdir);
+	rename(log, kept);
+	remove_tree(tmp);
+	/* A CRIU that was killed (or timed out) left the connections in repair
+	 * mode and locked; one that failed cleanly undid both itself, and then
+	 * this finds nothing. */
+	undo_dump_network(rt, s);
+	resume_running(rt, s->id);
+	log_warn("runtime", s->id, "pause failed, sandbox left running: %s",
+		 err ? err->msg : "");
+	return r;
+}
+
+/* The images durable and in place (checkpoint); else gone and the sandbox
+ * running again. */
+static int make_durable(struct rt *rt, struct rt_sandbox *s, const char *tmp,
+			const char *fin, const char *sdir, struct rt_ckpt_stats *st,
+			struct herr *err)
+{
+	uint64_t t1 = now_ms();
+	int r = write_boot_id(tmp, err);
+
+	if (r == 0)
+		r = write_address(tmp, s->net.sbx_ip, err);
+	if (r == 0)
+		r = sync_dir(tmp, &st->image_bytes, err);
 	if (r == 0 && rename(tmp, fin) < 0)
 		r = herr_sys(err, -errno, "rename %s to %s", tmp, fin);
 	if (r == 0)
 		r = fsync_path(sdir, O_DIRECTORY);
-	st.sync_ms = now_ms() - t1;
-	if (r < 0) {
-		/* The images are not durable: the sandbox goes on running. */
-		rename(fin, tmp);
-		remove_tree(tmp);
-		/* CRIU finished: its lock stays for a restore that will not
-		 * come, so both are undone here. */
-		undo_dump_network(rt, s);
-		resume_running(rt, id);
-		continue_tasks(rt, id); /* --leave-stopped stopped them */
-		herr_sys(err, r, "making the images of '%s' durable", id);
-		goto out;
-	}
+	st->sync_ms = now_ms() - t1;
+	if (r == 0)
+		return 0;
+	/* The images are not durable: the sandbox goes on running. */
+	rename(fin, tmp);
+	remove_tree(tmp);
+	/* CRIU finished: its lock stays for a restore that will not come, so
+	 * both are undone here. */
+	undo_dump_network(rt, s);
+	resume_running(rt, s->id);
+	continue_tasks(rt, s->id); /* --leave-stopped stopped them */
+	return herr_sys(err, r, "making the images of '%s' durable", s->id);
+}
+
+static int checkpoint_locked(struct rt *rt, struct rt_sandbox *s,
+			     const struct rt_ckpt_opts *opts, struct rt_ckpt_stats *stats,
+			     struct herr *err)
+{
+	struct rt_ckpt_stats st = { 0 };
+	uint64_t t0 = now_ms();
+	char tmp[4096], fin[4096], sdir[4096];
 	struct herr pin_err;
+	int r;
+
+	_cleanup_close_ int lock = lock_sandbox(rt, s->id, err);
+	if (lock < 0)
+		return lock;
+	recover_pause(rt, s);
+	sbx_path(rt, s->id, CKPT_TMP, tmp, sizeof(tmp));
+	sbx_path(rt, s->id, CKPT_FINAL, fin, sizeof(fin));
+	snprintf(sdir, sizeof(sdir), "%s/sandboxes/%s", rt->data_dir, s->id);
+	if ((r = checkpoint_check(rt, s, fin, sdir, err)) < 0 ||
+	    (r = dump_into(rt, s, opts, tmp, sdir, lock, &st, err)) < 0 ||
+	    (r = make_durable(rt, s, tmp, fin, sdir, &st, err)) < 0)
+		return r;
 	if (netns_pin(rt, s, &pin_err) < 0)
-		log_warn("runtime", id, "paused, but a hutchd restart will lose it: %s",
+		log_warn("runtime", s->id, "paused, but a hutchd restart will lose it: %s",
 			 pin_err.msg);
 	end_paused_processes(rt, s);
 	st.total_ms = now_ms() - t0;
-	log_info("runtime", id, "paused criu_ms=%llu sync_ms=%llu total_ms=%llu bytes=%llu",
+	log_info("runtime", s->id, "paused criu_ms=%llu sync_ms=%llu total_ms=%llu bytes=%llu",
 		 (unsigned long long)st.criu_ms, (unsigned long long)st.sync_ms,
 		 (unsigned long long)st.total_ms, (unsigned long long)st.image_bytes);
 	if (stats)
 		*stats = st;
-out:
-	free(args);
+	return 0;
+}
+
+int rt_checkpoint(struct rt *rt, const char *id, const struct rt_ckpt_opts *opts,
+		  struct rt_ckpt_stats *stats, struct herr *err)
+{
+	struct rt_sandbox *s = sandbox_lock(rt, id, err);
+
+	if (!s)
+		return -ENOENT;
+	int r = checkpoint_locked(rt, s, opts, stats, err);
 	pthread_mutex_unlock(&s->lock);
 	return r;
 }
@@ -1608,10 +1657,18 @@ static void scratch_path(struct rt *rt, const char *id, char *buf, size_t len)
 	snprintf(buf, len, "%s/%s.restore", rt->run_dir, id);
 }
 
+/* CRIU's pidfile of a restore; hutchd removes it once CRIU is done (and,
+ * after a crash mid-restore, when it settles or removes the images). */
+static void pidfile_path(struct rt *rt, const char *id, char *buf, size_t len)
+{
+	snprintf(buf, len, "%s/%s.restored.pid", rt->run_dir, id);
+}
+
 /*
  * The scratch folder is made on the host's run dir; its mounts lived only in
  * CRIU's private mount namespace, so on the host it is an empty folder that
- * nothing else removes: one per resume would pile up in the run dir.
+ * nothing else removes: one per resume would pile up in the run dir. CRIU's
+ * pidfile goes with it (a restore a crash cut short left it).
  */
 static void scratch_remove(struct rt *rt, const char *id)
 {
@@ -1620,6 +1677,8 @@ static void scratch_remove(struct rt *rt, const char *id)
 	scratch_path(rt, id, scratch, sizeof(scratch));
 	if (rmdir(scratch) < 0 && errno != ENOENT)
 		log_warn("runtime", id, "removing %s: %s", scratch, strerror(errno));
+	pidfile_path(rt, id, scratch, sizeof(scratch));
+	unlink(scratch);
 }
 
 /* The CRIU process: private mounts, the rebuilt root, then exec. */
@@ -2046,6 +2105,21 @@ static int restore_check(struct rt *rt, struct rt_sandbox *s, const char *fin,
 	return 0;
 }
 
+/* Sockets bound to the source's address are bound to the fork's. */
+static int fork_rebind(const char *dir, struct rt_sandbox *s, struct herr *err)
+{
+	uint32_t from = read_address(dir), to = htonl(s->net.sbx_ip);
+	int moved = 0, r;
+
+	if (!from || from == to)
+		return 0;
+	r = rt_images_rebind(dir, from, to, &moved, err);
+	if (moved)
+		log_info("runtime", s->id, "%d socket(s) bound to the source's address now "
+			 "bound to the fork's", moved);
+	return r;
+}
+
 /*
  * A fork's own processes (its fresh start) end and the snapshot's images
  * become its own: copied, then given the fork's id range and hostname (see
@@ -2072,6 +2146,8 @@ static int fork_take_images(struct rt *rt, struct rt_sandbox *s,
 	if ((r = copy_images(from->images, tmp, false, &bytes, err)) < 0)
 		return r;
 	r = rt_images_rekey(tmp, s->uid_base, from->hostname, s->id, err);
+	if (r == 0)
+		r = fork_rebind(tmp, s, err);
 	if (r == 0 && rename(tmp, fin) < 0)
 		r = herr_sys(err, -errno, "rename %s to %s", tmp, fin);
 	if (r < 0)
@@ -2082,7 +2158,7 @@ static int fork_take_images(struct rt *rt, struct rt_sandbox *s,
 /* CRIU failed: no half-restored task survives (a resume retried at once
  * would find the sandbox "running"), and the images go back. */
 static void restore_undo(struct rt *rt, const char *id, const char *restoring,
-			 const char *fin, pid_t keeper, struct herr *err)
+			 const char *fin, pid_t keeper, bool fork, struct herr *err)
 {
 	char log[4200];
 
@@ -2095,7 +2171,8 @@ static void restore_undo(struct rt *rt, const char *id, const char *restoring,
 	if (!cgroup_wait_empty(rt, id, 5000))
 		log_warn("runtime", id, "tasks of the failed restore still exit");
 	rename(restoring, fin);
-	log_warn("runtime", id, "resume failed, images kept: %s", err ? err->msg : "");
+	log_warn("runtime", id, "%s: %s", fork ? "fork from a snapshot failed" :
+		 "resume failed, images kept", err ? err->msg : "");
 }
 
 /*
@@ -2123,7 +2200,7 @@ static int take_images(struct rt *rt, struct restore_ctx *c, const char *fin,
 		return r;
 	}
 	c->dir = restoring;
-	snprintf(c->pidfile, sizeof(c->pidfile), "%s/%s.restored.pid", rt->run_dir, c->s->id);
+	pidfile_path(rt, c->s->id, c->pidfile, sizeof(c->pidfile));
 	unlink(c->pidfile); /* CRIU kills the tree if the pidfile exists */
 	snprintf(path, sizeof(path), "%s/%s/exit", rt->run_dir, c->s->id);
 	unlink(path);
@@ -2167,7 +2244,7 @@ static int restore_locked(struct rt *rt, struct rt_sandbox *s,
 	unlink(c.pidfile);
 	scratch_remove(rt, s->id);
 	if (r < 0) {
-		restore_undo(rt, s->id, restoring, fin, keeper, err);
+		restore_undo(rt, s->id, restoring, fin, keeper, spec->fork != NULL, err);
 		return r;
 	}
 	adopt_restored(rt, s, keeper, rep.init_pid);

@@ -10,6 +10,9 @@
  * makes ("0 <slot base> 65536") gets the fork's base instead; anything else
  * in the map means images we did not make, and is refused. The UTS
  * namespace's nodename (the sandbox's hostname, its id) becomes the fork's.
+ * Inet sockets bound to the source's own address (its eth0) are bound to
+ * the fork's instead: that address does not exist in the fork's netns, and
+ * CRIU's bind() would fail the restore.
  *
  * Image layout (CRIU 4.2, criu/image.c and criu/protobuf.c): a u32 common
  * magic, a u32 magic of the image type, then entries, each a u32 length and
@@ -17,6 +20,7 @@
  * checked: the images are ours, but a snapshot folder is still input.
  */
 #include <dirent.h>
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
@@ -36,7 +40,10 @@
 #define CRIU_COMMON_MAGIC 0x54564319u
 #define CRIU_USERNS_MAGIC 0x55474906u
 #define CRIU_UTSNS_MAGIC 0x54473203u
+#define CRIU_FILES_MAGIC 0x56303138u
+#define CRIU_FD_INETSK 4u /* file_entry.type of an inet socket */
 #define ENTRY_MAX 4096u /* both entries are a few dozen bytes */
+#define FILES_MAX (64u << 20) /* files.img: one entry per open file */
 
 struct one_entry {
 	uint8_t buf[ENTRY_MAX];
@@ -100,12 +107,13 @@ static int read_entry(const char *path, uint32_t magic, struct one_entry *e,
 	return 0;
 }
 
-/* Writes the image again with a new entry: a new file renamed over it. */
-static int write_entry(const char *path, uint32_t magic, const struct one_entry *e,
-		       struct herr *err)
+/* Replaces an image with new bytes (a header, then a body): a new file
+ * renamed over it. Not fsynced: the copy is a fork's, removed whole if the
+ * fork does not finish. */
+static int replace_image(const char *path, const void *head, size_t head_len,
+			 const void *body, size_t len, struct herr *err)
 {
 	char tmp[4200];
-	uint32_t head[3] = { CRIU_COMMON_MAGIC, magic, e->len };
 	int r;
 
 	snprintf(tmp, sizeof(tmp), "%s.new", path);
@@ -113,11 +121,9 @@ static int write_entry(const char *path, uint32_t magic, const struct one_entry 
 				      O_NOFOLLOW, 0600);
 	if (fd < 0)
 		return herr_sys(err, -errno, "create %s", tmp);
-	r = write_all(fd, head, sizeof(head));
+	r = write_all(fd, head, head_len);
 	if (r == 0)
-		r = write_all(fd, e->buf, e->len);
-	if (r == 0 && fsync(fd) < 0)
-		r = -errno;
+		r = write_all(fd, body, len);
 	if (r == 0 && rename(tmp, path) < 0)
 		r = -errno;
 	if (r < 0) {
@@ -125,6 +131,14 @@ static int write_entry(const char *path, uint32_t magic, const struct one_entry 
 		return herr_sys(err, r, "writing %s", path);
 	}
 	return 0;
+}
+
+static int write_entry(const char *path, uint32_t magic, const struct one_entry *e,
+		       struct herr *err)
+{
+	uint32_t head[3] = { CRIU_COMMON_MAGIC, magic, e->len };
+
+	return replace_image(path, head, sizeof(head), e->buf, e->len, err);
 }
 
 /* Exactly the extent our runtime writes, "0 <base> 65536"; gets new_base. */
@@ -221,4 +235,115 @@ int rt_images_rekey(const char *dir, uint32_t new_base, const char *from_host,
 		r = herr_set(err, -EINVAL, "%s: %d user namespace images, one expected", dir,
 			     users);
 	return r;
+}
+
+/* Reads a whole image into memory (files.img: bounded, but not small). */
+static int read_image(const char *path, uint8_t **out, size_t *len, struct herr *err)
+{
+	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	struct stat st;
+	int r;
+
+	if (fd < 0 || fstat(fd, &st) < 0)
+		return herr_sys(err, -errno, "open %s", path);
+	if (!S_ISREG(st.st_mode) || st.st_size < 8 || st.st_size > FILES_MAX)
+		return herr_set(err, -EINVAL, "%s: not a CRIU image of 8 bytes to %u MiB", path,
+				FILES_MAX >> 20);
+	*len = (size_t)st.st_size;
+	*out = malloc(*len);
+	if (!*out)
+		return herr_set(err, -ENOMEM, "%s: out of memory", path);
+	if ((r = read_all(fd, *out, *len)) < 0) {
+		free(*out);
+		*out = NULL;
+		return herr_sys(err, r, "read %s", path);
+	}
+	return 0;
+}
+
+/* The entry moved to the fork's address when it is an IPv4 socket bound to
+ * the source's; its new bytes in `e`. 1 when rewritten, 0 when left. */
+static int rebind_entry(const uint8_t *data, uint32_t len, uint32_t from, uint32_t to,
+			struct one_entry *e)
+{
+	CriuNs__FileEntry *fe = criu_ns__file_entry__unpack(NULL, len, data);
+	int hit = 0;
+
+	if (!fe)
+		return -EINVAL;
+	if (fe->type == CRIU_FD_INETSK && fe->isk && fe->isk->family == AF_INET &&
+	    fe->isk->n_src_addr == 1 && fe->isk->src_addr[0] == from &&
+	    criu_ns__file_entry__get_packed_size(fe) <= ENTRY_MAX) {
+		fe->isk->src_addr[0] = to;
+		e->len = (uint32_t)criu_ns__file_entry__pack(fe, e->buf);
+		hit = 1;
+	}
+	criu_ns__file_entry__free_unpacked(fe, NULL);
+	return hit;
+}
+
+/* Walks files.img's entries into out (same layout), rewriting as it goes. */
+static int rebind_all(const char *path, const uint8_t *in, size_t len, uint32_t from,
+		      uint32_t to, uint8_t *out, size_t cap, size_t *out_len, int *moved,
+		      struct herr *err)
+{
+	struct one_entry e;
+	size_t off = 8, o = 8;
+
+	memcpy(out, in, 8);
+	while (off < len) {
+		uint32_t n;
+		if (len - off < 4)
+			return herr_set(err, -EINVAL, "%s: cut entry at %zu", path, off);
+		memcpy(&n, in + off, 4);
+		if (n > len - off - 4)
+			return herr_set(err, -EINVAL, "%s: entry of %u bytes at %zu runs past "
+					"the end", path, n, off);
+		int hit = rebind_entry(in + off + 4, n, from, to, &e);
+		if (hit < 0)
+			return herr_set(err, -EINVAL, "%s: entry at %zu is not a file entry",
+					path, off);
+		const uint8_t *src = hit ? e.buf : in + off + 4;
+		uint32_t slen = hit ? e.len : n;
+		if (cap - o < 4 + (size_t)slen)
+			return herr_set(err, -E2BIG, "%s: rewritten entries outgrow the image",
+					path);
+		memcpy(out + o, &slen, 4);
+		memcpy(out + o + 4, src, slen);
+		o += 4 + slen;
+		off += 4 + n;
+		*moved += hit;
+	}
+	*out_len = o;
+	return 0;
+}
+
+int rt_images_rebind(const char *dir, uint32_t from, uint32_t to, int *moved,
+		     struct herr *err)
+{
+	char path[4096];
+	_cleanup_free_ uint8_t *in = NULL;
+	_cleanup_free_ uint8_t *out = NULL;
+	size_t len = 0, out_len = 0;
+	uint32_t head[2];
+	int r;
+
+	*moved = 0;
+	snprintf(path, sizeof(path), "%.4000s/files.img", dir);
+	if ((r = read_image(path, &in, &len, err)) < 0)
+		return r;
+	memcpy(head, in, 8);
+	if (head[0] != CRIU_COMMON_MAGIC || head[1] != CRIU_FILES_MAGIC)
+		return herr_set(err, -EINVAL, "%s: unexpected magic %08x %08x", path, head[0],
+				head[1]);
+	/* A rewritten entry grows by a few bytes at most (a varint of the
+	 * same field); rebind_all checks the room anyway. */
+	size_t cap = len + len / 2 + ENTRY_MAX;
+	out = malloc(cap);
+	if (!out)
+		return herr_set(err, -ENOMEM, "%s: out of memory", path);
+	r = rebind_all(path, in, len, from, to, out, cap, &out_len, moved, err);
+	if (r < 0 || *moved == 0)
+		return r;
+	return replace_image(path, out, 8, out + 8, out_len - 8, err);
 }
