@@ -50,18 +50,50 @@ static double pct(double *v, int n, double p)
 	return n ? v[i] : 0;
 }
 
-static long mem_available_kb(void)
+/* A /proc/meminfo field in KiB, -1 when absent. */
+static long meminfo_kb(const char *field)
 {
 	FILE *f = fopen("/proc/meminfo", "re");
 	char line[128];
+	size_t len = strlen(field);
 	long kb = -1;
 
 	while (f && fgets(line, sizeof(line), f))
-		if (sscanf(line, "MemAvailable: %ld kB", &kb) == 1)
+		if (strncmp(line, field, len) == 0 && line[len] == ':') {
+			kb = strtol(line + len + 1, NULL, 10);
 			break;
+		}
 	if (f)
 		fclose(f);
 	return kb;
+}
+
+static long mem_available_kb(void)
+{
+	return meminfo_kb("MemAvailable");
+}
+
+/* Kernel memory the host spends outside any cgroup's user pages: network
+ * namespaces and veths, mounts, loop devices and their journals, task
+ * structures and stacks of keepers and inits, page tables. */
+static const char *const kernel_fields[] = {
+	"Slab", "KernelStack", "PageTables", "Percpu", "VmallocUsed",
+};
+#define N_KERNEL_FIELDS (sizeof(kernel_fields) / sizeof(kernel_fields[0]))
+
+static void kernel_mem(long out[N_KERNEL_FIELDS])
+{
+	for (size_t i = 0; i < N_KERNEL_FIELDS; i++)
+		out[i] = meminfo_kb(kernel_fields[i]);
+}
+
+static void print_kernel_growth(const long before[N_KERNEL_FIELDS],
+				const long after[N_KERNEL_FIELDS], int made)
+{
+	printf("kernel memory per sandbox ");
+	for (size_t i = 0; i < N_KERNEL_FIELDS && made; i++)
+		printf(" %s %.0f", kernel_fields[i], (double)(after[i] - before[i]) / made);
+	printf(" KiB\n");
 }
 
 struct bench {
@@ -210,6 +242,8 @@ static void idle(struct bench *b, int n)
 {
 	struct herr err;
 	long before = mem_available_kb();
+	long kernel_before[N_KERNEL_FIELDS], kernel_after[N_KERNEL_FIELDS];
+	kernel_mem(kernel_before);
 	double t0 = now_ms();
 	int made = 0;
 
@@ -224,11 +258,13 @@ static void idle(struct bench *b, int n)
 	double spent = now_ms() - t0;
 	sleep(2);
 	long after = mem_available_kb();
+	kernel_mem(kernel_after);
 	printf("idle sandboxes             %d created in %.1f s (%.0f/s)\n", made, spent / 1e3,
 	       made / (spent / 1e3));
 	printf("memory per idle sandbox    %.0f KiB (MemAvailable %ld -> %ld kB; budget 2048)\n",
 	       made ? (double)(before - after) / made : 0, before, after);
 	print_cgroup_charge(b, made);
+	print_kernel_growth(kernel_before, kernel_after, made);
 	t0 = now_ms();
 	for (int i = 0; i < made; i++) {
 		char id[32];

@@ -6,9 +6,9 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
-#include <openssl/crypto.h>
-#include <openssl/evp.h>
-#include <openssl/sha.h>
+#include <nettle/base64.h>
+#include <nettle/memops.h>
+#include <nettle/sha2.h>
 
 #include "state.h"
 
@@ -22,7 +22,7 @@ int auth_equal(const char *a, const char *b)
 	 */
 	if (la != lb)
 		return 0;
-	return CRYPTO_memcmp(a, b, la) == 0;
+	return memeql_sec(a, b, la);
 }
 
 int auth_token_ok(const char *given)
@@ -31,24 +31,18 @@ int auth_token_ok(const char *given)
 }
 
 /* SHA-256 over the parts joined by ':', without building the joined string. */
-static int digest_parts(const char *const *parts, size_t n, unsigned char *md)
+static void digest_parts(const char *const *parts, size_t n,
+			 uint8_t md[SHA256_DIGEST_SIZE])
 {
-	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-	int ok;
+	struct sha256_ctx ctx;
 
-	if (!ctx)
-		return -ENOMEM;
-	ok = EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
-	for (size_t i = 0; ok && i < n; i++) {
+	sha256_init(&ctx);
+	for (size_t i = 0; i < n; i++) {
 		if (i > 0)
-			ok = EVP_DigestUpdate(ctx, ":", 1);
-		if (ok)
-			ok = EVP_DigestUpdate(ctx, parts[i], strlen(parts[i]));
+			sha256_update(&ctx, 1, (const uint8_t *)":");
+		sha256_update(&ctx, strlen(parts[i]), (const uint8_t *)parts[i]);
 	}
-	if (ok)
-		ok = EVP_DigestFinal_ex(ctx, md, NULL);
-	EVP_MD_CTX_free(ctx);
-	return ok ? 0 : -EIO;
+	sha256_digest(&ctx, SHA256_DIGEST_SIZE, md);
 }
 
 int auth_sign_v1(const char *path, const char *operation, const char *user,
@@ -56,20 +50,17 @@ int auth_sign_v1(const char *path, const char *operation, const char *user,
 {
 	const char *parts[5] = { path ? path : "", operation ? operation : "",
 				 user ? user : "", token ? token : "", expiration };
-	unsigned char md[SHA256_DIGEST_LENGTH];
-	/* EVP_EncodeBlock writes 4 bytes per 3 input bytes, plus a NUL. */
-	unsigned char b64[4 * ((SHA256_DIGEST_LENGTH + 2) / 3) + 1];
-	int len;
+	uint8_t md[SHA256_DIGEST_SIZE];
+	char b64[BASE64_ENCODE_RAW_LENGTH(SHA256_DIGEST_SIZE) + 1];
+	size_t len = BASE64_ENCODE_RAW_LENGTH(SHA256_DIGEST_SIZE);
 
-	int r = digest_parts(parts, expiration ? 5 : 4, md);
-
-	if (r < 0)
-		return r;
-	len = EVP_EncodeBlock(b64, md, sizeof(md));
+	digest_parts(parts, expiration ? 5 : 4, md);
+	base64_encode_raw(b64, sizeof(md), md);
+	/* envd's signatures are unpadded base64. */
 	while (len > 0 && b64[len - 1] == '=')
 		len--;
 	b64[len] = '\0';
-	if ((size_t)snprintf(out, cap, "v1_%s", (char *)b64) >= cap)
+	if ((size_t)snprintf(out, cap, "v1_%s", b64) >= cap)
 		return -ENOSPC;
 	return 0;
 }

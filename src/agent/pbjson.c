@@ -13,7 +13,7 @@
 #include <jansson.h>
 #include <malloc.h>
 #include <math.h>
-#include <openssl/evp.h>
+#include <nettle/base64.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -166,25 +166,15 @@ static size_t elem_size(ProtobufCType t)
 
 char *pbjson_b64_encode(const void *data, size_t len)
 {
-	size_t n = 4 * ((len + 2) / 3) + 1;
 	char *out;
 
 	if (len > (SIZE_MAX / 4) * 3 - 3)
 		return NULL;
-	out = malloc(n);
+	out = malloc(BASE64_ENCODE_RAW_LENGTH(len) + 1);
 	if (!out)
 		return NULL;
-	/* EVP_EncodeBlock takes an int length: feed it whole 3-byte groups. */
-	size_t i = 0, o = 0;
-
-	while (i < len) {
-		size_t chunk = len - i > 3 * 1024 * 1024 ? 3 * 1024 * 1024 : len - i;
-
-		o += (size_t)EVP_EncodeBlock((unsigned char *)out + o,
-					     (const unsigned char *)data + i, (int)chunk);
-		i += chunk;
-	}
-	out[o] = '\0';
+	base64_encode_raw(out, len, data);
+	out[BASE64_ENCODE_RAW_LENGTH(len)] = '\0';
 	return out;
 }
 
@@ -201,7 +191,9 @@ static int b64_char(unsigned char c)
 
 long pbjson_b64_decode(const char *in, size_t len, unsigned char *out)
 {
-	unsigned char group[4096];
+	struct base64_decode_ctx ctx;
+	/* Room for the padding added after the last group. */
+	char group[4096 + 3];
 	size_t o = 0, g = 0;
 
 	while (len > 0 && in[len - 1] == '=')
@@ -209,24 +201,26 @@ long pbjson_b64_decode(const char *in, size_t len, unsigned char *out)
 	if (len % 4 == 1)
 		return -EINVAL;
 
+	base64_decode_init(&ctx);
 	for (size_t i = 0; i < len; i++) {
 		int c = b64_char((unsigned char)in[i]);
 
 		if (c < 0)
 			return -EINVAL;
-		group[g++] = (unsigned char)c;
-		if (g == sizeof(group) || i + 1 == len) {
-			size_t pad = (4 - g % 4) % 4;
-			int n;
+		group[g++] = (char)c;
+		if (g == 4096 || i + 1 == len) {
+			/* 4096 is a multiple of 4: only the last group is short. */
+			size_t pad = (4 - g % 4) % 4, n;
 
 			memset(group + g, '=', pad);
-			n = EVP_DecodeBlock(out + o, group, (int)(g + pad));
-			if (n < 0)
+			if (!base64_decode_update(&ctx, &n, out + o, g + pad, group))
 				return -EINVAL;
-			o += (size_t)n - pad;
+			o += n;
 			g = 0;
 		}
 	}
+	if (!base64_decode_final(&ctx))
+		return -EINVAL;
 	return (long)o;
 }
 
