@@ -189,6 +189,22 @@ static int b64_char(unsigned char c)
 	return -1;
 }
 
+/*
+ * Clears the bits of a short last group that no output byte uses ("QR" ->
+ * "QQ"). nettle refuses them set; envd (Go's non-strict base64) and
+ * libcrypto ignore them, so a client's encoder may leave them.
+ */
+static void clear_spare_bits(char *group, size_t g)
+{
+	static const char alphabet[] =
+		"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+	const char *at = g % 4 >= 2 ? strchr(alphabet, group[g - 1]) : NULL;
+
+	/* Two characters carry one byte (4 spare bits), three two (2). */
+	if (at)
+		group[g - 1] = alphabet[(at - alphabet) & (g % 4 == 2 ? 0x30 : 0x3c)];
+}
+
 long pbjson_b64_decode(const char *in, size_t len, unsigned char *out)
 {
 	struct base64_decode_ctx ctx;
@@ -212,6 +228,7 @@ long pbjson_b64_decode(const char *in, size_t len, unsigned char *out)
 			/* 4096 is a multiple of 4: only the last group is short. */
 			size_t pad = (4 - g % 4) % 4, n;
 
+			clear_spare_bits(group, g);
 			memset(group + g, '=', pad);
 			if (!base64_decode_update(&ctx, &n, out + o, g + pad, group))
 				return -EINVAL;
