@@ -340,6 +340,17 @@ static int init_secret_ok(struct MHD_Connection *c)
 	return ok;
 }
 
+/* Whether the agent was started with a secret (an init may then replace it). */
+static int init_secret_set(void)
+{
+	int set;
+
+	pthread_mutex_lock(&secret_lock);
+	set = init_secret[0] != '\0';
+	pthread_mutex_unlock(&secret_lock);
+	return set;
+}
+
 /*
  * A new secret, from an init that carried the current one: a sandbox forked
  * from another's snapshot starts with the source's agent, memory and all,
@@ -562,6 +573,11 @@ static int parse_init(json_t *root, struct init_request *req, struct herr *err)
 		return r;
 	if (req->secret && (!*req->secret || strlen(req->secret) >= INIT_SECRET_MAX))
 		return herr_set(err, -EINVAL, "initSecret: 1-%d bytes", INIT_SECRET_MAX - 1);
+	/* Without a secret /init is open (envd's way): a secret set by whoever
+	 * got there first would lock out the one who configures the sandbox. */
+	if (req->secret && !init_secret_set())
+		return herr_set(err, -EINVAL, "initSecret: this agent was started without "
+				"an init secret (HUTCH_INIT_SECRET); /init stays open");
 	if (req->token && strlen(req->token) >= STATE_TOKEN_MAX)
 		return herr_set(err, -EINVAL, "accessToken: longer than %d bytes",
 				STATE_TOKEN_MAX - 1);

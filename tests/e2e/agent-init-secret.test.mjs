@@ -66,6 +66,47 @@ test('with a secret, /init carrying it applies; a re-init also needs the token',
   }
 });
 
+test('an init carrying initSecret replaces the secret: the old one is refused after it',
+  async () => {
+    const NEXT = 'b'.repeat(40) + 'fedcba9876543210';
+    const agent = await startAgent({ env: { HUTCH_INIT_SECRET: SECRET } });
+    try {
+      // Bad values are refused whole: neither the secret nor the token changes.
+      for (const initSecret of ['', 'x'.repeat(128), 7]) {
+        const res = await init(agent.url, { accessToken: 'tok-x', initSecret },
+          { 'x-hutch-init-secret': SECRET });
+        assert.equal(res.status, 400, JSON.stringify(initSecret));
+        assert.match((await res.json()).message, /initSecret/);
+      }
+      let res = await init(agent.url, { accessToken: 'tok-1', initSecret: NEXT },
+        { 'x-hutch-init-secret': SECRET });
+      assert.equal(res.status, 204);
+      res = await init(agent.url, { accessToken: 'tok-2' },
+        { 'x-hutch-init-secret': SECRET, 'x-access-token': 'tok-1' });
+      assert.equal(res.status, 401);
+      res = await init(agent.url, { accessToken: 'tok-2' },
+        { 'x-hutch-init-secret': NEXT, 'x-access-token': 'tok-1' });
+      assert.equal(res.status, 204);
+    } finally {
+      await agent.stop();
+    }
+  });
+
+test('without the setting, an init cannot set a secret: /init stays open', async () => {
+  const agent = await startAgent();
+  try {
+    let res = await init(agent.url, { envVars: { A: '1' }, initSecret: SECRET });
+    assert.equal(res.status, 400);
+    assert.match((await res.json()).message, /initSecret/);
+    res = await init(agent.url, { envVars: { B: '2' } });
+    assert.equal(res.status, 204);
+    const envs = await fetch(`${agent.url}/envs`);
+    assert.deepEqual(await envs.json(), { B: '2' });
+  } finally {
+    await agent.stop();
+  }
+});
+
 test('the secret is not in the environment of started processes', async () => {
   const agent = await startAgent({ env: { HUTCH_INIT_SECRET: SECRET } });
   try {
