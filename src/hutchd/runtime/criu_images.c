@@ -10,9 +10,10 @@
  * makes ("0 <slot base> 65536") gets the fork's base instead; anything else
  * in the map means images we did not make, and is refused. The UTS
  * namespace's nodename (the sandbox's hostname, its id) becomes the fork's.
- * Inet sockets bound to the source's own address (its eth0) are bound to
- * the fork's instead: that address does not exist in the fork's netns, and
- * CRIU's bind() would fail the restore.
+ * Inet sockets bound to the source's own address (its eth0), IPv4 or IPv6
+ * bound to its mapped form, are bound to the fork's instead: that address
+ * does not exist in the fork's netns, and CRIU's bind() would fail the
+ * restore (or, for the mapped form, leave a socket no packet reaches).
  *
  * Image layout (CRIU 4.2, criu/image.c and criu/protobuf.c): a u32 common
  * magic, a u32 magic of the image type, then entries, each a u32 length and
@@ -261,8 +262,21 @@ static int read_image(const char *path, uint8_t **out, size_t *len, struct herr 
 	return 0;
 }
 
-/* The entry moved to the fork's address when it is an IPv4 socket bound to
- * the source's; its new bytes in `e`. 1 when rewritten, 0 when left. */
+/* Whether a socket is bound to addr: an IPv4 one, or an IPv6 one bound to
+ * its mapped form ::ffff:a.b.c.d (whose bind CRIU also redoes: left alone,
+ * the fork would listen on the source's address, which reaches nothing). */
+static bool bound_to(const CriuNs__InetSk *isk, uint32_t addr)
+{
+	const uint32_t *a = isk->src_addr;
+
+	if (isk->family == AF_INET)
+		return isk->n_src_addr == 1 && a[0] == addr;
+	return isk->family == AF_INET6 && isk->n_src_addr == 4 && a[0] == 0 && a[1] == 0 &&
+	       a[2] == htonl(0xffff) && a[3] == addr;
+}
+
+/* The entry moved to the fork's address when it is a socket bound to the
+ * source's; its new bytes in `e`. 1 when rewritten, 0 when left. */
 static int rebind_entry(const uint8_t *data, uint32_t len, uint32_t from, uint32_t to,
 			struct one_entry *e)
 {
@@ -271,10 +285,9 @@ static int rebind_entry(const uint8_t *data, uint32_t len, uint32_t from, uint32
 
 	if (!fe)
 		return -EINVAL;
-	if (fe->type == CRIU_FD_INETSK && fe->isk && fe->isk->family == AF_INET &&
-	    fe->isk->n_src_addr == 1 && fe->isk->src_addr[0] == from &&
+	if (fe->type == CRIU_FD_INETSK && fe->isk && bound_to(fe->isk, from) &&
 	    criu_ns__file_entry__get_packed_size(fe) <= ENTRY_MAX) {
-		fe->isk->src_addr[0] = to;
+		fe->isk->src_addr[fe->isk->n_src_addr - 1] = to;
 		e->len = (uint32_t)criu_ns__file_entry__pack(fe, e->buf);
 		hit = 1;
 	}

@@ -14,8 +14,9 @@
 int rt_images_rekey(const char *dir, uint32_t new_base, const char *from_host,
 		    const char *to_host, struct herr *err);
 
-/* In files.img of dir: IPv4 sockets bound to from (network byte order)
- * bound to to instead; *moved says how many. */
+/* In files.img of dir: sockets bound to from (IPv4, network byte order;
+ * also IPv6 ones bound to ::ffff:from) bound to to instead; *moved says
+ * how many. */
 int rt_images_rebind(const char *dir, uint32_t from, uint32_t to, int *moved,
 		     struct herr *err);
 

@@ -4,6 +4,7 @@
  * sockets bound to the source's address. Images are made here with the same
  * protobuf-c messages, in CRIU's layout (two magics, then u32-sized entries).
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -234,30 +235,38 @@ static void test_rebind_moves_only_the_source_address(void **state)
 {
 	const uint32_t src = 0x0600d60a, fork = 0x0a00d60a, other = 0x0100007f;
 	const uint32_t v6[4] = { src, 0, 0, 0 };
-	uint8_t e[4][64];
-	uint32_t lens[4] = {
+	/* ::ffff:10.214.0.6, the source's address in an IPv6 socket's bind */
+	const uint32_t mapped[4] = { 0, 0, htonl(0xffff), src };
+	const uint32_t mapped_other[4] = { 0, 0, htonl(0xffff), other };
+	uint8_t e[6][64];
+	uint32_t lens[6] = {
 		pack_file_entry(1, 0, NULL, 0, e[0]),      /* a regular file */
 		pack_file_entry(4, 2, &src, 1, e[1]),      /* bound to the source's */
 		pack_file_entry(4, 2, &other, 1, e[2]),    /* loopback */
 		pack_file_entry(4, 10, v6, 4, e[3]),       /* IPv6: not ours */
+		pack_file_entry(4, 10, mapped, 4, e[4]),   /* IPv6, the source's mapped */
+		pack_file_entry(4, 10, mapped_other, 4, e[5]), /* mapped loopback */
 	};
-	const uint8_t *p[4] = { e[0], e[1], e[2], e[3] };
+	const uint8_t *p[6] = { e[0], e[1], e[2], e[3], e[4], e[5] };
 	struct herr err;
 	int moved = -1;
 
-	write_image("files.img", FILES, p, lens, 4);
+	write_image("files.img", FILES, p, lens, 6);
 	assert_int_equal(rt_images_rebind(dir, src, fork, &moved, &err), 0);
-	assert_int_equal(moved, 1);
+	assert_int_equal(moved, 2);
 
 	uint8_t *data;
 	size_t len = read_image("files.img", &data), off = 8;
-	for (int i = 0; i < 4; i++) {
+	for (int i = 0; i < 6; i++) {
 		uint32_t n;
 		memcpy(&n, data + off, 4);
 		CriuNs__FileEntry *fe = criu_ns__file_entry__unpack(NULL, n, data + off + 4);
 		assert_non_null(fe);
 		if (i == 1)
 			assert_int_equal(fe->isk->src_addr[0], fork);
+		else if (i == 4)
+			assert_memory_equal(fe->isk->src_addr,
+					    ((uint32_t[4]){ 0, 0, htonl(0xffff), fork }), 16);
 		else /* the others byte for byte */
 			assert_memory_equal(data + off + 4, e[i], lens[i]);
 		criu_ns__file_entry__free_unpacked(fe, NULL);
