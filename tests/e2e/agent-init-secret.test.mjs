@@ -107,6 +107,37 @@ test('without the setting, an init cannot set a secret: /init stays open', async
   }
 });
 
+// A second listener sharing the agent's port (SO_REUSEPORT, open to any
+// process of the agent's user: root in a sandbox) would take a share of its
+// connections, hutchd's /init with the secret among them.
+const shareListener = `
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+try:
+    s.bind(('127.0.0.1', int(sys.argv[1])))
+    s.listen()
+    print('shared')
+except OSError as e:
+    print('refused', e.errno)
+`;
+
+test('no other socket can listen on the agent\'s port beside it', async () => {
+  const agent = await startAgent({ env: { HUTCH_INIT_SECRET: SECRET } });
+  try {
+    const port = new URL(agent.url).port;
+    const r = spawnSync('python3', ['-c', shareListener, port], { encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stdout.trim(), 'refused 98'); // EADDRINUSE
+    // The control: a port nobody listens on can be bound the same way.
+    const free = spawnSync('python3', ['-c', shareListener, String(await freePort())],
+      { encoding: 'utf8' });
+    assert.equal(free.stdout.trim(), 'shared');
+  } finally {
+    await agent.stop();
+  }
+});
+
 test('the secret is not in the environment of started processes', async () => {
   const agent = await startAgent({ env: { HUTCH_INIT_SECRET: SECRET } });
   try {
