@@ -15,6 +15,7 @@ import {
 import { join } from 'node:path';
 import { Sandbox } from 'e2b';
 import { cgroupName, requireBase, startHutchd, useEnv } from './lib/hutchd.mjs';
+import { eth0Address, memAsk, memAskPy, memServerPy, rng } from './lib/memory.mjs';
 
 let h;
 let restore;
@@ -292,37 +293,8 @@ test('a restart removes unfinished and unreferenced snapshot folders, nothing el
     }
   });
 
-// A server holding a random token and a counter in memory only; "inc" bumps
-// the counter, every reply names token, counter and pid. A client keeps one
-// connection to it and logs each reply, and a last BROKEN line when the
-// connection goes.
-const memServerPy = `
-import os, socket, threading
-token = os.urandom(8).hex()
-state = {'n': 0}
-lock = threading.Lock()
-def serve(conn):
-    with conn, conn.makefile('rwb', buffering=0) as f:
-        for line in f:
-            with lock:
-                if line.strip() == b'inc':
-                    state['n'] += 1
-                reply = 'token=%s n=%d pid=%d\\n' % (token, state['n'], os.getpid())
-            f.write(reply.encode())
-def listen(addr, port):
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((addr, port))
-    s.listen(16)
-    while True:
-        c, _ = s.accept()
-        threading.Thread(target=serve, args=(c,), daemon=True).start()
-# A second listener bound to the sandbox's own eth0 address, not 0.0.0.0.
-u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-u.connect(('10.255.255.1', 9))
-threading.Thread(target=listen, args=(u.getsockname()[0], 7413), daemon=True).start()
-listen('0.0.0.0', 7412)
-`;
+// A client keeps one connection to the server (lib/memory.mjs) and logs each
+// reply, and a last BROKEN line when the connection goes.
 const memClientPy = `
 import socket, time
 s = socket.create_connection(('127.0.0.1', 7412))
@@ -339,20 +311,6 @@ try:
 except Exception as e:
     out.write('BROKEN %r\\n' % (e,))
 `;
-// One request on a fresh connection: "inc" or "get"; with "eth0", to the
-// listener on the sandbox's own eth0 address (printed first).
-const memAskPy = `
-import socket, sys
-addr = ('127.0.0.1', 7412)
-if sys.argv[2:] == ['eth0']:
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    u.connect(('10.255.255.1', 9))
-    addr = (u.getsockname()[0], 7413)
-    print(addr[0])
-s = socket.create_connection(addr, timeout=5)
-s.sendall(sys.argv[1].encode() + b'\\n')
-print(s.makefile().readline().strip())
-`;
 // The agent's answer to GET /envs with a given token, from inside the sandbox.
 const agentAskPy = `
 import sys, urllib.request, urllib.error
@@ -363,13 +321,6 @@ try:
 except urllib.error.HTTPError as e:
     print(e.code)
 `;
-
-async function memAsk(sb, what, via = '') {
-  const r = await sb.commands.run(`python3 /home/user/mem-ask.py ${what} ${via}`);
-  const m = /token=([0-9a-f]+) n=(\d+) pid=(\d+)/.exec(r.stdout);
-  assert.ok(m, `a server reply: ${JSON.stringify(r.stdout)}`);
-  return { token: m[1], n: Number(m[2]), pid: Number(m[3]) };
-}
 
 // The first host id of the sandbox's user namespace, from inside it.
 async function hostUidBase(sb, pid) {
@@ -423,8 +374,7 @@ test('forks run the source\'s processes with their memory, under their own ident
       const before = await memAsk(src, 'get');
       assert.equal(before.n, 3);
       assert.deepEqual(await memAsk(src, 'get', 'eth0'), before);
-      const srcAddr = (await src.commands.run('python3 /home/user/mem-ask.py get eth0'))
-        .stdout.split('\n')[0];
+      const srcAddr = await eth0Address(src);
       const srcBase = await hostUidBase(src, before.pid);
       const srcToken = (await h.api('GET', `/sandboxes/${src.sandboxId}`)).json
         .envdAccessToken;
@@ -585,23 +535,12 @@ test('a fork whose restore fails leaves nothing behind and the snapshot intact',
     }
   });
 
-// mulberry32, as in pause-crash.test.mjs: seedable delays.
-function crashRng(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6D2B79F5) >>> 0;
-    let x = Math.imul(a ^ (a >>> 15), 1 | a);
-    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x;
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 test('kill -9 of hutchd during a fork: a whole fork or none, the snapshot intact',
   async (t) => {
     if (skipWithoutBase(t)) return;
     const seed = Number(process.env.HUTCH_CRASH_SEED ?? Math.floor(Math.random() * 2 ** 31));
     t.diagnostic(`fork crash seed ${seed} (HUTCH_CRASH_SEED=${seed} repeats it)`);
-    const rand = crashRng(seed);
+    const rand = rng(seed);
     const src = await Sandbox.create({ timeoutMs: 300_000 });
     let sid;
     try {

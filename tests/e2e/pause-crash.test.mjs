@@ -11,6 +11,7 @@ import assert from 'node:assert/strict';
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { Sandbox } from 'e2b';
 import { requireBase, startHutchd, useEnv } from './lib/hutchd.mjs';
+import { rng } from './lib/memory.mjs';
 
 let h;
 let restore;
@@ -22,18 +23,6 @@ before(async (t) => {
 after(async () => { restore?.(); await h?.stop(); });
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-// mulberry32: small, seedable, good enough to spread delays.
-function rng(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const serverPy = `
 import os, socket, threading

@@ -3,20 +3,24 @@
 // tmpfs with the network namespaces pinned there, the sandboxes' cgroups, the
 // nftables table), the images are marked as made in an earlier boot (the
 // boot id hutchd records with them), and hutchd starts again on the same
-// data folder. A sandbox paused with its memory cannot have its processes
-// back (their network namespace and connections are gone); it must come back
-// under the same id with its files, its template's start command run again,
-// and its images removed. A memory-less paused sandbox comes back the same
-// way it always does, and so does one whose pause the reboot cut short.
+// data folder. A sandbox paused with its memory comes back with its
+// processes under the same id, in whatever slot (id range, address) is free
+// now: a python server with its token and counter, a loop sleeping on
+// monotonic deadlines counting on, its files; the clocks inside go on from
+// the pause. Images that cannot be restored still give the sandbox back,
+// afresh on its disk. A memory-less paused sandbox comes back the same way
+// it always does, and one whose pause the reboot cut short comes back
+// paused on its disk.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import {
-  existsSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync,
+  existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync,
 } from 'node:fs';
 import { join } from 'node:path';
 import { Sandbox } from 'e2b';
 import { cgroupName, requireBase, startHutchd, useEnv } from './lib/hutchd.mjs';
+import { eth0Address, memAsk, memAskPy, memServerPy, rng } from './lib/memory.mjs';
 
 let h;
 let restore;
@@ -102,55 +106,282 @@ async function simulateReboot(keepRunDir) {
   spawnSync('nft', ['delete', 'table', 'inet', cgroupName], { stdio: 'ignore' });
 }
 
+// time.sleep of python >= 3.11 sleeps with clock_nanosleep(CLOCK_MONOTONIC,
+// TIMER_ABSTIME) and sleeps again to the same deadline when interrupted: a
+// clock that jumped back would hang it until it caught up.
+const loopPy = `
+import time
+n = 0
+while True:
+    time.sleep(0.2)
+    n += 1
+    with open('/tmp/loop-count.tmp', 'w') as f:
+        f.write('%d\\n' % n)
+    import os
+    os.replace('/tmp/loop-count.tmp', '/tmp/loop-count')
+`;
+
+const loopCount = async (sb) =>
+  Number((await sb.commands.run('cat /tmp/loop-count')).stdout.trim());
+
+// CLOCK_MONOTONIC and CLOCK_BOOTTIME inside the sandbox, in seconds.
+async function clocks(sb) {
+  const r = await sb.commands.run('python3 -c "import time; print(time.clock_gettime(' +
+    'time.CLOCK_MONOTONIC), time.clock_gettime(time.CLOCK_BOOTTIME))"');
+  const [mono, boot] = r.stdout.trim().split(' ').map(Number);
+  return { mono, boot };
+}
+
+// The first host id of the user namespace of a process inside.
+async function uidBase(sb, pid) {
+  const f = (await sb.commands.run(`cat /proc/${pid}/uid_map`)).stdout.trim().split(/\s+/);
+  return Number(f[1]);
+}
+
+const slotOf = (id) => Number(/^slot=(\d+)$/m.exec(
+  readFileSync(join(h.dir, 'run', id, 'state'), 'utf8'))[1]);
+
+// Sandboxes that take slot `slot` (as the first free one) so that a sandbox
+// made after them gets another; at most four.
+async function squatSlot(slot) {
+  const made = [];
+  const taken = () => readdirSync(join(h.dir, 'run'), { withFileTypes: true })
+    .some((e) => e.isDirectory() && existsSync(join(h.dir, 'run', e.name, 'state')) &&
+      slotOf(e.name) === slot);
+  while (!taken() && made.length < 4) made.push(await Sandbox.create({ timeoutMs: 120_000 }));
+  assert.ok(taken(), `slot ${slot} taken by another sandbox`);
+  return made;
+}
+
 for (const keepRunDir of [false, true]) {
-  test(`after a host reboot a paused sandbox resumes with its files, same id ` +
-    `(run dir ${keepRunDir ? 'kept' : 'on tmpfs'})`, (t) => rebootCase(t, keepRunDir));
+  test(`after a host reboot a paused sandbox resumes with its processes and files, ` +
+    `same id (run dir ${keepRunDir ? 'kept' : 'on tmpfs'})`, (t) => rebootCase(t, keepRunDir));
 }
 
 async function rebootCase(t, keepRunDir) {
-    if (!h) return t.skip('no base template (see the message above)');
-    const withMemory = await Sandbox.create({ timeoutMs: 120_000 });
-    const diskOnly = await Sandbox.create({ timeoutMs: 120_000 });
-    try {
-      for (const sb of [withMemory, diskOnly]) {
-        await sb.files.write('/home/user/kept.txt', `kept by ${sb.sandboxId}`);
-        await sb.commands.run('echo etc > /etc/hutch-reboot', { user: 'root' });
-      }
-      await withMemory.commands.run('setsid nohup sleep 1000 >/dev/null 2>&1 </dev/null &');
-      assert.equal(await withMemory.pause(), true);
-      assert.equal(await diskOnly.pause({ keepMemory: false }), true);
-      assert.ok(existsSync(join(folderOf(withMemory.sandboxId), 'checkpoint')));
-
-      await h.restart([], () => simulateReboot(keepRunDir));
-
-      for (const sb of [withMemory, diskOnly]) {
-        assert.equal((await Sandbox.getInfo(sb.sandboxId)).state, 'paused');
-        const again = await Sandbox.connect(sb.sandboxId);
-        assert.equal(again.sandboxId, sb.sandboxId);
-        assert.equal((await Sandbox.getInfo(sb.sandboxId)).state, 'running');
-        assert.equal(await again.files.read('/home/user/kept.txt'), `kept by ${sb.sandboxId}`);
-        const r = await again.commands.run('cat /etc/hutch-reboot; pgrep -x sleep || true');
-        assert.equal(r.stdout, 'etc\n', 'files kept; the old processes are gone');
-        await again.files.write('/home/user/after.txt', 'written after the reboot');
-        assert.equal(await again.files.read('/home/user/after.txt'), 'written after the reboot');
-      }
-      assert.equal(existsSync(join(folderOf(withMemory.sandboxId), 'checkpoint')), false,
-        'the images that can no longer be restored are gone');
-      // it pauses and resumes with memory again as usual
-      await withMemory.commands.run('setsid nohup sleep 1001 >/dev/null 2>&1 </dev/null &');
-      assert.equal(await withMemory.pause(), true);
-      const back = await Sandbox.connect(withMemory.sandboxId);
-      const r = await back.commands.run('pgrep -x sleep | wc -l');
-      assert.equal(r.stdout.trim(), '1', 'the process started after the reboot lives on');
-      for (const sb of [withMemory, diskOnly]) {
-        assert.equal(await Sandbox.kill(sb.sandboxId), true);
-        assert.equal(existsSync(folderOf(sb.sandboxId)), false, `${sb.sandboxId} left nothing`);
-      }
-    } finally {
-      await Sandbox.kill(withMemory.sandboxId).catch(() => {});
-      await Sandbox.kill(diskOnly.sandboxId).catch(() => {});
+  if (!h) return t.skip('no base template (see the message above)');
+  const withMemory = await Sandbox.create({ timeoutMs: 120_000 });
+  const diskOnly = await Sandbox.create({ timeoutMs: 120_000 });
+  let squatters = [];
+  try {
+    for (const sb of [withMemory, diskOnly]) {
+      await sb.files.write('/home/user/kept.txt', `kept by ${sb.sandboxId}`);
+      await sb.commands.run('echo etc > /etc/hutch-reboot', { user: 'root' });
     }
+    await withMemory.files.write('/home/user/mem-server.py', memServerPy);
+    await withMemory.files.write('/home/user/mem-ask.py', memAskPy);
+    await withMemory.files.write('/home/user/loop.py', loopPy);
+    await withMemory.commands.run('setsid nohup python3 /home/user/mem-server.py ' +
+      '>/tmp/mem-server.out 2>&1 </dev/null &');
+    await withMemory.commands.run('setsid nohup python3 /home/user/loop.py ' +
+      '>/tmp/loop.out 2>&1 </dev/null &');
+    await withMemory.commands.run('setsid nohup sleep 1000 >/dev/null 2>&1 </dev/null &');
+    await sleep(500);
+    for (let i = 0; i < 3; i++) await memAsk(withMemory, 'inc');
+    const before = await memAsk(withMemory, 'get', 'eth0');
+    assert.equal(before.n, 3);
+    const addrBefore = await eth0Address(withMemory);
+    const slotBefore = slotOf(withMemory.sandboxId);
+    const counted = await loopCount(withMemory);
+    assert.ok(counted > 0, 'the loop counts');
+    const clockBefore = await clocks(withMemory);
+    const wallBefore = Date.now();
+    assert.equal(await withMemory.pause(), true);
+    assert.equal(await diskOnly.pause({ keepMemory: false }), true);
+    assert.ok(existsSync(join(folderOf(withMemory.sandboxId), 'checkpoint')));
+
+    // Paused for at least 3 s: that time must not pass inside.
+    await h.restart([], async () => { await simulateReboot(keepRunDir); await sleep(3000); });
+    // On tmpfs the runtime forgot every slot: another sandbox takes the
+    // one it had, so that it comes back in another id range and address.
+    if (!keepRunDir) squatters = await squatSlot(slotBefore);
+
+    for (const sb of [withMemory, diskOnly]) {
+      assert.equal((await Sandbox.getInfo(sb.sandboxId)).state, 'paused');
+      const again = await Sandbox.connect(sb.sandboxId);
+      assert.equal(again.sandboxId, sb.sandboxId);
+      assert.equal((await Sandbox.getInfo(sb.sandboxId)).state, 'running');
+      assert.equal(await again.files.read('/home/user/kept.txt'), `kept by ${sb.sandboxId}`);
+      assert.equal((await again.commands.run('cat /etc/hutch-reboot')).stdout, 'etc\n');
+      await again.files.write('/home/user/after.txt', 'written after the reboot');
+      assert.equal(await again.files.read('/home/user/after.txt'), 'written after the reboot');
+    }
+    const wallAfter = Date.now();
+    const clockAfter = await clocks(withMemory);
+    const wallTaken = (Date.now() - wallBefore) / 1000;
+    const insideMono = clockAfter.mono - clockBefore.mono;
+    const insideBoot = clockAfter.boot - clockBefore.boot;
+    t.diagnostic(`inside: monotonic +${insideMono.toFixed(2)} s, boottime ` +
+      `+${insideBoot.toFixed(2)} s; host: ${wallTaken.toFixed(2)} s ` +
+      `(${((wallAfter - wallBefore) / 1000).toFixed(2)} s until both were back)`);
+    for (const d of [insideMono, insideBoot]) {
+      assert.ok(d > 0, 'the clocks inside go on forwards');
+      assert.ok(d < wallTaken - 2.5, 'the paused time did not pass inside');
+    }
+
+    // The processes, with their memory, under the id range of the slot it has now.
+    // its listener on the eth0 address answers on the address it has now
+    const after = await memAsk(withMemory, 'get', 'eth0');
+    assert.deepEqual(after, before, 'the same server, its memory kept');
+    assert.equal((await memAsk(withMemory, 'inc')).n, 4);
+    const slotAfter = slotOf(withMemory.sandboxId);
+    if (!keepRunDir) assert.notEqual(slotAfter, slotBefore, 'another slot');
+    assert.equal(await uidBase(withMemory, before.pid), 0x10000000 + slotAfter * 65536,
+      'its processes run in the id range of its slot now');
+    t.diagnostic(`slot ${slotBefore} -> ${slotAfter}, eth0 ${addrBefore} -> ` +
+      `${await eth0Address(withMemory)}`);
+    const n1 = await loopCount(withMemory);
+    assert.ok(n1 >= counted, `the loop kept its count (${counted} -> ${n1})`);
+    await sleep(1000);
+    const n2 = await loopCount(withMemory);
+    assert.ok(n2 >= n1 + 3, `the sleeping loop counts on (${n1} -> ${n2})`);
+    assert.equal((await withMemory.commands.run('pgrep -x sleep | wc -l')).stdout.trim(), '1');
+    assert.equal((await diskOnly.commands.run('pgrep -x sleep || echo none')).stdout,
+      'none\n', 'a memory-less pause started afresh');
+    assert.equal(existsSync(join(folderOf(withMemory.sandboxId), 'checkpoint')), false,
+      'the images were spent by the restore');
+
+    // it pauses and resumes with memory again as usual
+    await withMemory.commands.run('setsid nohup sleep 1001 >/dev/null 2>&1 </dev/null &');
+    assert.equal(await withMemory.pause(), true);
+    const back = await Sandbox.connect(withMemory.sandboxId);
+    const r = await back.commands.run('pgrep -x sleep | wc -l');
+    assert.equal(r.stdout.trim(), '2', 'the processes from before and after the reboot');
+    assert.equal((await memAsk(back, 'get')).n, 4);
+    for (const sb of [withMemory, diskOnly]) {
+      assert.equal(await Sandbox.kill(sb.sandboxId), true);
+      assert.equal(existsSync(folderOf(sb.sandboxId)), false, `${sb.sandboxId} left nothing`);
+    }
+  } finally {
+    for (const sb of [withMemory, diskOnly, ...squatters]) {
+      await Sandbox.kill(sb.sandboxId).catch(() => {});
+    }
+  }
 }
+
+// Images of an earlier boot that cannot be restored (here: a broken user
+// namespace image) do not keep the sandbox from coming back: it starts
+// afresh on its disk under the same id, as every sandbox paused with memory
+// did after a reboot before their processes could be restored.
+test('after a host reboot, images that cannot be restored: afresh on its disk',
+  async (t) => {
+    if (!h) return t.skip('no base template (see the message above)');
+    const sb = await Sandbox.create({ timeoutMs: 120_000 });
+    try {
+      await sb.files.write('/home/user/kept.txt', 'kept');
+      await sb.commands.run('setsid nohup sleep 1003 >/dev/null 2>&1 </dev/null &');
+      assert.equal(await sb.pause(), true);
+      const images = join(folderOf(sb.sandboxId), 'checkpoint');
+      const userns = readdirSync(images).find((n) => /^userns-\d+\.img$/.test(n));
+      await h.restart([], async () => {
+        await simulateReboot(false);
+        writeFileSync(join(images, userns), 'not an image');
+      });
+      const again = await Sandbox.connect(sb.sandboxId);
+      assert.equal(again.sandboxId, sb.sandboxId);
+      assert.equal(await again.files.read('/home/user/kept.txt'), 'kept');
+      assert.equal((await again.commands.run('pgrep -x sleep || echo none')).stdout, 'none\n');
+      assert.match(h.log(), new RegExp('not restoring its memory \\(it was paused before ' +
+        'the host restarted, and its processes could not be restored: .*userns-\\d+\\.img'));
+      assert.equal(existsSync(images), false, 'the images went');
+      assert.equal(existsSync(`${images}.moving`), false);
+    } finally {
+      await Sandbox.kill(sb.sandboxId).catch(() => {});
+    }
+  });
+
+// hutchd killed inside the create that a resume makes on the sandbox's kept
+// disk (after a reboot; a memory-less pause's resume does the same), left as
+// the crash leaves it: a run dir with the create's mark and no state file
+// yet, or a state file whose init never ran. The runtime's start-up cleanup
+// of such a half-made create removed the disk, and with it the sandbox's
+// files; a disk the create did not make must stay.
+for (const leftover of ['no state file', 'no init']) {
+  test(`a crash inside the create of a resume keeps the disk (${leftover})`, async (t) => {
+    if (!h) return t.skip('no base template (see the message above)');
+    const sb = await Sandbox.create({ timeoutMs: 120_000 });
+    try {
+      await sb.files.write('/home/user/kept.txt', 'kept');
+      await sb.commands.run('setsid nohup sleep 1004 >/dev/null 2>&1 </dev/null &');
+      assert.equal(await sb.pause(), true);
+      await h.restart([], async () => {
+        await simulateReboot(false);
+        const dir = join(h.dir, 'run', sb.sandboxId);
+        mkdirSync(dir, { recursive: true });
+        writeFileSync(join(dir, 'kept-disk'), '');
+        if (leftover === 'no init') {
+          writeFileSync(join(dir, 'state'), 'slot=3\nuid_base=268632064\nnet_slot=3\n' +
+            'host_if=\nhost_ip=0\nsbx_ip=0\nkeeper_pid=0\ninit_pid=0\ninit_start=0\n');
+        }
+      });
+      assert.match(h.log(), new RegExp(`${sb.sandboxId}.*(never got a state|half-made).*` +
+        'its kept disk stays'));
+      assert.equal((await Sandbox.getInfo(sb.sandboxId)).state, 'paused');
+      const again = await Sandbox.connect(sb.sandboxId);
+      assert.equal(await again.files.read('/home/user/kept.txt'), 'kept');
+      assert.equal((await again.commands.run('pgrep -x -f "sleep 1004" | wc -l')).stdout.trim(),
+        '1', 'and its processes');
+    } finally {
+      await Sandbox.kill(sb.sandboxId).catch(() => {});
+    }
+  });
+}
+
+// kill -9 of hutchd at seeded random points of a resume after a reboot
+// (release, the new sandbox's create, the rewrite of the images, CRIU):
+// after a restart the sandbox is running or paused, and in both cases its
+// server comes back with the same token and pid, never afresh.
+test('kill -9 of hutchd during resumes after a reboot: running or paused, memory kept',
+  async (t) => {
+    if (!h) return t.skip('no base template (see the message above)');
+    const seed = Number(process.env.HUTCH_CRASH_SEED ?? Math.floor(Math.random() * 2 ** 31));
+    t.diagnostic(`seed ${seed} (HUTCH_CRASH_SEED=${seed} repeats it)`);
+    const rand = rng(seed);
+    const sb = await Sandbox.create({ timeoutMs: 600_000 });
+    const id = sb.sandboxId;
+    try {
+      await sb.files.write('/home/user/mem-server.py', memServerPy);
+      await sb.files.write('/home/user/mem-ask.py', memAskPy);
+      await sb.commands.run('setsid nohup python3 /home/user/mem-server.py ' +
+        '>/dev/null 2>&1 </dev/null &');
+      await sleep(500);
+      await memAsk(sb, 'inc');
+      const want = await memAsk(sb, 'get');
+      let resumeMs = 0;
+      const outcomes = { running: 0, paused: 0 };
+      for (let run = 0; run < 7; run++) {
+        assert.equal(await Sandbox.pause(id), true, `pause before run ${run}`);
+        await h.restart([], () => simulateReboot(false));
+        const call = h.api('POST', `/v2/sandboxes/${id}/connect`, { timeout: 600 });
+        call.catch(() => {});
+        if (run === 0) {
+          // the first one measures how long a resume after a reboot takes
+          const t0 = performance.now();
+          assert.equal((await call).status, 201);
+          resumeMs = performance.now() - t0;
+          t.diagnostic(`resume after a reboot ${resumeMs.toFixed(0)} ms (delays drawn from ` +
+            '0 to this)');
+        } else {
+          const delay = Math.floor(rand() * resumeMs);
+          await sleep(delay);
+          await h.crash();
+          await call.catch(() => {});
+          await h.restart();
+          const info = await Sandbox.getInfo(id).catch((e) => e);
+          assert.ok(!(info instanceof Error), `run ${run} (kill after ${delay} ms): ` +
+            `sandbox lost: ${info.message}`);
+          assert.ok(['running', 'paused'].includes(info.state), `run ${run}: ${info.state}`);
+          outcomes[info.state]++;
+        }
+        const cur = await Sandbox.connect(id, { timeoutMs: 600_000 });
+        const got = await memAsk(cur, 'get');
+        assert.deepEqual(got, want, `run ${run}: memory kept`);
+      }
+      t.diagnostic(`outcomes ${JSON.stringify(outcomes)}`);
+    } finally {
+      await Sandbox.kill(id).catch(() => {});
+    }
+  });
 
 // No reboot: hutchd restarts with a max-sandboxes below the slot of a sandbox
 // paused with its memory, so the runtime refuses to re-adopt it (its state

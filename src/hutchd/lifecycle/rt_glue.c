@@ -699,11 +699,9 @@ static int cold_resume(struct lc_rt *l, const struct store_sandbox *sb,
 /*
  * A sandbox paused with its memory, started afresh on its disk instead, as
  * after a memory-less pause: when the caller asks for it (onResume
- * 'reboot'), or when the processes cannot come back. Memory images need the
- * network namespace the sandbox was paused in, which lives only as long as
- * the host does: after a reboot the runtime has no record of the sandbox
- * (its run dir was on tmpfs) or no namespace pinned for it. The images go
- * first: a disk changed by the fresh start would no longer match them.
+ * 'reboot'), or when images of an earlier boot could not be restored. The
+ * images go first: a disk changed by the fresh start would no longer match
+ * them.
  */
 static int resume_without_memory(struct lc_rt *l, const struct store_sandbox *sb,
 				 const struct lc_template *tpl, const char *why,
@@ -714,6 +712,56 @@ static int resume_without_memory(struct lc_rt *l, const struct store_sandbox *sb
 	int rc = rt_checkpoint_remove(l->rt, sb->id, err);
 
 	return rc < 0 ? rc : cold_resume(l, sb, tpl, err);
+}
+
+static int restore_into_new(struct lc_rt *l, const struct store_sandbox *sb,
+			    const struct lc_template *tpl, const struct rt_fork_source *fork,
+			    struct rt_ckpt_stats *stats, long *start_ms, struct herr *err);
+
+/*
+ * Images of an earlier boot: the processes' network namespace, cgroups and
+ * run dir died with it, and their slot may be another sandbox's now. The
+ * sandbox is made again on its disk under the same id (whatever record of
+ * it the runtime kept goes first) and the images are restored into it as a
+ * fork's are (rt_restore with other_boot). Its agent is the one it had,
+ * holding the same token and wanting the same init secret (same id):
+ * nothing to re-key. The clocks inside go on from the pause (CRIU restores
+ * a time namespace with offsets), so a sleep on a deadline does not hang.
+ * If the restore fails the sandbox still comes back, afresh on its disk,
+ * as it always did after a reboot; the log says why.
+ */
+static int resume_after_reboot(struct lc_rt *l, const struct store_sandbox *sb,
+			       const struct lc_template *tpl, struct herr *err)
+{
+	struct rt_ckpt_stats stats = { 0 };
+	char why[HERR_MSG_MAX + 128];
+	struct herr cause;
+	struct timespec t0;
+	long start_ms = 0;
+	int rc;
+
+	/* Without time namespaces (a kernel without CONFIG_TIME_NS) CRIU
+	 * restores the clocks as the new boot has them, near zero: a process
+	 * sleeping to a deadline of the old boot would hang for as long as that
+	 * boot had run. A fresh start is better than that. */
+	if (access("/proc/self/ns/time", F_OK) < 0)
+		return resume_without_memory(l, sb, tpl, "it was paused before the host "
+					     "restarted, and this kernel has no time "
+					     "namespaces to carry its clocks over", err);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	rc = lcrt_release_keep_disk(l, sb->id, &cause);
+	if (rc == 0)
+		rc = restore_into_new(l, sb, tpl, NULL, &stats, &start_ms, &cause);
+	if (rc == 0) {
+		log_info("lifecycle", sb->id, "resumed with its memory after the host "
+			 "restarted in %ld ms (start %ld, criu %llu, images %llu bytes)",
+			 ms_since(&t0), start_ms, (unsigned long long)stats.criu_ms,
+			 (unsigned long long)stats.image_bytes);
+		return 0;
+	}
+	snprintf(why, sizeof(why), "it was paused before the host restarted, and its "
+		 "processes could not be restored: %s", cause.msg);
+	return resume_without_memory(l, sb, tpl, why, err);
 }
 
 /*
@@ -738,10 +786,10 @@ static int resume_memory_pause(struct lc_rt *l, const struct store_sandbox *sb,
 		return resume_without_memory(l, sb, tpl, "the caller asked for "
 					     "a fresh start", err);
 	/* Only the boot id recorded with the images proves the processes'
-	 * network namespace gone for good; anything else keeps them. */
+	 * network namespace gone for good: then they are restored into a
+	 * sandbox made anew. Anything else keeps them. */
 	if (rt_checkpoint_from_other_boot(l->rt, sb->id))
-		return resume_without_memory(l, sb, tpl, "it was paused before the "
-					     "host restarted", err);
+		return resume_after_reboot(l, sb, tpl, err);
 	if (known == 0)
 		return herr_set(err, -EIO, "hutchd has no runtime record of the paused "
 				"sandbox (another run dir?); its memory images are kept. "
@@ -765,45 +813,61 @@ int lcrt_resume(struct lc_rt *l, const struct store_sandbox *sb,
 }
 
 /*
- * The fork's own sandbox first, made as a create on its copy of the disk
- * makes it (slot and id range, netns and address, cgroups and limits, its
- * /etc/hostname and /etc/hosts); the runtime then ends what that start ran
- * and restores the snapshot's processes in their place (rt_restore with a
- * fork source). Last the agent, the source's, takes the fork's identity.
+ * A runtime sandbox made for images from elsewhere, as a create on the kept
+ * disk makes it (slot and id range, netns and address, cgroups and limits,
+ * its /etc/hostname and /etc/hosts); the runtime then ends what that start
+ * ran and restores the images' processes in their place (rt_restore with a
+ * fork source, or with other_boot for the sandbox's own images of an
+ * earlier boot). Until the agent listens again.
  */
+static int restore_into_new(struct lc_rt *l, const struct store_sandbox *sb,
+			    const struct lc_template *tpl, const struct rt_fork_source *fork,
+			    struct rt_ckpt_stats *stats, long *start_ms, struct herr *err)
+{
+	const char *layers[1] = { tpl->rootfs };
+	struct rt_restore_spec spec = {
+		.layers = tpl->n_layers ? (const char *const *)tpl->layers : layers,
+		.n_layers = tpl->n_layers ? tpl->n_layers : 1,
+		.agent_dir = l->cfg.agent_dir, .fork = fork, .other_boot = !fork,
+	};
+	struct rt_ckpt_opts opts = { .criu = l->cfg.criu };
+	struct rt_limits limits;
+	long ms[2] = { 0, 0 };
+	int rc;
+
+	limits_of(sb, &limits);
+	rc = boot(l, sb->id, tpl, &limits, sb->network, true, false, ms, err);
+	*start_ms = ms[0];
+	if (rc == 0 && (rc = rt_restore(l->rt, sb->id, &spec, &opts, stats, err)) < 0)
+		herr_wrap(err, fork ? "restoring the snapshot's processes" :
+			  "restoring the sandbox's processes");
+	if (rc == 0 && (rc = rt_wait_port(l->rt, sb->id, AGENT_PORT, l->cfg.agent_ready_ms,
+					  err)) < 0)
+		rc = explain_not_ready(l, sb->id, rc, err);
+	return rc;
+}
+
+/* The fork's own sandbox with the snapshot's processes; last the agent, the
+ * source's, takes the fork's identity. */
 int lcrt_fork(struct lc_rt *l, const struct store_sandbox *sb,
 	      const struct lc_template *tpl, const struct lcrt_fork_from *from,
 	      struct herr *err)
 {
-	const char *layers[1] = { tpl->rootfs };
 	struct rt_fork_source src = { .images = from->images, .hostname = from->source_id };
-	struct rt_restore_spec spec = {
-		.layers = tpl->n_layers ? (const char *const *)tpl->layers : layers,
-		.n_layers = tpl->n_layers ? tpl->n_layers : 1,
-		.agent_dir = l->cfg.agent_dir, .fork = &src,
-	};
-	struct rt_ckpt_opts opts = { .criu = l->cfg.criu };
 	struct rt_ckpt_stats stats = { 0 };
-	struct rt_limits limits;
 	struct timespec t0;
-	long ms[2] = { 0, 0 };
+	long start_ms = 0;
 	int rc;
 
 	clock_gettime(CLOCK_MONOTONIC, &t0);
-	limits_of(sb, &limits);
-	rc = boot(l, sb->id, tpl, &limits, sb->network, true, false, ms, err);
-	if (rc == 0 && (rc = rt_restore(l->rt, sb->id, &spec, &opts, &stats, err)) < 0)
-		herr_wrap(err, "restoring the snapshot's processes");
-	if (rc == 0 && (rc = rt_wait_port(l->rt, sb->id, AGENT_PORT, l->cfg.agent_ready_ms,
-					  err)) < 0)
-		rc = explain_not_ready(l, sb->id, rc, err);
+	rc = restore_into_new(l, sb, tpl, &src, &stats, &start_ms, err);
 	if (rc == 0 && (rc = agent_init(l, sb, tpl, (long)l->cfg.agent_ready_ms, from,
 					err)) < 0)
 		herr_wrap(err, "handing the fork its identity");
 	if (rc == 0)
 		log_info("lifecycle", sb->id, "forked from %s with memory in %ld ms (start %ld, "
 			 "criu %llu, images %llu bytes)", from->source_id, ms_since(&t0),
-			 ms[0], (unsigned long long)stats.criu_ms,
+			 start_ms, (unsigned long long)stats.criu_ms,
 			 (unsigned long long)stats.image_bytes);
 	return rc;
 }

@@ -73,6 +73,7 @@
 #define CKPT_TMP "checkpoint.tmp"
 #define CKPT_RESTORING "checkpoint.restoring"
 #define CKPT_REMOVING "checkpoint.removing" /* images on their way out */
+#define CKPT_MOVING "checkpoint.moving" /* own images of another boot, being rewritten */
 #define CKPT_LOCK "checkpoint.lock"
 #define CKPT_BOOT_ID "hutch-boot-id" /* with the images: the boot they were made in */
 #define CKPT_ADDRESS "hutch-address" /* with the images: the sandbox's IPv4 address */
@@ -1129,7 +1130,10 @@ static int read_boot_id(char out[64])
 	return *out ? 0 : -1;
 }
 
-/* The sandbox's own address, for a fork to rebind sockets bound to it. */
+/* The sandbox's own address, for a fork to rebind sockets bound to it. The
+ * old file is unlinked first: in a folder of hard links (images of an
+ * earlier boot being rewritten) writing it in place would change the
+ * original too. */
 static int write_address(const char *dir, uint32_t ip, struct herr *err)
 {
 	char text[INET_ADDRSTRLEN], path[4200];
@@ -1137,6 +1141,8 @@ static int write_address(const char *dir, uint32_t ip, struct herr *err)
 
 	inet_ntop(AF_INET, &a, text, sizeof(text));
 	snprintf(path, sizeof(path), "%s/%s", dir, CKPT_ADDRESS);
+	if (unlink(path) < 0 && errno != ENOENT)
+		return herr_sys(err, -errno, "unlink %s", path);
 	return rt_write_file(path, text, err);
 }
 
@@ -1594,16 +1600,23 @@ static int build_restore_mounts(struct restore_ctx *c, const char *scratch, stru
 	return attach_tree(sys, path, err);
 }
 
+/* Images restored into a sandbox made for them: a fork's (the snapshot's),
+ * or the sandbox's own from an earlier boot. */
+static bool moved(const struct rt_restore_spec *spec)
+{
+	return spec->fork || spec->other_boot;
+}
+
 /*
- * A fork's processes go into the fork's own cgroups. The images name the
- * source's (CRIU records the full host path of each task's cgroup, the
- * cgroup namespace root included), so each hierarchy the runtime makes a
- * sandbox cgroup in is re-rooted at the fork's; the others are left as a
+ * Moved images' processes go into the sandbox's own cgroups. The images
+ * name the source's (CRIU records the full host path of each task's cgroup,
+ * the cgroup namespace root included), so each hierarchy the runtime makes a
+ * sandbox cgroup in is re-rooted at the sandbox's; the others are left as a
  * resume leaves them (the tasks sit where every sandbox's do). Connections
- * are restored closed: their peers belong to the source, and the fork's
- * netns has another address. So there is nothing to lock either.
+ * are restored closed: their peers belong to the source, or died with the
+ * boot, and the netns is another. So there is nothing to lock either.
  */
-static void fork_args(struct restore_ctx *c, struct argv_buf *a)
+static void moved_args(struct restore_ctx *c, struct argv_buf *a)
 {
 	/* CRIU names the cgroup2 hierarchy "" (its empty controller list). */
 	static const char *const hybrid[] = { "memory", "pids", "cpu", "cpuacct", "" };
@@ -1630,7 +1643,7 @@ static void restore_args(struct restore_ctx *c, const char *scratch, struct argv
 	arg_add(a, "--root=%s/root", scratch);
 	arg_add(a, "--restore-detached");
 	arg_add(a, "--pidfile=%s", c->pidfile);
-	if (!c->spec->fork) {
+	if (!moved(c->spec)) {
 		arg_add(a, "--tcp-established");
 		arg_add(a, "--network-lock=nftables");
 	}
@@ -1645,8 +1658,8 @@ static void restore_args(struct restore_ctx *c, const char *scratch, struct argv
 	}
 	for (int i = 0; i < c->n_files; i++)
 		arg_add(a, "--inherit-fd=fd[%d]:%s", first_inherit + 1 + i, c->files[i].key);
-	if (c->spec->fork)
-		fork_args(c, a);
+	if (moved(c->spec))
+		moved_args(c, a);
 	arg_add(a, "--log-file=restore.log");
 	arg_add(a, "%s", c->opts && c->opts->verbose_log ? "-v4" : "-v2");
 }
@@ -2105,26 +2118,47 @@ static int restore_check(struct rt *rt, struct rt_sandbox *s, const char *fin,
 	return 0;
 }
 
-/* Sockets bound to the source's address are bound to the fork's. */
-static int fork_rebind(const char *dir, struct rt_sandbox *s, struct herr *err)
+/*
+ * Images made as another sandbox (a fork's source) or in an earlier boot
+ * become this sandbox's: the user namespace's id map moved to its range,
+ * the UTS name from_host to its id (see criu_images.c), and sockets bound
+ * to the address the images were taken at bound to its address, which is
+ * then recorded as theirs: a restore that fails leaves images a second try
+ * rewrites again from where they are.
+ */
+static int retarget_images(const char *dir, struct rt_sandbox *s, const char *from_host,
+			   struct herr *err)
 {
 	uint32_t from = read_address(dir), to = htonl(s->net.sbx_ip);
-	int moved = 0, r;
+	int moved = 0;
+	int r = rt_images_rekey(dir, s->uid_base, from_host, s->id, err);
 
-	if (!from || from == to)
-		return 0;
-	r = rt_images_rebind(dir, from, to, &moved, err);
+	if (r == 0 && from && from != to)
+		r = rt_images_rebind(dir, from, to, &moved, err);
 	if (moved)
-		log_info("runtime", s->id, "%d socket(s) bound to the source's address now "
-			 "bound to the fork's", moved);
+		log_info("runtime", s->id, "%d socket(s) bound to the images' address now "
+			 "bound to the sandbox's", moved);
+	if (r == 0 && from != to)
+		r = write_address(dir, s->net.sbx_ip, err);
 	return r;
 }
 
+/* The processes of the sandbox's fresh start (made only to hold the
+ * images' processes) end; netns, cgroups and disk stay. */
+static int end_fresh_start(struct rt *rt, struct rt_sandbox *s, struct herr *err)
+{
+	if (s->state == RT_STATE_RUNNING || s->state == RT_STATE_STARTING)
+		end_paused_processes(rt, s);
+	if (!cgroup_wait_empty(rt, s->id, 5000))
+		return herr_set(err, -EBUSY, "sandbox '%s': the processes of its start do "
+				"not end", s->id);
+	return 0;
+}
+
 /*
- * A fork's own processes (its fresh start) end and the snapshot's images
- * become its own: copied, then given the fork's id range and hostname (see
- * criu_images.c). The copy is not made durable: a fork that does not finish
- * is removed whole, images included.
+ * A fork's images: the snapshot's copied, then made the fork's. The copy is
+ * not made durable: a fork that does not finish is removed whole, images
+ * included.
  */
 static int fork_take_images(struct rt *rt, struct rt_sandbox *s,
 			    const struct rt_fork_source *from, struct herr *err)
@@ -2133,11 +2167,6 @@ static int fork_take_images(struct rt *rt, struct rt_sandbox *s,
 	uint64_t bytes;
 	int r;
 
-	if (s->state == RT_STATE_RUNNING || s->state == RT_STATE_STARTING)
-		end_paused_processes(rt, s);
-	if (!cgroup_wait_empty(rt, s->id, 5000))
-		return herr_set(err, -EBUSY, "sandbox '%s': the processes of its start do "
-				"not end", s->id);
 	sbx_path(rt, s->id, CKPT_TMP, tmp, sizeof(tmp));
 	sbx_path(rt, s->id, CKPT_FINAL, fin, sizeof(fin));
 	if (dir_exists(fin))
@@ -2145,9 +2174,7 @@ static int fork_take_images(struct rt *rt, struct rt_sandbox *s,
 	remove_tree(tmp);
 	if ((r = copy_images(from->images, tmp, false, &bytes, err)) < 0)
 		return r;
-	r = rt_images_rekey(tmp, s->uid_base, from->hostname, s->id, err);
-	if (r == 0)
-		r = fork_rebind(tmp, s, err);
+	r = retarget_images(tmp, s, from->hostname, err);
 	if (r == 0 && rename(tmp, fin) < 0)
 		r = herr_sys(err, -errno, "rename %s to %s", tmp, fin);
 	if (r < 0)
@@ -2155,10 +2182,82 @@ static int fork_take_images(struct rt *rt, struct rt_sandbox *s,
 	return r;
 }
 
+/* Hard links of every image of src in dst (made here): no page is copied.
+ * Images are flat; anything but a regular file is refused. */
+static int link_images(const char *src, const char *dst, struct herr *err)
+{
+	_cleanup_closedir_ DIR *d = opendir(src);
+	struct dirent *e;
+	char from[4096], to[4096];
+	struct stat st;
+
+	if (!d)
+		return herr_sys(err, -errno, "opendir %s", src);
+	if (mkdir(dst, 0700) < 0)
+		return herr_sys(err, -errno, "mkdir %s", dst);
+	while ((e = readdir(d))) {
+		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+			continue;
+		snprintf(from, sizeof(from), "%.3800s/%.255s", src, e->d_name);
+		snprintf(to, sizeof(to), "%.3800s/%.255s", dst, e->d_name);
+		if (lstat(from, &st) < 0 || !S_ISREG(st.st_mode))
+			return herr_set(err, -EINVAL, "%s is not a regular file", from);
+		if (link(from, to) < 0)
+			return herr_sys(err, -errno, "link %s to %s", from, to);
+	}
+	return 0;
+}
+
+/*
+ * The sandbox's own images, made in an earlier boot under the slot (id
+ * range, address) it had then, become those of the sandbox just made for
+ * them. They are rewritten in a folder of hard links (criu_images.c writes
+ * each changed image as a new file: the originals stay as they were), made
+ * durable and swapped with the originals in one rename: a crash anywhere
+ * leaves either the old set or the new one in place, never a mix.
+ */
+static int reboot_take_images(struct rt *rt, struct rt_sandbox *s, struct herr *err)
+{
+	char moving[4096], fin[4096], sdir[4096];
+	uint64_t bytes;
+	int r;
+
+	sbx_path(rt, s->id, CKPT_MOVING, moving, sizeof(moving));
+	sbx_path(rt, s->id, CKPT_FINAL, fin, sizeof(fin));
+	snprintf(sdir, sizeof(sdir), "%s/sandboxes/%s", rt->data_dir, s->id);
+	remove_tree(moving); /* a crash left it: the originals are whole */
+	if (!dir_exists(fin))
+		return herr_set(err, -ENOENT, "sandbox '%s' has no checkpoint", s->id);
+	r = link_images(fin, moving, err);
+	if (r == 0)
+		r = retarget_images(moving, s, s->id, err);
+	if (r == 0)
+		r = sync_dir(moving, &bytes, err);
+	if (r == 0 && renameat2(AT_FDCWD, moving, AT_FDCWD, fin, RENAME_EXCHANGE) < 0)
+		r = herr_sys(err, -errno, "exchanging %s and %s", moving, fin);
+	if (r == 0)
+		r = fsync_path(sdir, O_DIRECTORY);
+	remove_tree(moving); /* the old set after the exchange, else the new */
+	return r;
+}
+
+/* Images from elsewhere take the place of the fresh start's processes. */
+static int take_moved_images(struct rt *rt, struct rt_sandbox *s,
+			     const struct rt_restore_spec *spec, struct herr *err)
+{
+	int r = end_fresh_start(rt, s, err);
+
+	if (r < 0)
+		return r;
+	return spec->fork ? fork_take_images(rt, s, spec->fork, err) :
+			    reboot_take_images(rt, s, err);
+}
+
 /* CRIU failed: no half-restored task survives (a resume retried at once
  * would find the sandbox "running"), and the images go back. */
 static void restore_undo(struct rt *rt, const char *id, const char *restoring,
-			 const char *fin, pid_t keeper, bool fork, struct herr *err)
+			 const char *fin, pid_t keeper, const struct rt_restore_spec *spec,
+			 struct herr *err)
 {
 	char log[4200];
 
@@ -2171,7 +2270,7 @@ static void restore_undo(struct rt *rt, const char *id, const char *restoring,
 	if (!cgroup_wait_empty(rt, id, 5000))
 		log_warn("runtime", id, "tasks of the failed restore still exit");
 	rename(restoring, fin);
-	log_warn("runtime", id, "%s: %s", fork ? "fork from a snapshot failed" :
+	log_warn("runtime", id, "%s: %s", spec->fork ? "fork from a snapshot failed" :
 		 "resume failed, images kept", err ? err->msg : "");
 }
 
@@ -2228,7 +2327,7 @@ static int restore_locked(struct rt *rt, struct rt_sandbox *s,
 	if (lock < 0)
 		return lock;
 	c.lock_fd = lock;
-	if (spec->fork && (r = fork_take_images(rt, s, spec->fork, err)) < 0)
+	if (moved(spec) && (r = take_moved_images(rt, s, spec, err)) < 0)
 		return r;
 	if ((r = recover_resume(rt, s->id, err)) < 0)
 		return r;
@@ -2244,7 +2343,7 @@ static int restore_locked(struct rt *rt, struct rt_sandbox *s,
 	unlink(c.pidfile);
 	scratch_remove(rt, s->id);
 	if (r < 0) {
-		restore_undo(rt, s->id, restoring, fin, keeper, spec->fork != NULL, err);
+		restore_undo(rt, s->id, restoring, fin, keeper, spec, err);
 		return r;
 	}
 	adopt_restored(rt, s, keeper, rep.init_pid);
@@ -2253,7 +2352,8 @@ static int restore_locked(struct rt *rt, struct rt_sandbox *s,
 	remove_tree(restoring);
 	st.total_ms = now_ms() - t0;
 	log_info("runtime", s->id, "%s pid=%d criu_ms=%llu total_ms=%llu tcp_repaired=%d",
-		 spec->fork ? "forked" : "resumed", rep.init_pid,
+		 spec->fork ? "forked" : spec->other_boot ? "resumed after a reboot" :
+		 "resumed", rep.init_pid,
 		 (unsigned long long)st.criu_ms, (unsigned long long)st.total_ms, rep.repaired);
 	if (stats)
 		*stats = st;
@@ -2269,6 +2369,8 @@ int rt_restore(struct rt *rt, const char *id, const struct rt_restore_spec *spec
 				RT_MAX_LAYERS);
 	if (spec->fork && (!spec->fork->images || !spec->fork->hostname))
 		return herr_set(err, -EINVAL, "restore spec: a fork needs images and hostname");
+	if (spec->fork && spec->other_boot)
+		return herr_set(err, -EINVAL, "restore spec: a fork's images are not its own");
 	struct rt_sandbox *s = sandbox_lock(rt, id, err);
 	if (!s)
 		return -ENOENT;
@@ -2422,7 +2524,8 @@ bool rt_checkpoint_from_other_boot(struct rt *rt, const char *id)
 
 int rt_checkpoint_remove(struct rt *rt, const char *id, struct herr *err)
 {
-	static const char *const names[] = { CKPT_REMOVING, CKPT_TMP, CKPT_RESTORING };
+	static const char *const names[] = { CKPT_REMOVING, CKPT_TMP, CKPT_RESTORING,
+					     CKPT_MOVING };
 	char path[4096], fin[4096];
 
 	if (!rt_id_valid(id))

@@ -378,6 +378,33 @@ static void host_prep_drop(struct host_prep *hp)
 	hp->disk_fd = -1;
 }
 
+static void kept_disk_path(struct rt *rt, const char *id, char *buf, size_t len)
+{
+	snprintf(buf, len, "%s/%s/%s", rt->run_dir, id, RT_KEPT_DISK);
+}
+
+/*
+ * A create on a kept disk (a resume, a fork's copy) marks the run dir before
+ * the disk is touched. The start-up cleanup of a create a crash cut short
+ * (no state file yet, or no init) removes the disk of a new sandbox; one it
+ * did not make is a paused sandbox's, and must stay.
+ */
+static int mark_kept_disk(struct rt *rt, const char *id, struct herr *err)
+{
+	char path[4096];
+
+	kept_disk_path(rt, id, path, sizeof(path));
+	return rt_write_file(path, "", err);
+}
+
+static bool disk_was_kept(struct rt *rt, const char *id)
+{
+	char path[4096];
+
+	kept_disk_path(rt, id, path, sizeof(path));
+	return access(path, F_OK) == 0;
+}
+
 static int prepare_host_side(struct rt *rt, struct rt_sandbox *s, const struct rt_spec *spec,
 			     struct host_prep *hp, struct rt_marks *marks, struct herr *err)
 {
@@ -387,6 +414,8 @@ static int prepare_host_side(struct rt *rt, struct rt_sandbox *s, const struct r
 	snprintf(path, sizeof(path), "%s/%s", rt->run_dir, s->id);
 	if (mkdir(path, 0700) < 0 && errno != EEXIST)
 		return herr_sys(err, -errno, "mkdir %s", path);
+	if (spec->reuse_upper && (r = mark_kept_disk(rt, s->id, err)) < 0)
+		return r;
 	snprintf(path, sizeof(path), "%s/sandboxes/%s", rt->data_dir, s->id);
 	if (mkdir(path, 0700) < 0 && errno != EEXIST)
 		return herr_sys(err, -errno, "mkdir %s", path);
@@ -865,15 +894,19 @@ void rt_set_exit_callback(struct rt *rt, rt_exit_fn fn, void *arg)
 static void remove_stateless(struct rt *rt, const char *id)
 {
 	char path[4096];
+	bool kept = disk_was_kept(rt, id);
 
-	log_info("runtime", id, "removing leftovers of a create that never got a state");
+	log_info("runtime", id, "removing leftovers of a create that never got a state%s",
+		 kept ? " (its kept disk stays)" : "");
 	rt_cg_kill(rt, id, 0);
 	rt_cg_destroy(rt, id, NULL);
-	rt_disk_remove(rt, id, NULL);
-	snprintf(path, sizeof(path), "%s/sandboxes/%s/init.log", rt->data_dir, id);
-	unlink(path);
-	snprintf(path, sizeof(path), "%s/sandboxes/%s", rt->data_dir, id);
-	rmdir(path);
+	if (!kept) {
+		rt_disk_remove(rt, id, NULL);
+		snprintf(path, sizeof(path), "%s/sandboxes/%s/init.log", rt->data_dir, id);
+		unlink(path);
+		snprintf(path, sizeof(path), "%s/sandboxes/%s", rt->data_dir, id);
+		rmdir(path);
+	}
 	rt_state_remove(rt, id);
 }
 
@@ -914,10 +947,15 @@ static void adopt_one(struct rt *rt, const char *id)
 	}
 	if (!s->init_start) {
 		/* Half-made: the crash came before the init ran. */
-		log_info("runtime", id, "removing half-made sandbox");
+		bool kept = disk_was_kept(rt, id);
+
+		log_info("runtime", id, "removing half-made sandbox%s",
+			 kept ? " (its kept disk stays)" : "");
 		s->destroying = true;
 		rt_cg_kill(rt, s->id, 0);
-		release_all(rt, s, true, NULL);
+		release_all(rt, s, !kept, NULL);
+		if (kept)
+			rt_state_remove(rt, s->id);
 		rt->by_slot[s->slot] = NULL;
 		free_sandbox(s);
 		return;

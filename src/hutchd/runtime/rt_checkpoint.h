@@ -59,6 +59,15 @@ struct rt_restore_spec {
 	size_t n_layers;
 	const char *agent_dir;
 	const struct rt_fork_source *fork; /* NULL: the sandbox's own images */
+	/* The sandbox's own images, made in an earlier boot (see
+	 * rt_checkpoint_from_other_boot): the sandbox was made again with
+	 * rt_create on its kept disk, maybe in another slot. Its processes are
+	 * ended and the images rewritten for its id range and address, as a
+	 * fork's are (in place, through hard links, swapped in whole); TCP
+	 * connections come back closed (their peers and netns died with the
+	 * boot). CRIU gives the restored tree a time namespace whose clocks go
+	 * on from the values at the dump. */
+	bool other_boot;
 };
 
 struct rt_ckpt_stats {
