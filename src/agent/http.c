@@ -1032,12 +1032,15 @@ int agent_server_start(const struct agent_server_opts *opts, struct agent_server
 		MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
 		MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
 		/*
-		 * SO_REUSEADDR only (libmicrohttpd's default), never SO_REUSEPORT:
-		 * with it any process of the agent's user (root in the sandbox)
-		 * could listen on this port too and take a share of its
-		 * connections, hutchd's /init and its secret included.
+		 * No MHD_OPTION_LISTENING_ADDRESS_REUSE: left out, libmicrohttpd
+		 * sets SO_REUSEADDR only. 1 would add SO_REUSEPORT, with which
+		 * any process of the agent's user (root in the sandbox) could
+		 * listen on this port too and take a share of its connections,
+		 * hutchd's /init and its secret included; 0 would drop
+		 * SO_REUSEADDR as well, and a resume's CRIU could then not bind
+		 * the port again while the paused netns holds connections to it
+		 * in TIME_WAIT (EADDRINUSE).
 		 */
-		MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned int)0,
 		/* Lifted per request for streams and transfers (begin_work). */
 		MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)HTTP_IDLE_TIMEOUT_S,
 		MHD_OPTION_CONNECTION_LIMIT, limit,
