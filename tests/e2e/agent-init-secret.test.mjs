@@ -6,6 +6,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import net from 'node:net';
 import { Sandbox } from 'e2b';
 import { agentBin, freePort, startAgent, useSdkEnv } from './lib/agent.mjs';
 
@@ -135,6 +136,33 @@ test('no other socket can listen on the agent\'s port beside it', async () => {
     assert.equal(free.stdout.trim(), 'shared');
   } finally {
     await agent.stop();
+  }
+});
+
+// A connection the agent closed first stays in TIME_WAIT on its port; a
+// resume (CRIU binds the restored listener in the kept netns) or a restart
+// must still get the port: the listener has SO_REUSEADDR.
+test('an agent listens again on its port beside its closed connections', async () => {
+  const agent = await startAgent();
+  const { port } = agent;
+  try {
+    const answer = await new Promise((resolve, reject) => {
+      const c = net.connect(port, '127.0.0.1', () => c.write(
+        'GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n'));
+      let got = '';
+      c.on('data', (d) => { got += d; });
+      c.on('end', () => { c.end(); resolve(got); });
+      c.on('error', reject);
+    });
+    assert.match(answer, /^HTTP\/1\.1 204/);
+  } finally {
+    await agent.stop();
+  }
+  const again = await startAgent({ port });
+  try {
+    assert.equal((await fetch(`${again.url}/health`)).status, 204);
+  } finally {
+    await again.stop();
   }
 });
 

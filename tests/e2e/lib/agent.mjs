@@ -54,10 +54,11 @@ async function waitHealthy(url, child, ms = 10000) {
   throw new Error(`agent at ${url} not healthy after ${ms} ms`);
 }
 
-// Options: accessToken, env (extra environment of the agent), args (extra flags).
+// Options: accessToken, env (extra environment of the agent), args (extra flags),
+// port (else a free one).
 export async function startAgent(opts = {}) {
   const { root, home, rootHome } = makeRoot();
-  const port = await freePort();
+  const port = opts.port ?? await freePort();
   const url = `http://127.0.0.1:${port}`;
   const args = [`--listen=127.0.0.1`, `--port=${port}`, `--etc-dir=${join(root, 'etc')}`,
     '--default-user=user', ...(opts.args ?? [])];
