@@ -147,13 +147,21 @@ test('a fork bomb: the agent outlives it and runs commands after it', async (t) 
   }
 });
 
+// The same memory spread over eight processes growing together: none of them
+// comes near the agent's OOM score once root has raised the agent's
+// oom_score_adj to 1000 (a single 128 MB process can outscore it: the
+// adjustment is worth 1000/1000 of the cgroup's limit, the agent's own pages
+// a few MB).
+const spreadMemoryBomb = 'for i in 1 2 3 4 5 6 7 8; do python3 -c "import time\n' +
+  'x = []\nwhile True:\n    x.append(b\'a\' * (4 << 20)); time.sleep(0.01)" & done; wait';
+
 test('an agent killed by the OOM killer ends the sandbox with reason oom', async (t) => {
   if (skipWithoutBase(t)) return;
   const sb = await Sandbox.create('small');
   // Root in the sandbox may offer the agent to the OOM killer first, and
   // take back the preference the agent gives its children's.
   await assert.rejects(sb.commands.run('echo 1000 > /proc/1/oom_score_adj && ' +
-    `echo 0 > /proc/self/oom_score_adj && ${memoryBomb}`, { user: 'root' }));
+    `echo 0 > /proc/self/oom_score_adj && ${spreadMemoryBomb}`, { user: 'root' }));
   const why = await assertEndedWith(sb.sandboxId, 'oom:');
   t.diagnostic(why);
   assert.equal(await sb.isRunning(), false);

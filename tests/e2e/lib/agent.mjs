@@ -12,15 +12,29 @@ const here = fileURLToPath(new URL('.', import.meta.url));
 export const agentBin = process.env.HUTCH_AGENT_BIN ??
   resolve(here, '../../../build/src/agent/hutch-agent');
 
-export async function freePort() {
-  return new Promise((ok, fail) => {
+function tryPort(port) {
+  return new Promise((ok) => {
     const srv = createServer();
-    srv.once('error', fail);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => ok(port));
+    srv.once('error', () => ok(null));
+    srv.listen(port, '127.0.0.1', () => {
+      const got = srv.address().port;
+      srv.close(() => ok(got));
     });
   });
+}
+
+// A port for a server the test starts a moment later. Taken below the
+// kernel's ephemeral range (32768-60999 by default): a port from that range
+// can be handed to any outgoing connection in between, and a client socket
+// on it makes the server's bind fail with EADDRINUSE (seen in CI).
+export async function freePort() {
+  for (let i = 0; i < 64; i++) {
+    const port = await tryPort(20000 + Math.floor(Math.random() * 12000));
+    if (port) return port;
+  }
+  const port = await tryPort(0);
+  if (!port) throw new Error('no free port on 127.0.0.1');
+  return port;
 }
 
 function makeRoot() {
