@@ -628,7 +628,10 @@ static int apply_init(const struct init_request *req, struct herr *err)
 	int r = 0;
 
 	pthread_mutex_lock(&init_lock);
-	if (req->has_ts && older_than_last(&req->ts)) {
+	/* An init that hands over a new secret is hutchd's, sent once to a
+	 * fork whose last init was its source's, by the clock of then (since
+	 * stepped back, perhaps): it is never a late retry. */
+	if (req->has_ts && !req->secret && older_than_last(&req->ts)) {
 		/* A delayed retry of an older init must not undo a newer one. */
 		pthread_mutex_unlock(&init_lock);
 		log_info("http", NULL, "init ignored: its timestamp predates the last init");

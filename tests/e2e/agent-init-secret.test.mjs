@@ -93,6 +93,37 @@ test('an init carrying initSecret replaces the secret: the old one is refused af
     }
   });
 
+// A fork's agent is its source's: the last init it saw is the source's, by
+// the host's clock then. A clock stepped back since must not make it drop
+// the fork's own init (hutchd would take the 204 for a fork with its
+// identity while its agent kept the source's token and secret).
+test('an init carrying initSecret applies even when older than the last init', async () => {
+  const NEXT = 'c'.repeat(40) + '0123456789abcdef';
+  const agent = await startAgent({ env: { HUTCH_INIT_SECRET: SECRET } });
+  try {
+    let res = await init(agent.url, { accessToken: 'tok-1', timestamp: '2100-01-01T00:00:00Z' },
+      { 'x-hutch-init-secret': SECRET });
+    assert.equal(res.status, 204);
+    // The control: an ordinary older init is still ignored (a late retry).
+    res = await init(agent.url, { accessToken: 'tok-x', timestamp: new Date().toISOString() },
+      { 'x-hutch-init-secret': SECRET, 'x-access-token': 'tok-1' });
+    assert.equal(res.status, 204);
+    res = await fetch(`${agent.url}/envs`, { headers: { 'x-access-token': 'tok-1' } });
+    assert.equal(res.status, 200);
+    res = await init(agent.url, {
+      accessToken: 'tok-2', initSecret: NEXT, timestamp: new Date().toISOString(),
+    }, { 'x-hutch-init-secret': SECRET, 'x-access-token': 'tok-1' });
+    assert.equal(res.status, 204);
+    res = await fetch(`${agent.url}/envs`, { headers: { 'x-access-token': 'tok-2' } });
+    assert.equal(res.status, 200);
+    res = await init(agent.url, { accessToken: 'tok-3' },
+      { 'x-hutch-init-secret': NEXT, 'x-access-token': 'tok-2' });
+    assert.equal(res.status, 204);
+  } finally {
+    await agent.stop();
+  }
+});
+
 test('without the setting, an init cannot set a secret: /init stays open', async () => {
   const agent = await startAgent();
   try {
