@@ -4,9 +4,9 @@
 // sandboxes (which have no rows) are removed as orphans.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { Sandbox } from 'e2b';
-import { requireBase, startHutchd, useEnv } from './lib/hutchd.mjs';
+import { cgroupName, requireBase, startHutchd, useEnv } from './lib/hutchd.mjs';
 
 let h;
 let restore;
@@ -95,6 +95,40 @@ test('more creates than the pool holds fall back to cold starts', async (t) => {
     await Promise.all(sbs.map((s) => s.kill()));
   }
   await poolFilled(2);
+});
+
+// Host pids of a sandbox's processes, once it has some.
+async function processesOf(id) {
+  const t0 = Date.now();
+  for (;;) {
+    let procs = [];
+    try {
+      procs = readFileSync(`/sys/fs/cgroup/pids/${cgroupName}/${id}/cgroup.procs`, 'utf8')
+        .split('\n').filter(Boolean).map(Number);
+    } catch { /* not made yet */ }
+    if (procs.length) return procs;
+    if (Date.now() - t0 > 20_000) throw new Error(`${id} has no processes`);
+    await sleep(50);
+  }
+}
+
+test('a pooled sandbox whose agent died is replaced by a cold start', async (t) => {
+  if (skipWithoutBase(t)) return;
+  const pooled = await poolFilled(2);
+  // Both: a create may take either. Killed from the host, as the OOM killer
+  // or an operator would.
+  for (const id of pooled) {
+    for (const pid of await processesOf(id)) {
+      try { process.kill(pid, 'SIGKILL'); } catch { /* gone already */ }
+    }
+  }
+  await sleep(300);
+  const sb = await Sandbox.create();
+  try {
+    assert.equal((await sb.commands.run('echo alive')).stdout, 'alive\n');
+  } finally {
+    await sb.kill();
+  }
 });
 
 test('after a crash, pooled sandboxes are orphans and are removed', async (t) => {

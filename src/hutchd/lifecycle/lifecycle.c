@@ -125,8 +125,10 @@ int lc_new_id(struct lifecycle *lc, const char *tpl_name, char id[SBX_ID_LEN + 1
 
 /*
  * A pooled sandbox was started with the template's resources as they were
- * then; if the row asks for others (the template changed since), it is
- * replaced by a cold start under the same id.
+ * then; if the row asks for others (the template changed since), or its
+ * agent ended while it waited in the pool (the exit monitor reports it, but
+ * a pooled sandbox has no row to end), it is replaced by a cold start under
+ * the same id.
  */
 static int start_sandbox(struct lifecycle *lc, struct store_sandbox *sb,
 			 const struct lc_template *tpl, struct herr *err)
@@ -137,7 +139,7 @@ static int start_sandbox(struct lifecycle *lc, struct store_sandbox *sb,
 		return lcrt_start(lc->rt, sb, tpl, err);
 	lc_resources_for(lc, tpl, &res);
 	if (res.cpu_count == sb->cpu_count && res.memory_mb == sb->memory_mb &&
-	    res.disk_mb == sb->disk_mb)
+	    res.disk_mb == sb->disk_mb && lcrt_alive(lc->rt, sb->id) > 0)
 		return lcrt_finish_warm(lc->rt, sb, tpl, err);
 	lcrt_destroy(lc->rt, sb->id, NULL);
 	return lcrt_start(lc->rt, sb, tpl, err);
