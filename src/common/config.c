@@ -304,6 +304,12 @@ int cfg_print_values(FILE *out, const struct cfg_opt *opts, int nopts, const cha
 			fprintf(out, "# %s is unset (%s)\n", o->name, o->from);
 			continue;
 		}
+		/* Its rest would be a line of its own: another setting. */
+		if (o->type == CFG_STR && strpbrk(o->str, "\r\n")) {
+			fprintf(out, "# %s: a value with a line break (%s) cannot be written "
+				"here\n", o->name, o->from);
+			continue;
+		}
 		fprintf(out, "%s = ", o->name);
 		print_value(out, o);
 		fprintf(out, "  # %s\n", o->from);

@@ -46,8 +46,9 @@ void cfg_print_help(FILE *out, const struct cfg_opt *opts, int nopts, const char
 
 /*
  * Writes the loaded values as config-file lines, "name = value  # from",
- * a setting without a value as a comment; with name, only that setting's
- * value (an empty line when unset). -ENOENT names no setting.
+ * a setting without a value, or with a line break in it, as a comment
+ * (a '#' in a value cuts it when the file is read); with name, only that
+ * setting's value (an empty line when unset). -ENOENT names no setting.
  */
 int cfg_print_values(FILE *out, const struct cfg_opt *opts, int nopts, const char *name);
 

@@ -248,6 +248,19 @@ static void printed_values_load_back(void **unused)
 	assert_int_equal(rc, 0);
 	assert_string_equal(text, "/srv/h\n");
 	free(text);
+	/* A line break would make the rest of a value a line of its own, which
+	 * the file reads as another setting: such a value is a comment. */
+	cfg_free(t, NOPTS);
+	clear_env();
+	setenv("HUTCH_DOMAIN", "x.test\napi-port = 1", 1);
+	assert_int_equal(cfg_load(t, NOPTS, "prog", "", NULL, 1, argv, &first, &err), 0);
+	text = print_values(t, NULL, &rc);
+	assert_int_equal(rc, 0);
+	assert_null(strstr(text, "\napi-port = 1"));
+	assert_non_null(strstr(text, "# domain: a value with a line break (env) cannot be "
+			       "written here\n"));
+	free(text);
+	clear_env();
 	text = print_values(t, "no-such-setting", &rc);
 	assert_int_equal(rc, -ENOENT);
 	assert_string_equal(text, "");
