@@ -15,7 +15,8 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import {
-  existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync,
+  existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmdirSync, rmSync,
+  writeFileSync,
 } from 'node:fs';
 import { join } from 'node:path';
 import { Sandbox } from 'e2b';
@@ -136,6 +137,22 @@ async function clocks(sb) {
 async function uidBase(sb, pid) {
   const f = (await sb.commands.run(`cat /proc/${pid}/uid_map`)).stdout.trim().split(/\s+/);
   return Number(f[1]);
+}
+
+// Fills a new sandbox (kept.txt on its disk, `sleep <n>` running) and pauses
+// it with its memory.
+async function pauseWithSleep(sb, n) {
+  await sb.files.write('/home/user/kept.txt', 'kept');
+  await sb.commands.run(`setsid nohup sleep ${n} >/dev/null 2>&1 </dev/null &`);
+  assert.equal(await sb.pause(), true);
+}
+
+// The sandbox is back with its files and, from its memory, its `sleep <n>`.
+async function assertBackWithSleep(id, n) {
+  const again = await Sandbox.connect(id);
+  assert.equal(await again.files.read('/home/user/kept.txt'), 'kept');
+  assert.equal((await again.commands.run(`pgrep -x -f "sleep ${n}" | wc -l`)).stdout.trim(),
+    '1', 'its processes came back');
 }
 
 const slotOf = (id) => Number(/^slot=(\d+)$/m.exec(
@@ -290,25 +307,46 @@ test('after a host reboot, images that cannot be restored: afresh on its disk',
     }
   });
 
+// The host went down in the middle of a resume: CRIU had the images, moved
+// to checkpoint.restoring, and its restore never finished. They are whole,
+// and the sandbox resumes with its processes from them, not afresh.
+test('after a reboot in the middle of a resume the memory comes back', async (t) => {
+  if (!h) return t.skip('no base template (see the message above)');
+  const sb = await Sandbox.create({ timeoutMs: 120_000 });
+  try {
+    await pauseWithSleep(sb, 1007);
+    const images = join(folderOf(sb.sandboxId), 'checkpoint');
+    await h.restart([], async () => {
+      await simulateReboot(false);
+      renameSync(images, `${images}.restoring`);
+    });
+    assert.equal((await Sandbox.getInfo(sb.sandboxId)).state, 'paused');
+    await assertBackWithSleep(sb.sandboxId, 1007);
+    assert.equal(existsSync(`${images}.restoring`), false, 'the images were spent');
+  } finally {
+    await Sandbox.kill(sb.sandboxId).catch(() => {});
+  }
+});
+
 // hutchd killed inside the create that a resume makes on the sandbox's kept
 // disk (after a reboot; a memory-less pause's resume does the same), left as
-// the crash leaves it: a run dir with the create's mark and no state file
-// yet, or a state file whose init never ran. The runtime's start-up cleanup
-// of such a half-made create removed the disk, and with it the sandbox's
-// files; a disk the create did not make must stay.
-for (const leftover of ['no state file', 'no init']) {
+// the crash leaves it: the create's run dir made and nothing in it yet; a run
+// dir that outlived the state file the resume released (on a disk rather
+// than tmpfs, a netns pin file of the old boot keeps it from being removed);
+// or a state file whose init never ran. The runtime's start-up cleanup of
+// such a half-made create removed the disk, and with it the sandbox's
+// files; it removes only a disk the create marked as made by itself.
+for (const leftover of ['an empty run dir', 'a leftover netns file', 'no init']) {
   test(`a crash inside the create of a resume keeps the disk (${leftover})`, async (t) => {
     if (!h) return t.skip('no base template (see the message above)');
     const sb = await Sandbox.create({ timeoutMs: 120_000 });
     try {
-      await sb.files.write('/home/user/kept.txt', 'kept');
-      await sb.commands.run('setsid nohup sleep 1004 >/dev/null 2>&1 </dev/null &');
-      assert.equal(await sb.pause(), true);
+      await pauseWithSleep(sb, 1004);
       await h.restart([], async () => {
         await simulateReboot(false);
         const dir = join(h.dir, 'run', sb.sandboxId);
         mkdirSync(dir, { recursive: true });
-        writeFileSync(join(dir, 'kept-disk'), '');
+        if (leftover === 'a leftover netns file') writeFileSync(join(dir, 'netns'), '');
         if (leftover === 'no init') {
           writeFileSync(join(dir, 'state'), 'slot=3\nuid_base=268632064\nnet_slot=3\n' +
             'host_if=\nhost_ip=0\nsbx_ip=0\nkeeper_pid=0\ninit_pid=0\ninit_start=0\n');
@@ -317,15 +355,40 @@ for (const leftover of ['no state file', 'no init']) {
       assert.match(h.log(), new RegExp(`${sb.sandboxId}.*(never got a state|half-made).*` +
         'its kept disk stays'));
       assert.equal((await Sandbox.getInfo(sb.sandboxId)).state, 'paused');
-      const again = await Sandbox.connect(sb.sandboxId);
-      assert.equal(await again.files.read('/home/user/kept.txt'), 'kept');
-      assert.equal((await again.commands.run('pgrep -x -f "sleep 1004" | wc -l')).stdout.trim(),
-        '1', 'and its processes');
+      await assertBackWithSleep(sb.sandboxId, 1004);
     } finally {
       await Sandbox.kill(sb.sandboxId).catch(() => {});
     }
   });
 }
+
+// After a reboot every slot is in use (max-sandboxes 1, another sandbox made
+// first): the sandbox cannot be made again, and nothing is wrong with its
+// images. The resume fails and keeps them (a fresh start on the disk would
+// fail the same way); once a slot is free it resumes with its processes.
+test('after a host reboot, no free slot: the resume fails and the memory stays',
+  async (t) => {
+    if (!h) return t.skip('no base template (see the message above)');
+    const sb = await Sandbox.create({ timeoutMs: 120_000 });
+    let other;
+    try {
+      await pauseWithSleep(sb, 1006);
+      const images = join(folderOf(sb.sandboxId), 'checkpoint');
+      await h.restart(['--max-sandboxes=1'], () => simulateReboot(false));
+      other = await Sandbox.create({ timeoutMs: 120_000 });
+      const r = await h.api('POST', `/v2/sandboxes/${sb.sandboxId}/connect`, {});
+      assert.ok(r.status >= 400, `connect: ${r.status} ${r.text}`);
+      assert.match(r.text, /slots in use/);
+      assert.ok(existsSync(images), 'the images stay');
+      assert.equal((await Sandbox.getInfo(sb.sandboxId)).state, 'paused');
+      await Sandbox.kill(other.sandboxId);
+      await assertBackWithSleep(sb.sandboxId, 1006);
+    } finally {
+      if (other) await Sandbox.kill(other.sandboxId).catch(() => {});
+      await Sandbox.kill(sb.sandboxId).catch(() => {});
+      await h.restart();
+    }
+  });
 
 // kill -9 of hutchd at seeded random points of a resume after a reboot
 // (release, the new sandbox's create, the rewrite of the images, CRIU):

@@ -716,7 +716,8 @@ static int resume_without_memory(struct lc_rt *l, const struct store_sandbox *sb
 
 static int restore_into_new(struct lc_rt *l, const struct store_sandbox *sb,
 			    const struct lc_template *tpl, const struct rt_fork_source *fork,
-			    struct rt_ckpt_stats *stats, long *start_ms, struct herr *err);
+			    struct rt_ckpt_stats *stats, long *start_ms, bool *made,
+			    struct herr *err);
 
 /*
  * Images of an earlier boot: the processes' network namespace, cgroups and
@@ -728,7 +729,9 @@ static int restore_into_new(struct lc_rt *l, const struct store_sandbox *sb,
  * nothing to re-key. The clocks inside go on from the pause (CRIU restores
  * a time namespace with offsets), so a sleep on a deadline does not hang.
  * If the restore fails the sandbox still comes back, afresh on its disk,
- * as it always did after a reboot; the log says why.
+ * as it always did after a reboot; the log says why. If the sandbox cannot
+ * even be made (all slots in use, say) nothing is wrong with the images and
+ * a fresh start would fail the same way: the resume fails and they stay.
  */
 static int resume_after_reboot(struct lc_rt *l, const struct store_sandbox *sb,
 			       const struct lc_template *tpl, struct herr *err)
@@ -738,6 +741,7 @@ static int resume_after_reboot(struct lc_rt *l, const struct store_sandbox *sb,
 	struct herr cause;
 	struct timespec t0;
 	long start_ms = 0;
+	bool made = false;
 	int rc;
 
 	/* Without time namespaces (a kernel without CONFIG_TIME_NS) CRIU
@@ -749,9 +753,14 @@ static int resume_after_reboot(struct lc_rt *l, const struct store_sandbox *sb,
 					     "restarted, and this kernel has no time "
 					     "namespaces to carry its clocks over", err);
 	clock_gettime(CLOCK_MONOTONIC, &t0);
-	rc = lcrt_release_keep_disk(l, sb->id, &cause);
-	if (rc == 0)
-		rc = restore_into_new(l, sb, tpl, NULL, &stats, &start_ms, &cause);
+	rc = lcrt_release_keep_disk(l, sb->id, err);
+	if (rc < 0)
+		return rc;
+	rc = restore_into_new(l, sb, tpl, NULL, &stats, &start_ms, &made, &cause);
+	if (rc < 0 && !made) {
+		*err = cause;
+		return rc;
+	}
 	if (rc == 0) {
 		log_info("lifecycle", sb->id, "resumed with its memory after the host "
 			 "restarted in %ld ms (start %ld, criu %llu, images %llu bytes)",
@@ -822,7 +831,8 @@ int lcrt_resume(struct lc_rt *l, const struct store_sandbox *sb,
  */
 static int restore_into_new(struct lc_rt *l, const struct store_sandbox *sb,
 			    const struct lc_template *tpl, const struct rt_fork_source *fork,
-			    struct rt_ckpt_stats *stats, long *start_ms, struct herr *err)
+			    struct rt_ckpt_stats *stats, long *start_ms, bool *made,
+			    struct herr *err)
 {
 	const char *layers[1] = { tpl->rootfs };
 	struct rt_restore_spec spec = {
@@ -838,6 +848,7 @@ static int restore_into_new(struct lc_rt *l, const struct store_sandbox *sb,
 	limits_of(sb, &limits);
 	rc = boot(l, sb->id, tpl, &limits, sb->network, true, false, ms, err);
 	*start_ms = ms[0];
+	*made = rc == 0;
 	if (rc == 0 && (rc = rt_restore(l->rt, sb->id, &spec, &opts, stats, err)) < 0)
 		herr_wrap(err, fork ? "restoring the snapshot's processes" :
 			  "restoring the sandbox's processes");
@@ -857,10 +868,11 @@ int lcrt_fork(struct lc_rt *l, const struct store_sandbox *sb,
 	struct rt_ckpt_stats stats = { 0 };
 	struct timespec t0;
 	long start_ms = 0;
+	bool made;
 	int rc;
 
 	clock_gettime(CLOCK_MONOTONIC, &t0);
-	rc = restore_into_new(l, sb, tpl, &src, &stats, &start_ms, err);
+	rc = restore_into_new(l, sb, tpl, &src, &stats, &start_ms, &made, err);
 	if (rc == 0 && (rc = agent_init(l, sb, tpl, (long)l->cfg.agent_ready_ms, from,
 					err)) < 0)
 		herr_wrap(err, "handing the fork its identity");

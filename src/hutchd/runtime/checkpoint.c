@@ -2241,12 +2241,20 @@ static int reboot_take_images(struct rt *rt, struct rt_sandbox *s, struct herr *
 	return r;
 }
 
-/* Images from elsewhere take the place of the fresh start's processes. */
+/*
+ * Images from elsewhere take the place of the fresh start's processes. A
+ * reboot in the middle of a resume left the sandbox's own images in
+ * checkpoint.restoring (rt_checkpoint_from_other_boot reads them there):
+ * with the fresh start's processes ended they go back to checkpoint first,
+ * or the rewrite would find none and the memory be dropped.
+ */
 static int take_moved_images(struct rt *rt, struct rt_sandbox *s,
 			     const struct rt_restore_spec *spec, struct herr *err)
 {
 	int r = end_fresh_start(rt, s, err);
 
+	if (r == 0 && spec->other_boot)
+		r = recover_resume(rt, s->id, err);
 	if (r < 0)
 		return r;
 	return spec->fork ? fork_take_images(rt, s, spec->fork, err) :

@@ -378,30 +378,35 @@ static void host_prep_drop(struct host_prep *hp)
 	hp->disk_fd = -1;
 }
 
-static void kept_disk_path(struct rt *rt, const char *id, char *buf, size_t len)
+static void new_disk_path(struct rt *rt, const char *id, char *buf, size_t len)
 {
-	snprintf(buf, len, "%s/%s/%s", rt->run_dir, id, RT_KEPT_DISK);
+	snprintf(buf, len, "%s/%s/%s", rt->run_dir, id, RT_NEW_DISK);
 }
 
 /*
- * A create on a kept disk (a resume, a fork's copy) marks the run dir before
- * the disk is touched. The start-up cleanup of a create a crash cut short
- * (no state file yet, or no init) removes the disk of a new sandbox; one it
- * did not make is a paused sandbox's, and must stay.
+ * A create that makes the sandbox's disk marks its run dir first, before
+ * the disk exists. The start-up cleanup of a create a crash cut short (no
+ * state file yet, or no init) removes a disk only with that mark: without
+ * it the disk is one the create did not make (a paused sandbox's it was
+ * resuming, a fork's copy), and must stay. A mark that must be present to
+ * delete, rather than one that must be present to keep, leaves no moment
+ * in which a kept disk is unprotected: not between the run dir's mkdir and
+ * the mark, nor when a run dir outlives its state file (a leftover netns
+ * pin in a run dir that is not on tmpfs keeps rmdir from removing it).
  */
-static int mark_kept_disk(struct rt *rt, const char *id, struct herr *err)
+static int mark_new_disk(struct rt *rt, const char *id, struct herr *err)
 {
 	char path[4096];
 
-	kept_disk_path(rt, id, path, sizeof(path));
+	new_disk_path(rt, id, path, sizeof(path));
 	return rt_write_file(path, "", err);
 }
 
-static bool disk_was_kept(struct rt *rt, const char *id)
+static bool disk_was_made(struct rt *rt, const char *id)
 {
 	char path[4096];
 
-	kept_disk_path(rt, id, path, sizeof(path));
+	new_disk_path(rt, id, path, sizeof(path));
 	return access(path, F_OK) == 0;
 }
 
@@ -414,7 +419,7 @@ static int prepare_host_side(struct rt *rt, struct rt_sandbox *s, const struct r
 	snprintf(path, sizeof(path), "%s/%s", rt->run_dir, s->id);
 	if (mkdir(path, 0700) < 0 && errno != EEXIST)
 		return herr_sys(err, -errno, "mkdir %s", path);
-	if (spec->reuse_upper && (r = mark_kept_disk(rt, s->id, err)) < 0)
+	if (!spec->reuse_upper && (r = mark_new_disk(rt, s->id, err)) < 0)
 		return r;
 	snprintf(path, sizeof(path), "%s/sandboxes/%s", rt->data_dir, s->id);
 	if (mkdir(path, 0700) < 0 && errno != EEXIST)
@@ -894,7 +899,7 @@ void rt_set_exit_callback(struct rt *rt, rt_exit_fn fn, void *arg)
 static void remove_stateless(struct rt *rt, const char *id)
 {
 	char path[4096];
-	bool kept = disk_was_kept(rt, id);
+	bool kept = !disk_was_made(rt, id);
 
 	log_info("runtime", id, "removing leftovers of a create that never got a state%s",
 		 kept ? " (its kept disk stays)" : "");
@@ -947,7 +952,7 @@ static void adopt_one(struct rt *rt, const char *id)
 	}
 	if (!s->init_start) {
 		/* Half-made: the crash came before the init ran. */
-		bool kept = disk_was_kept(rt, id);
+		bool kept = !disk_was_made(rt, id);
 
 		log_info("runtime", id, "removing half-made sandbox%s",
 			 kept ? " (its kept disk stays)" : "");

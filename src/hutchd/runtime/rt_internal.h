@@ -241,9 +241,9 @@ int rt_state_write(struct rt *rt, const struct rt_sandbox *s, struct herr *err);
 int rt_state_read(struct rt *rt, const char *id, struct rt_sandbox *s, struct herr *err);
 int rt_state_exit_read(struct rt *rt, const char *id, int *wstatus);
 int rt_state_remove(struct rt *rt, const char *id);
-/* <run_dir>/<id>/kept-disk: a create on a disk it did not make (reuse_upper)
- * is under way or done; removed with the state files. */
-#define RT_KEPT_DISK "kept-disk"
+/* <run_dir>/<id>/new-disk: the create makes (or made) the sandbox's disk,
+ * not reuse_upper; written before the disk, removed with the state files. */
+#define RT_NEW_DISK "new-disk"
 
 /* spawn.c */
 struct rt_spawn_result {

@@ -188,7 +188,7 @@ int rt_state_exit_read(struct rt *rt, const char *id, int *wstatus)
 int rt_state_remove(struct rt *rt, const char *id)
 {
 	static const char *const files[] = { "state", "state.tmp", "exit", "exit.tmp",
-					     RT_KEPT_DISK };
+					     RT_NEW_DISK };
 	char path[4096];
 
 	for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
