@@ -12,6 +12,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { Sandbox } from 'e2b';
 import { requireBase, startHutchd, useEnv } from './lib/hutchd.mjs';
+import { memAsk, memAskPy, memServerPy, parseMemReply } from './lib/memory.mjs';
 
 let h;
 let restore;
@@ -25,39 +26,17 @@ after(async () => { restore?.(); await h?.stop(); });
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const enc = (s) => new TextEncoder().encode(s);
 
-// The server keeps a random token and a counter in memory only (nothing on
-// disk could bring them back after a cold restart). "inc" bumps the counter;
-// every reply names the token, the counter and the server's pid.
-const serverPy = `
-import os, socket, threading
-token = os.urandom(8).hex()
-state = {'n': 0}
-lock = threading.Lock()
-# A connection is closed as soon as its peer is done (sockets left
-# half-closed are pause-halfclosed.test.mjs's part).
-def serve(conn):
-    with conn, conn.makefile('rwb', buffering=0) as f:
-        for line in f:
-            with lock:
-                if line.strip() == b'inc':
-                    state['n'] += 1
-                reply = 'token=%s n=%d pid=%d\\n' % (token, state['n'], os.getpid())
-            f.write(reply.encode())
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(('127.0.0.1', 7411))
-s.listen(16)
-while True:
-    c, _ = s.accept()
-    threading.Thread(target=serve, args=(c,), daemon=True).start()
-`;
+// The server (lib/memory.mjs) keeps a random token and a counter in memory
+// only (nothing on disk could bring them back after a cold restart). "inc"
+// bumps the counter; every reply names the token, the counter and the
+// server's pid.
 
 // The client opens one connection and, every 200 ms, sends "inc" and
 // appends "<its local port> <client pid> <reply>" to a file. A broken
 // connection ends it with a last line saying so.
 const clientPy = `
 import os, socket, time
-s = socket.create_connection(('127.0.0.1', 7411))
+s = socket.create_connection(('127.0.0.1', 7412))
 port = s.getsockname()[1]
 f = s.makefile('rwb', buffering=0)
 out = open('/tmp/acc-client.log', 'a', buffering=1)
@@ -74,23 +53,7 @@ except Exception as e:
 `;
 
 // A fresh connection that asks for the state without changing it.
-const askPy = `
-import socket
-s = socket.create_connection(('127.0.0.1', 7411), timeout=5)
-s.sendall(b'get\\n')
-print(s.makefile().readline().strip())
-`;
-
-function parseReply(line) {
-  const m = /token=([0-9a-f]+) n=(\d+) pid=(\d+)/.exec(line);
-  assert.ok(m, `a server reply: ${JSON.stringify(line)}`);
-  return { token: m[1], n: Number(m[2]), pid: Number(m[3]) };
-}
-
-async function ask(sb) {
-  const r = await sb.commands.run('python3 /home/user/acc-ask.py');
-  return parseReply(r.stdout);
-}
+const ask = (sb) => memAsk(sb, 'get');
 
 // The client's lines: [{ port, pid, reply }], BROKEN lines fail the test.
 async function clientLines(sb) {
@@ -99,7 +62,7 @@ async function clientLines(sb) {
   for (const l of lines) assert.ok(!l.startsWith('BROKEN'), `client: ${l}`);
   return lines.map((l) => {
     const [port, pid] = l.split(' ');
-    return { port: Number(port), pid: Number(pid), reply: parseReply(l) };
+    return { port: Number(port), pid: Number(pid), reply: parseMemReply(l) };
   });
 }
 
@@ -150,9 +113,9 @@ test('10 pause/resume cycles keep memory, a TCP connection, a PTY and files',
     const id = sb.sandboxId;
     try {
       await sb.commands.run('mkdir -p /opt/acc', { user: 'root' });
-      await sb.files.write('/home/user/acc-server.py', serverPy);
+      await sb.files.write('/home/user/acc-server.py', memServerPy);
       await sb.files.write('/home/user/acc-client.py', clientPy);
-      await sb.files.write('/home/user/acc-ask.py', askPy);
+      await sb.files.write('/home/user/mem-ask.py', memAskPy);
       // Detached from the command stream: a pause closes proxied streams.
       await sb.commands.run('setsid nohup python3 /home/user/acc-server.py ' +
         '>/tmp/acc-server.out 2>&1 </dev/null &');

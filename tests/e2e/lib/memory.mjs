@@ -49,13 +49,18 @@ s.sendall(sys.argv[1].encode() + b'\\n')
 print(s.makefile().readline().strip())
 `;
 
+// One of the server's replies: { token, n, pid }.
+export function parseMemReply(line) {
+  const m = /token=([0-9a-f]+) n=(\d+) pid=(\d+)/.exec(line);
+  assert.ok(m, `a server reply: ${JSON.stringify(line)}`);
+  return { token: m[1], n: Number(m[2]), pid: Number(m[3]) };
+}
+
 // The server's answer, asked from inside the sandbox (memAskPy must be at
 // /home/user/mem-ask.py).
 export async function memAsk(sb, what, via = '') {
   const r = await sb.commands.run(`python3 /home/user/mem-ask.py ${what} ${via}`);
-  const m = /token=([0-9a-f]+) n=(\d+) pid=(\d+)/.exec(r.stdout);
-  assert.ok(m, `a server reply: ${JSON.stringify(r.stdout)}`);
-  return { token: m[1], n: Number(m[2]), pid: Number(m[3]) };
+  return parseMemReply(r.stdout);
 }
 
 // The sandbox's eth0 address, as its processes see it.
