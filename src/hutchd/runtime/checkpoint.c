@@ -367,8 +367,7 @@ static bool dir_exists(const char *path)
 }
 
 /* Copies one regular file in the kernel; dst is new (O_EXCL). */
-static int copy_file(const char *src, const char *dst, bool durable, uint64_t *bytes,
-		     struct herr *err)
+static int copy_file(const char *src, const char *dst, struct herr *err)
 {
 	_cleanup_close_ int in = open(src, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	_cleanup_close_ int out = -1;
@@ -392,27 +391,35 @@ static int copy_file(const char *src, const char *dst, bool durable, uint64_t *b
 			return herr_set(err, -EIO, "%s shrank while being copied", src);
 		left -= n;
 	}
-	if (durable && fsync(out) < 0)
-		return herr_sys(err, -errno, "fsync %s", dst);
-	*bytes += (uint64_t)st.st_size;
+	return 0;
+}
+
+/* A hard link of one regular file: no page is copied. */
+static int link_file(const char *src, const char *dst, struct herr *err)
+{
+	struct stat st;
+
+	if (lstat(src, &st) < 0 || !S_ISREG(st.st_mode))
+		return herr_set(err, -EINVAL, "%s is not a regular file", src);
+	if (link(src, dst) < 0)
+		return herr_sys(err, -errno, "link %s to %s", src, dst);
 	return 0;
 }
 
 /*
- * Copies the regular files of an image folder into dst (made here, 0700).
- * Images are flat: CRIU writes no subfolders, and anything that is not a
- * regular file (a link someone put there) is refused rather than followed.
- * durable: every file, then the folder, fsynced.
+ * The regular files of an image folder in dst (made here, 0700): copies, or
+ * hard links when hard_link is true. Images are flat: CRIU writes no subfolders,
+ * and anything that is not a regular file (a link someone put there) is
+ * refused rather than followed. Not durable (sync_dir is); on failure dst is
+ * gone, unless it could not be made.
  */
-static int copy_images(const char *src, const char *dst, bool durable, uint64_t *bytes,
-		       struct herr *err)
+static int copy_images(const char *src, const char *dst, bool hard_link, struct herr *err)
 {
 	_cleanup_closedir_ DIR *d = opendir(src);
 	struct dirent *e;
 	char from[4096], to[4096];
 	int r = 0;
 
-	*bytes = 0;
 	if (!d)
 		return herr_sys(err, -errno, "opendir %s", src);
 	if (mkdir(dst, 0700) < 0)
@@ -422,10 +429,8 @@ static int copy_images(const char *src, const char *dst, bool durable, uint64_t 
 			continue;
 		snprintf(from, sizeof(from), "%.3800s/%.255s", src, e->d_name);
 		snprintf(to, sizeof(to), "%.3800s/%.255s", dst, e->d_name);
-		r = copy_file(from, to, durable, bytes, err);
+		r = hard_link ? link_file(from, to, err) : copy_file(from, to, err);
 	}
-	if (r == 0 && durable && (r = fsync_path(dst, O_DIRECTORY)) < 0)
-		herr_sys(err, r, "fsync %s", dst);
 	if (r < 0)
 		remove_tree(dst);
 	return r;
@@ -2164,7 +2169,6 @@ static int fork_take_images(struct rt *rt, struct rt_sandbox *s,
 			    const struct rt_fork_source *from, struct herr *err)
 {
 	char tmp[4096], fin[4096];
-	uint64_t bytes;
 	int r;
 
 	sbx_path(rt, s->id, CKPT_TMP, tmp, sizeof(tmp));
@@ -2172,7 +2176,7 @@ static int fork_take_images(struct rt *rt, struct rt_sandbox *s,
 	if (dir_exists(fin))
 		return herr_set(err, -EEXIST, "%s exists: sandbox '%s' has images", fin, s->id);
 	remove_tree(tmp);
-	if ((r = copy_images(from->images, tmp, false, &bytes, err)) < 0)
+	if ((r = copy_images(from->images, tmp, false, err)) < 0)
 		return r;
 	r = retarget_images(tmp, s, from->hostname, err);
 	if (r == 0 && rename(tmp, fin) < 0)
@@ -2180,32 +2184,6 @@ static int fork_take_images(struct rt *rt, struct rt_sandbox *s,
 	if (r < 0)
 		remove_tree(tmp);
 	return r;
-}
-
-/* Hard links of every image of src in dst (made here): no page is copied.
- * Images are flat; anything but a regular file is refused. */
-static int link_images(const char *src, const char *dst, struct herr *err)
-{
-	_cleanup_closedir_ DIR *d = opendir(src);
-	struct dirent *e;
-	char from[4096], to[4096];
-	struct stat st;
-
-	if (!d)
-		return herr_sys(err, -errno, "opendir %s", src);
-	if (mkdir(dst, 0700) < 0)
-		return herr_sys(err, -errno, "mkdir %s", dst);
-	while ((e = readdir(d))) {
-		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
-			continue;
-		snprintf(from, sizeof(from), "%.3800s/%.255s", src, e->d_name);
-		snprintf(to, sizeof(to), "%.3800s/%.255s", dst, e->d_name);
-		if (lstat(from, &st) < 0 || !S_ISREG(st.st_mode))
-			return herr_set(err, -EINVAL, "%s is not a regular file", from);
-		if (link(from, to) < 0)
-			return herr_sys(err, -errno, "link %s to %s", from, to);
-	}
-	return 0;
 }
 
 /*
@@ -2228,7 +2206,7 @@ static int reboot_take_images(struct rt *rt, struct rt_sandbox *s, struct herr *
 	remove_tree(moving); /* a crash left it: the originals are whole */
 	if (!dir_exists(fin))
 		return herr_set(err, -ENOENT, "sandbox '%s' has no checkpoint", s->id);
-	r = link_images(fin, moving, err);
+	r = copy_images(fin, moving, true, err);
 	if (r == 0)
 		r = retarget_images(moving, s, s->id, err);
 	if (r == 0)
@@ -2395,7 +2373,10 @@ int rt_checkpoint_copy(struct rt *rt, const char *id, const char *dir, uint64_t 
 	if (!rt_id_valid(id))
 		return herr_set(err, -EINVAL, "id: must be 1-%d of [A-Za-z0-9_-]", RT_ID_MAX);
 	sbx_path(rt, id, CKPT_FINAL, fin, sizeof(fin));
-	return copy_images(fin, dir, true, bytes, err);
+	int r = copy_images(fin, dir, false, err);
+	if (r == 0 && (r = sync_dir(dir, bytes, err)) < 0)
+		remove_tree(dir);
+	return r;
 }
 
 /* ---------- after a hutchd crash ---------- */
