@@ -199,7 +199,10 @@ static int init_body(struct lc_rt *l, const struct store_sandbox *sb,
 		   : NULL;
 	if (body && *sb->access_token)
 		json_object_set_new(body, "accessToken", json_string(sb->access_token));
-	init_secret_of(l, sb->id, secret);
+	/* Only a fork's agent (the source's) is told the secret it is to want
+	 * from now on; any other was started with it. */
+	if (from)
+		init_secret_of(l, sb->id, secret);
 	if (body && from && *secret)
 		json_object_set_new(body, "initSecret", json_string(secret));
 	*out = body ? json_dumps(body, JSON_COMPACT) : NULL;
