@@ -190,26 +190,18 @@ static int b64_char(unsigned char c)
 }
 
 /*
- * Clears the bits of a short last group that no output byte uses ("QR" ->
- * "QQ"). nettle refuses them set; envd (Go's non-strict base64) and
- * libcrypto ignore them, so a client's encoder may leave them.
+ * Every character is checked and mapped to the standard alphabet here, and
+ * the length too, so nettle only unpacks the bits. No padding is fed to it:
+ * nettle checks a short last group's spare bits against its padding only,
+ * and envd (Go's non-strict base64) ignores them, so a client's encoder may
+ * leave them set ("QR==" is "A"). base64_decode_final is not asked either:
+ * all it checks is that no bits are left over, which a short group's spare
+ * bits always are; len % 4 != 1 is what makes the input whole.
  */
-static void clear_spare_bits(char *group, size_t g)
-{
-	static const char alphabet[] =
-		"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-	const char *at = g % 4 >= 2 ? strchr(alphabet, group[g - 1]) : NULL;
-
-	/* Two characters carry one byte (4 spare bits), three two (2). */
-	if (at)
-		group[g - 1] = alphabet[(at - alphabet) & (g % 4 == 2 ? 0x30 : 0x3c)];
-}
-
 long pbjson_b64_decode(const char *in, size_t len, unsigned char *out)
 {
 	struct base64_decode_ctx ctx;
-	/* Room for the padding added after the last group. */
-	char group[4096 + 3];
+	char group[4096];
 	size_t o = 0, g = 0;
 
 	while (len > 0 && in[len - 1] == '=')
@@ -224,20 +216,15 @@ long pbjson_b64_decode(const char *in, size_t len, unsigned char *out)
 		if (c < 0)
 			return -EINVAL;
 		group[g++] = (char)c;
-		if (g == 4096 || i + 1 == len) {
-			/* 4096 is a multiple of 4: only the last group is short. */
-			size_t pad = (4 - g % 4) % 4, n;
+		if (g == sizeof(group) || i + 1 == len) {
+			size_t n;
 
-			clear_spare_bits(group, g);
-			memset(group + g, '=', pad);
-			if (!base64_decode_update(&ctx, &n, out + o, g + pad, group))
+			if (!base64_decode_update(&ctx, &n, out + o, g, group))
 				return -EINVAL;
 			o += n;
 			g = 0;
 		}
 	}
-	if (!base64_decode_final(&ctx))
-		return -EINVAL;
 	return (long)o;
 }
 
