@@ -18,8 +18,8 @@ int auth_equal(const char *a, const char *b);
 int auth_token_ok(const char *given);
 
 /*
- * Writes the v1 signature; expiration may be NULL. Returns 0, -ENOSPC when
- * out is too small, or -ENOMEM/-EIO when hashing fails.
+ * Writes the v1 signature; expiration may be NULL. Returns 0, or -ENOSPC
+ * when out is too small (hashing cannot fail).
  */
 int auth_sign_v1(const char *path, const char *operation, const char *user,
 		 const char *token, const char *expiration, char *out, size_t cap);
