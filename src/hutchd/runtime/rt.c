@@ -259,7 +259,8 @@ static void kill_all(struct rt *rt, struct rt_sandbox *s)
 	wait_gone(s->keeper_pidfd, 5000);
 }
 
-/* Removes what the sandbox holds on the host; the disk only when asked. */
+/* Removes what the sandbox holds on the host, its state files included; the
+ * disk only when asked. */
 static int release_all(struct rt *rt, struct rt_sandbox *s, bool remove_disk,
 		       struct herr *err)
 {
@@ -278,8 +279,10 @@ static int release_all(struct rt *rt, struct rt_sandbox *s, bool remove_disk,
 		unlink(path);
 		snprintf(path, sizeof(path), "%s/sandboxes/%s", rt->data_dir, s->id);
 		rmdir(path);
-		rt_state_remove(rt, s->id);
 	}
+	/* Without its state file a restart no longer knows the sandbox, so a
+	 * kept disk is left alone until rt_create reuses it or rt_upper_remove. */
+	rt_state_remove(rt, s->id);
 	return r;
 }
 
@@ -514,8 +517,6 @@ static void undo_create(struct rt *rt, struct rt_sandbox *s, const struct rt_spe
 	s->stop_requested = true;
 	rt_cg_kill(rt, s->id, 0);
 	release_all(rt, s, !spec->reuse_upper, NULL);
-	if (spec->reuse_upper)
-		rt_state_remove(rt, s->id);
 	pthread_mutex_unlock(&s->lock);
 	drop_slot(rt, s);
 }
@@ -653,10 +654,6 @@ static int destroy(struct rt *rt, const char *id, bool keep_upper, struct herr *
 	if (s->keeper_pid > 0)
 		waitpid(s->keeper_pid, NULL, WNOHANG);
 	r = release_all(rt, s, !keep_upper, err);
-	/* Without its state file a restart no longer knows the sandbox, so the
-	 * kept disk is left alone until rt_create reuses it or rt_upper_remove. */
-	if (keep_upper)
-		rt_state_remove(rt, s->id);
 	log_info("runtime", s->id, keep_upper ? "sandbox released, writable layer kept" :
 		 "sandbox destroyed");
 	pthread_mutex_unlock(&s->lock);
@@ -959,8 +956,6 @@ static void adopt_one(struct rt *rt, const char *id)
 		s->destroying = true;
 		rt_cg_kill(rt, s->id, 0);
 		release_all(rt, s, !kept, NULL);
-		if (kept)
-			rt_state_remove(rt, s->id);
 		rt->by_slot[s->slot] = NULL;
 		free_sandbox(s);
 		return;
