@@ -259,12 +259,24 @@ static void kill_all(struct rt *rt, struct rt_sandbox *s)
 	wait_gone(s->keeper_pidfd, 5000);
 }
 
+/* The sandbox's disk, its init log and its data folder; the disk's error. */
+static int remove_disk_files(struct rt *rt, const char *id, struct herr *err)
+{
+	char path[4096];
+	int r = rt_disk_remove(rt, id, err);
+
+	snprintf(path, sizeof(path), "%s/sandboxes/%s/init.log", rt->data_dir, id);
+	unlink(path);
+	snprintf(path, sizeof(path), "%s/sandboxes/%s", rt->data_dir, id);
+	rmdir(path);
+	return r;
+}
+
 /* Removes what the sandbox holds on the host, its state files included; the
  * disk only when asked. */
 static int release_all(struct rt *rt, struct rt_sandbox *s, bool remove_disk,
 		       struct herr *err)
 {
-	char path[4096];
 	int r = 0;
 
 	if (rt->nft_ok && s->net.host_if[0])
@@ -273,13 +285,8 @@ static int release_all(struct rt *rt, struct rt_sandbox *s, bool remove_disk,
 	int r2 = rt_cg_destroy(rt, s->id, err);
 	if (r2 < 0)
 		r = r2;
-	if (remove_disk) {
-		rt_disk_remove(rt, s->id, NULL);
-		snprintf(path, sizeof(path), "%s/sandboxes/%s/init.log", rt->data_dir, s->id);
-		unlink(path);
-		snprintf(path, sizeof(path), "%s/sandboxes/%s", rt->data_dir, s->id);
-		rmdir(path);
-	}
+	if (remove_disk)
+		remove_disk_files(rt, s->id, NULL);
 	/* Without its state file a restart no longer knows the sandbox, so a
 	 * kept disk is left alone until rt_create reuses it or rt_upper_remove. */
 	rt_state_remove(rt, s->id);
@@ -673,7 +680,6 @@ int rt_destroy_keep_upper(struct rt *rt, const char *id, struct herr *err)
 
 int rt_upper_remove(struct rt *rt, const char *id, struct herr *err)
 {
-	char path[4096];
 	bool known;
 
 	if (!rt_id_valid(id))
@@ -684,12 +690,7 @@ int rt_upper_remove(struct rt *rt, const char *id, struct herr *err)
 	/* A sandbox the runtime runs has its disk mounted: rt_destroy it. */
 	if (known)
 		return herr_set(err, -EBUSY, "sandbox %s is known to the runtime", id);
-	int r = rt_disk_remove(rt, id, err);
-	snprintf(path, sizeof(path), "%s/sandboxes/%s/init.log", rt->data_dir, id);
-	unlink(path);
-	snprintf(path, sizeof(path), "%s/sandboxes/%s", rt->data_dir, id);
-	rmdir(path);
-	return r;
+	return remove_disk_files(rt, id, err);
 }
 
 bool rt_upper_exists(struct rt *rt, const char *id)
@@ -895,20 +896,14 @@ void rt_set_exit_callback(struct rt *rt, rt_exit_fn fn, void *arg)
  */
 static void remove_stateless(struct rt *rt, const char *id)
 {
-	char path[4096];
 	bool kept = !disk_was_made(rt, id);
 
 	log_info("runtime", id, "removing leftovers of a create that never got a state%s",
 		 kept ? " (its kept disk stays)" : "");
 	rt_cg_kill(rt, id, 0);
 	rt_cg_destroy(rt, id, NULL);
-	if (!kept) {
-		rt_disk_remove(rt, id, NULL);
-		snprintf(path, sizeof(path), "%s/sandboxes/%s/init.log", rt->data_dir, id);
-		unlink(path);
-		snprintf(path, sizeof(path), "%s/sandboxes/%s", rt->data_dir, id);
-		rmdir(path);
-	}
+	if (!kept)
+		remove_disk_files(rt, id, NULL);
 	rt_state_remove(rt, id);
 }
 
