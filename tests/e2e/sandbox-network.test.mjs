@@ -12,6 +12,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
+import { readdirSync } from 'node:fs';
 import { connect } from 'node:net';
 import { ALL_TRAFFIC, Sandbox } from 'e2b';
 import { requireBase, startHutchd, useEnv } from './lib/hutchd.mjs';
@@ -28,6 +29,10 @@ let h;
 let restore;
 let listener;
 let netUp = false;
+// The first `ip netns add` on a machine makes /run/netns a mount of its own
+// (a shared bind onto itself): the teardown removes it again if it made it.
+let netnsDirWasMounted = true;
+const netnsDirMounted = () => spawnSync('mountpoint', ['-q', '/run/netns']).status === 0;
 
 function ip(...args) {
   const r = spawnSync('ip', args, { encoding: 'utf8' });
@@ -44,6 +49,9 @@ function tearDownNet() {
   }
   spawnSync('ip', ['link', 'del', hostIf], { stdio: 'ignore' });
   spawnSync('ip', ['netns', 'del', ns], { stdio: 'ignore' });
+  if (!netnsDirWasMounted && netnsDirMounted() && readdirSync('/run/netns').length === 0) {
+    spawnSync('umount', ['/run/netns'], { stdio: 'inherit' });
+  }
 }
 
 async function setUpNet() {
@@ -51,6 +59,7 @@ async function setUpNet() {
   const routed = ip('-4', 'route', 'show', 'table', 'all', 'to', 'match', PRIV)
     .split('\n').filter((l) => l && !/^(default|local|broadcast) /.test(l));
   if (routed.length) throw new Error(`the host routes ${PRIV} already: ${routed.join('; ')}`);
+  netnsDirWasMounted = netnsDirMounted();
   tearDownNet(); // leftovers of an interrupted run
   netUp = true;
   ip('netns', 'add', ns);
