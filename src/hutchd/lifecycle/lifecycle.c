@@ -510,15 +510,21 @@ int lc_start(struct store *st, const struct lc_config *cfg, struct lifecycle **o
 	pthread_cond_init(&lc->wake, NULL);
 	pthread_rwlock_init(&lc->hook_lock, NULL);
 	pthread_cond_init(&lc->busy_done, NULL);
+	/*
+	 * Without its runtime hutchd cannot tell a running sandbox from a lost
+	 * one: recovery would end every live row while the sandboxes run on,
+	 * out of reach of kill and timeout. So a runtime that does not start
+	 * stops the start; only --no-runtime asks for the API alone.
+	 */
 	if (!cfg->no_runtime) {
 		rc = lcrt_open(cfg, &lc->rt, err);
 		if (rc < 0) {
-			log_error("lifecycle", NULL, "sandbox runtime unavailable, creates "
-				  "will be refused: %s", err->msg);
 			lc->rt = NULL;
-		} else {
-			lcrt_on_exit(lc->rt, agent_ended, lc);
+			lc_stop(lc);
+			return herr_wrap(err, "sandbox runtime (--no-runtime serves the API "
+					 "without sandboxes)");
 		}
+		lcrt_on_exit(lc->rt, agent_ended, lc);
 	}
 	store_sandbox_each(st, NULL, recover_one, lc, err);
 	lc_snapshot_collect(lc);

@@ -907,23 +907,40 @@ static void remove_stateless(struct rt *rt, const char *id)
 	rt_state_remove(rt, id);
 }
 
-static void adopt_one(struct rt *rt, const char *id)
+/*
+ * A sandbox whose slot lies beyond max-sandboxes (the setting was lowered, or
+ * net-cidr narrowed, while it ran or was paused) cannot be held: every table
+ * is sized by the limit. Starting anyway would leave a running sandbox with
+ * no deadline and no API, or a paused one that cannot be resumed, so the
+ * start fails and says which setting brings it back under management.
+ */
+static int adopt_one(struct rt *rt, const char *id, struct herr *start_err)
 {
 	struct rt_sandbox *s = calloc(1, sizeof(*s));
 	struct herr err = { 0 };
 
 	if (!s)
-		return;
+		return herr_set(start_err, -ENOMEM, "re-adopting sandbox %s", id);
 	pthread_mutex_init(&s->lock, NULL);
 	s->keeper_pidfd = s->init_pidfd = -1;
 	s->net.fd = -1;
-	if (rt_state_read(rt, id, s, &err) < 0 || rt->by_slot[s->slot]) {
+	int r = rt_state_read(rt, id, s, &err);
+	if (r == -ERANGE) {
+		unsigned need = (s->slot > s->net.slot ? s->slot : s->net.slot) + 1;
+
+		free_sandbox(s);
+		return herr_set(start_err, r, "sandbox %s was left by an earlier start with "
+				"more room (%s); start with max-sandboxes %u or more (and the "
+				"net-cidr it had), kill it, then lower the setting", id,
+				err.msg, need);
+	}
+	if (r < 0 || rt->by_slot[s->slot]) {
 		if (err.code == -ENOENT)
 			remove_stateless(rt, id);
 		else
 			log_warn("runtime", id, "cannot re-adopt: %s", err.msg);
 		free_sandbox(s);
-		return;
+		return 0;
 	}
 	s->uid_base = rt->uid_base + s->slot * RT_IDS_PER_SANDBOX;
 	s->init_pidfd = pidfd_open_checked(s->init_pid, s->init_start);
@@ -940,7 +957,7 @@ static void adopt_one(struct rt *rt, const char *id)
 		s->state = RT_STATE_RUNNING;
 		mon_watch(rt, s);
 		log_info("runtime", id, "re-adopted running sandbox pid=%d", s->init_pid);
-		return;
+		return 0;
 	}
 	if (!s->init_start) {
 		/* Half-made: the crash came before the init ran. */
@@ -953,23 +970,26 @@ static void adopt_one(struct rt *rt, const char *id)
 		release_all(rt, s, !kept, NULL);
 		rt->by_slot[s->slot] = NULL;
 		free_sandbox(s);
-		return;
+		return 0;
 	}
 	settle_exit(rt, s);
 	log_info("runtime", id, "re-adopted stopped sandbox reason=%s",
 		 rt_exit_reason_name(s->last.reason));
+	return 0;
 }
 
-static void adopt_all(struct rt *rt)
+static int adopt_all(struct rt *rt, struct herr *err)
 {
 	_cleanup_closedir_ DIR *d = opendir(rt->run_dir);
 	struct dirent *e;
+	int r = 0;
 
 	if (!d)
-		return;
-	while ((e = readdir(d)))
+		return 0;
+	while (r == 0 && (e = readdir(d)))
 		if (e->d_type == DT_DIR && rt_id_valid(e->d_name) && strcmp(e->d_name, "mnt"))
-			adopt_one(rt, e->d_name);
+			r = adopt_one(rt, e->d_name, err);
+	return r;
 }
 
 static int init_dirs(struct rt *rt, struct herr *err)
@@ -1118,7 +1138,9 @@ int rt_init(const struct rt_config *cfg, struct rt **out, struct herr *err)
 	struct epoll_event ev = { .events = EPOLLIN, .data.u64 = UINT64_MAX };
 	epoll_ctl(rt->mon_epfd, EPOLL_CTL_ADD, rt->mon_wake[0], &ev);
 
-	adopt_all(rt);
+	r = adopt_all(rt, err);
+	if (r < 0)
+		goto fail;
 	r = rt_net_init(rt, err);
 	if (r == 0)
 		r = rt_prep_init(rt, err);

@@ -165,7 +165,9 @@ int rt_state_read(struct rt *rt, const char *id, struct rt_sandbox *s, struct he
 			s->pids_base = v;
 	}
 	if (s->slot >= rt->max_sandboxes || s->net.slot >= rt->max_sandboxes)
-		return herr_set(err, -EINVAL, "%s: slot out of range", path);
+		return herr_set(err, -ERANGE, "%s: slot out of range (slot %u, network slot %u, "
+				"max-sandboxes %u)", path, s->slot, s->net.slot,
+				rt->max_sandboxes);
 	return 0;
 }
 
