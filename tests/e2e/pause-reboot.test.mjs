@@ -446,42 +446,55 @@ test('kill -9 of hutchd during resumes after a reboot: running or paused, memory
     }
   });
 
-// No reboot: hutchd is restarted with a max-sandboxes below the slot of a
-// running sandbox and of one paused with its memory. Starting would leave the
+// No reboot: hutchd is restarted with a max-sandboxes that holds the first
+// of three sandboxes but not the other two (a running one and one paused
+// with its memory). A slot is two numbers, the id range and the network
+// namespace's: both must lie below the setting. Starting would leave the
 // running one without deadline or API and the paused one unresumable, so the
-// start fails and names the setting; the start with the old settings takes
-// both back, memory included.
+// start fails and names the setting (after adopting the one that fits, which
+// it lets go of again); the start with the old settings takes all three
+// back, memory included.
 test('a start whose max-sandboxes leaves sandboxes out fails and loses nothing',
   async (t) => {
     if (!h) return t.skip('no base template (see the message above)');
-    const first = await Sandbox.create({ timeoutMs: 120_000 });
-    const running = await Sandbox.create({ timeoutMs: 120_000 });
-    const sb = await Sandbox.create({ timeoutMs: 120_000 });
+    const sandboxes = [];
+    let down = false;
     try {
-      await Sandbox.kill(first.sandboxId);
-      const slotOf = (id) => Number(/^slot=(\d+)$/m.exec(
-        readFileSync(join(h.dir, 'run', id, 'state'), 'utf8'))[1]);
-      const slot = Math.min(slotOf(running.sandboxId), slotOf(sb.sandboxId));
-      assert.ok(slot >= 1, `the sandboxes have slots ${slot} and above`);
+      for (let i = 0; i < 3; i++) sandboxes.push(await Sandbox.create({ timeoutMs: 120_000 }));
+      const state = (id) => readFileSync(join(h.dir, 'run', id, 'state'), 'utf8');
+      const field = (id, name) => Number(new RegExp(`^${name}=(\\d+)$`, 'm').exec(state(id))[1]);
+      const room = (s) => Math.max(field(s.sandboxId, 'slot'), field(s.sandboxId, 'net_slot')) + 1;
+      sandboxes.sort((a, b) => room(a) - room(b));
+      const [fits, running, sb] = sandboxes;
+      const limit = room(fits);
+      const need = room(sb);
+      assert.ok(room(running) > limit, `slots: ${sandboxes.map(room)}`);
       await sb.commands.run('setsid nohup sleep 1002 >/dev/null 2>&1 </dev/null &');
       assert.equal(await sb.pause(), true);
       const images = join(folderOf(sb.sandboxId), 'checkpoint');
 
-      await assert.rejects(h.restart([`--max-sandboxes=${slot}`]),
-        /slot out of range.*start with max-sandboxes \d+ or more/s);
+      down = true;
+      await assert.rejects(h.restart([`--max-sandboxes=${limit}`]), new RegExp(
+        `start with max-sandboxes ${need} or more .* take back 2 sandbox.*` +
+        `${running.sandboxId}`, 's'));
       assert.ok(existsSync(images), 'the images stay');
-      const init = Number(/^init_pid=(\d+)$/m.exec(
-        readFileSync(join(h.dir, 'run', running.sandboxId, 'state'), 'utf8'))[1]);
-      assert.doesNotThrow(() => process.kill(init, 0), 'the running sandbox runs on');
+      for (const s of [fits, running]) {
+        const init = field(s.sandboxId, 'init_pid');
+        assert.doesNotThrow(() => process.kill(init, 0), `${s.sandboxId} runs on`);
+      }
 
       await h.restart();
-      const again = await Sandbox.connect(running.sandboxId);
-      assert.equal((await again.commands.run('echo still here')).stdout, 'still here\n');
+      down = false;
+      for (const s of [fits, running]) {
+        const again = await Sandbox.connect(s.sandboxId);
+        assert.equal((await again.commands.run('echo still here')).stdout, 'still here\n');
+      }
       const back = await Sandbox.connect(sb.sandboxId);
       const ps = await back.commands.run('pgrep -x -f "sleep 1002" | wc -l');
       assert.equal(ps.stdout.trim(), '1', 'its process came back with its memory');
     } finally {
-      for (const s of [first, running, sb]) await Sandbox.kill(s.sandboxId).catch(() => {});
+      if (down) await h.restart().catch(() => {});
+      for (const s of sandboxes) await Sandbox.kill(s.sandboxId).catch(() => {});
     }
   });
 

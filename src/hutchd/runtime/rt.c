@@ -907,40 +907,57 @@ static void remove_stateless(struct rt *rt, const char *id)
 	rt_state_remove(rt, id);
 }
 
+/* Sandboxes the start cannot hold: the max-sandboxes they need, a few ids. */
+struct adopt_misfits {
+	unsigned need;
+	unsigned count;
+	char ids[160];
+};
+
+static void note_misfit(struct adopt_misfits *m, const struct rt_sandbox *s)
+{
+	unsigned need = (s->slot > s->net.slot ? s->slot : s->net.slot) + 1;
+	size_t len = strlen(m->ids);
+
+	if (need > m->need)
+		m->need = need;
+	if (m->count++ < 4)
+		snprintf(m->ids + len, sizeof(m->ids) - len, "%s%s", len ? " " : "", s->id);
+}
+
 /*
  * A sandbox whose slot lies beyond max-sandboxes (the setting was lowered, or
  * net-cidr narrowed, while it ran or was paused) cannot be held: every table
  * is sized by the limit. Starting anyway would leave a running sandbox with
- * no deadline and no API, or a paused one that cannot be resumed, so the
- * start fails and says which setting brings it back under management.
+ * no deadline and no API, or a paused one that cannot be resumed, so it is
+ * noted in misfits and the start fails once every state file was read.
  */
-static int adopt_one(struct rt *rt, const char *id, struct herr *start_err)
+static void adopt_one(struct rt *rt, const char *id, struct adopt_misfits *misfits)
 {
 	struct rt_sandbox *s = calloc(1, sizeof(*s));
 	struct herr err = { 0 };
 
-	if (!s)
-		return herr_set(start_err, -ENOMEM, "re-adopting sandbox %s", id);
+	if (!s) {
+		log_error("runtime", id, "cannot re-adopt: out of memory");
+		return;
+	}
 	pthread_mutex_init(&s->lock, NULL);
 	s->keeper_pidfd = s->init_pidfd = -1;
 	s->net.fd = -1;
 	int r = rt_state_read(rt, id, s, &err);
-	if (r == -ERANGE) {
-		unsigned need = (s->slot > s->net.slot ? s->slot : s->net.slot) + 1;
-
+	if (r == -ERANGE)
+		note_misfit(misfits, s);
+	else if (r == -ENOENT)
+		remove_stateless(rt, id);
+	else if (r < 0)
+		log_warn("runtime", id, "cannot re-adopt: %s", err.msg);
+	else if (rt->by_slot[s->slot] || rt->net_slot_used[s->net.slot])
+		log_warn("runtime", id, "cannot re-adopt: its state file names slot %u or "
+			 "network slot %u, which sandbox %s holds already", s->slot,
+			 s->net.slot, rt->by_slot[s->slot] ? rt->by_slot[s->slot]->id : "another");
+	if (r < 0 || rt->by_slot[s->slot] || rt->net_slot_used[s->net.slot]) {
 		free_sandbox(s);
-		return herr_set(start_err, r, "sandbox %s was left by an earlier start with "
-				"more room (%s); start with max-sandboxes %u or more (and the "
-				"net-cidr it had), kill it, then lower the setting", id,
-				err.msg, need);
-	}
-	if (r < 0 || rt->by_slot[s->slot]) {
-		if (err.code == -ENOENT)
-			remove_stateless(rt, id);
-		else
-			log_warn("runtime", id, "cannot re-adopt: %s", err.msg);
-		free_sandbox(s);
-		return 0;
+		return;
 	}
 	s->uid_base = rt->uid_base + s->slot * RT_IDS_PER_SANDBOX;
 	s->init_pidfd = pidfd_open_checked(s->init_pid, s->init_start);
@@ -957,7 +974,7 @@ static int adopt_one(struct rt *rt, const char *id, struct herr *start_err)
 		s->state = RT_STATE_RUNNING;
 		mon_watch(rt, s);
 		log_info("runtime", id, "re-adopted running sandbox pid=%d", s->init_pid);
-		return 0;
+		return;
 	}
 	if (!s->init_start) {
 		/* Half-made: the crash came before the init ran. */
@@ -970,26 +987,33 @@ static int adopt_one(struct rt *rt, const char *id, struct herr *start_err)
 		release_all(rt, s, !kept, NULL);
 		rt->by_slot[s->slot] = NULL;
 		free_sandbox(s);
-		return 0;
+		return;
 	}
 	settle_exit(rt, s);
 	log_info("runtime", id, "re-adopted stopped sandbox reason=%s",
 		 rt_exit_reason_name(s->last.reason));
-	return 0;
 }
 
 static int adopt_all(struct rt *rt, struct herr *err)
 {
 	_cleanup_closedir_ DIR *d = opendir(rt->run_dir);
+	struct adopt_misfits misfits = { 0 };
 	struct dirent *e;
-	int r = 0;
 
 	if (!d)
 		return 0;
-	while (r == 0 && (e = readdir(d)))
+	while ((e = readdir(d)))
 		if (e->d_type == DT_DIR && rt_id_valid(e->d_name) && strcmp(e->d_name, "mnt"))
-			r = adopt_one(rt, e->d_name, err);
-	return r;
+			adopt_one(rt, e->d_name, &misfits);
+	if (!misfits.count)
+		return 0;
+	/* The advice first: herr_wrap may cut the end of a long message. */
+	return herr_set(err, -ERANGE, "start with max-sandboxes %u or more (and a net-cidr "
+			"with 4 addresses per sandbox) to take back %u sandbox(es) an earlier "
+			"start left in slots max-sandboxes %u does not hold (%s%s); kill "
+			"them, then lower it",
+			misfits.need, misfits.count, rt->max_sandboxes, misfits.ids,
+			misfits.count > 4 ? " ..." : "");
 }
 
 static int init_dirs(struct rt *rt, struct herr *err)

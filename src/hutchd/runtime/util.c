@@ -125,9 +125,34 @@ int rt_state_write(struct rt *rt, const struct rt_sandbox *s, struct herr *err)
 	return 0;
 }
 
+/*
+ * Slots index the runtime's tables, so one is taken only below max-sandboxes.
+ * A slot no setting could hold (past the host id space above uid_base) is a
+ * damaged file: -EINVAL. One that a larger max-sandboxes would hold is
+ * -ERANGE, and s->slot and s->net.slot say which setting that is.
+ */
+static int check_slots(struct rt *rt, const char *path, unsigned long long slot,
+		       unsigned long long net_slot, struct rt_sandbox *s, struct herr *err)
+{
+	unsigned long long possible = ((1ull << 32) - rt->uid_base) / RT_IDS_PER_SANDBOX;
+
+	if (slot >= possible || net_slot >= possible)
+		return herr_set(err, -EINVAL, "%s: damaged: slot %llu or network slot %llu "
+				"beyond any max-sandboxes (%llu)", path, slot, net_slot,
+				possible);
+	s->slot = (unsigned)slot;
+	s->net.slot = (unsigned)net_slot;
+	if (slot >= rt->max_sandboxes || net_slot >= rt->max_sandboxes)
+		return herr_set(err, -ERANGE, "%s: slot out of range (slot %llu, network slot "
+				"%llu, max-sandboxes %u)", path, slot, net_slot,
+				rt->max_sandboxes);
+	return 0;
+}
+
 int rt_state_read(struct rt *rt, const char *id, struct rt_sandbox *s, struct herr *err)
 {
 	char path[4096], line[256];
+	unsigned long long slot = 0, net_slot = 0;
 
 	snprintf(path, sizeof(path), "%s/%s/state", rt->run_dir, id);
 	_cleanup_fclose_ FILE *f = fopen(path, "re");
@@ -142,11 +167,11 @@ int rt_state_read(struct rt *rt, const char *id, struct rt_sandbox *s, struct he
 		eq[strcspn(eq, "\n")] = '\0';
 		unsigned long long v = strtoull(eq, NULL, 10);
 		if (strcmp(line, "slot") == 0)
-			s->slot = (unsigned)v;
+			slot = v;
 		else if (strcmp(line, "uid_base") == 0)
 			s->uid_base = (uint32_t)v;
 		else if (strcmp(line, "net_slot") == 0)
-			s->net.slot = (unsigned)v;
+			net_slot = v;
 		else if (strcmp(line, "host_if") == 0)
 			snprintf(s->net.host_if, sizeof(s->net.host_if), "%s", eq);
 		else if (strcmp(line, "host_ip") == 0)
@@ -164,11 +189,7 @@ int rt_state_read(struct rt *rt, const char *id, struct rt_sandbox *s, struct he
 		else if (strcmp(line, "pids_base") == 0)
 			s->pids_base = v;
 	}
-	if (s->slot >= rt->max_sandboxes || s->net.slot >= rt->max_sandboxes)
-		return herr_set(err, -ERANGE, "%s: slot out of range (slot %u, network slot %u, "
-				"max-sandboxes %u)", path, s->slot, s->net.slot,
-				rt->max_sandboxes);
-	return 0;
+	return check_slots(rt, path, slot, net_slot, s, err);
 }
 
 int rt_state_exit_read(struct rt *rt, const char *id, int *wstatus)

@@ -190,11 +190,19 @@ static void test_state_roundtrip(void **state)
 	assert_int_equal(back.pids_base, 11);
 	assert_int_equal(rt_state_exit_read(&rt, "box-1", &wst), -ENOENT);
 
-	/* a slot beyond the runtime's table is refused, not indexed */
+	/* a slot beyond the runtime's table is refused, not indexed; the caller
+	 * learns which slots a larger max-sandboxes would have to hold */
 	s.slot = 9;
 	assert_int_equal(rt_state_write(&rt, &s, &err), 0);
-	assert_int_equal(rt_state_read(&rt, "box-1", &back, &err), -EINVAL);
+	assert_int_equal(rt_state_read(&rt, "box-1", &back, &err), -ERANGE);
 	assert_non_null(strstr(err.msg, "slot"));
+	assert_int_equal(back.slot, 9);
+
+	/* a slot no setting could hold (here -1) is a damaged file */
+	snprintf(path, sizeof(path), "%s/box-1/state", dir);
+	assert_int_equal(rt_write_file(path, "slot=-1\nnet_slot=1\n", &err), 0);
+	assert_int_equal(rt_state_read(&rt, "box-1", &back, &err), -EINVAL);
+	assert_non_null(strstr(err.msg, "damaged"));
 
 	snprintf(path, sizeof(path), "%s/box-1/exit", dir);
 	assert_int_equal(rt_write_file(path, "9\n", &err), 0);
