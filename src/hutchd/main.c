@@ -83,7 +83,8 @@ static struct cfg_opt opts[] = {
 	{ "egress-conn-max", CFG_INT, "2500",
 	  "outbound connections one sandbox may have open at once; the next one is "
 	  "refused with a TCP reset (E2B allows 2500)" },
-	{ "no-runtime", CFG_BOOL, "false", "run the control plane without sandboxes" },
+	{ "no-runtime", CFG_BOOL, "false",
+	  "run the control plane without sandboxes (refused if the store holds live ones)" },
 	{ "criu", CFG_STR, RT_CRIU_DEFAULT,
 	  "CRIU binary for pauses that keep memory and their resumes "
 	  "(scripts/setup-criu installs it)" },

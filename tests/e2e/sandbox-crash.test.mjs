@@ -90,3 +90,30 @@ test('SIGKILL during a burst: acknowledged sandboxes survive, no orphans', async
   for (const id of live) assert.equal(await Sandbox.kill(id), true);
   assert.deepEqual(h.runtimeObjects(), { run: [], disks: [], cgroups: [] });
 });
+
+// A hutchd that starts without its runtime cannot tell a running sandbox from
+// a lost one. Asked to (--no-runtime), or when the runtime fails to start
+// (here a net-cidr it refuses), it does not start at all, and the start with
+// the runtime finds the sandbox as it was: running, listed, its files kept.
+test('a start without the runtime is refused while sandboxes live; none is lost',
+  async (t) => {
+    if (!h) { t.skip('no base template'); return; }
+    const sb = await Sandbox.create({ timeoutMs: 120_000 });
+    let down = false;
+    try {
+      await sb.files.write('/home/user/kept.txt', 'kept');
+      down = true;
+      await assert.rejects(h.restart(['--no-runtime']),
+        /--no-runtime: the store holds 1 running, 0 paused and 0 starting sandbox/);
+      await assert.rejects(h.restart(['--net-cidr=10.214.0.0/24']),
+        /sandbox runtime \(--no-runtime serves the API without sandboxes\): net_cidr/);
+      await h.restart();
+      down = false;
+      assert.ok((await h.liveIds()).includes(sb.sandboxId), 'still listed');
+      const again = await Sandbox.connect(sb.sandboxId);
+      assert.equal(await again.files.read('/home/user/kept.txt'), 'kept');
+    } finally {
+      if (down) await h.restart().catch(() => {});
+      await Sandbox.kill(sb.sandboxId).catch(() => {});
+    }
+  });

@@ -496,12 +496,35 @@ static int start_templates(struct lifecycle *lc, struct herr *err)
 	return tmpl_open(&tc, &lc->templates, err);
 }
 
+/*
+ * --no-runtime is for a control plane without sandboxes. On a store that
+ * holds live ones it would lose them: recovery ends the rows of sandboxes
+ * that run on, and a kill or a deadline would end them in the store only.
+ */
+static int refuse_live_without_runtime(struct store *st, struct herr *err)
+{
+	struct store_state_counts c = { 0 };
+	int rc = store_sandbox_count_states(st, &c, err);
+
+	if (rc < 0)
+		return rc;
+	if (c.creating + c.running + c.paused == 0)
+		return 0;
+	return herr_set(err, -EBUSY, "--no-runtime: the store holds %lld running, %lld paused "
+			"and %lld starting sandbox(es), which only a hutchd with its runtime "
+			"can keep; start without --no-runtime", (long long)c.running,
+			(long long)c.paused, (long long)c.creating);
+}
+
 int lc_start(struct store *st, const struct lc_config *cfg, struct lifecycle **out,
 	     struct herr *err)
 {
-	struct lifecycle *lc = calloc(1, sizeof(*lc));
+	struct lifecycle *lc;
 	int rc = 0;
 
+	if (cfg->no_runtime && (rc = refuse_live_without_runtime(st, err)) < 0)
+		return rc;
+	lc = calloc(1, sizeof(*lc));
 	if (!lc)
 		return herr_set(err, -ENOMEM, "lifecycle: out of memory");
 	lc->store = st;

@@ -1045,8 +1045,10 @@ static int parse_net(struct rt *rt, const char *cidr, struct herr *err)
 	if (c.prefix > 16)
 		return herr_set(err, -EINVAL, "net_cidr: need a /16 or larger");
 	rt->net_base = c.addr;
-	if (rt->max_sandboxes > (1u << (32 - c.prefix)) / 4 - 1)
-		rt->max_sandboxes = (1u << (32 - c.prefix)) / 4 - 1;
+	/* 64 bits: a /0 would shift a 32-bit 1 by 32 */
+	uint64_t room = (1ull << (32 - c.prefix)) / 4 - 1;
+	if (rt->max_sandboxes > room)
+		rt->max_sandboxes = (unsigned)room;
 	return 0;
 }
 
