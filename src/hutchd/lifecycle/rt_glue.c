@@ -786,10 +786,10 @@ static int resume_memory_pause(struct lc_rt *l, const struct store_sandbox *sb,
 {
 	int known = lcrt_known(l, sb->id);
 
-	/* A state file the runtime did not re-adopt (its slot beyond a lowered
-	 * max-sandboxes, say) is no reboot: the namespace may be pinned still,
-	 * and a start with the settings it was paused under restores it. The
-	 * images stay; a fresh start would trip over its leftovers anyway. */
+	/* A state file the runtime did not re-adopt (a damaged one, say; a slot
+	 * beyond max-sandboxes stops the start instead) is no reboot: the
+	 * namespace may be pinned still, and a start that reads it restores
+	 * it. The images stay; a fresh start would trip over its leftovers. */
 	if (known == 0 && rt_state_left(l->rt, sb->id))
 		return herr_set(err, -EIO, "hutchd did not re-adopt the paused sandbox "
 				"at its start (its log says why); its memory images "
