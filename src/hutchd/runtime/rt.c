@@ -1010,8 +1010,8 @@ static int adopt_all(struct rt *rt, struct herr *err)
 	/* The advice first: herr_wrap may cut the end of a long message. */
 	return herr_set(err, -ERANGE, "start with max-sandboxes %u or more (and a net-cidr "
 			"with 4 addresses per sandbox) to take back %u sandbox(es) an earlier "
-			"start left in slots max-sandboxes %u does not hold (%s%s); kill "
-			"them, then lower it",
+			"start left in slots max-sandboxes %u does not hold (%s%s); that start "
+			"removes those that no longer run, kill the others, then lower it",
 			misfits.need, misfits.count, rt->max_sandboxes, misfits.ids,
 			misfits.count > 4 ? " ..." : "");
 }

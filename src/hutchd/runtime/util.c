@@ -134,7 +134,8 @@ int rt_state_write(struct rt *rt, const struct rt_sandbox *s, struct herr *err)
 static int check_slots(struct rt *rt, const char *path, unsigned long long slot,
 		       unsigned long long net_slot, struct rt_sandbox *s, struct herr *err)
 {
-	unsigned long long possible = ((1ull << 32) - rt->uid_base) / RT_IDS_PER_SANDBOX;
+	/* the largest max-sandboxes rt_init accepts for this uid_base */
+	unsigned long long possible = (UINT32_MAX - 1ull - rt->uid_base) / RT_IDS_PER_SANDBOX;
 
 	if (slot >= possible || net_slot >= possible)
 		return herr_set(err, -EINVAL, "%s: damaged: slot %llu or network slot %llu "

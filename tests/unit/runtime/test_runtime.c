@@ -203,6 +203,12 @@ static void test_state_roundtrip(void **state)
 	assert_int_equal(rt_write_file(path, "slot=-1\nnet_slot=1\n", &err), 0);
 	assert_int_equal(rt_state_read(&rt, "box-1", &back, &err), -EINVAL);
 	assert_non_null(strstr(err.msg, "damaged"));
+	/* uid_base 0: rt_init takes max-sandboxes up to 65535, so slot 65534 is
+	 * the last one a larger setting could hold */
+	assert_int_equal(rt_write_file(path, "slot=65535\nnet_slot=1\n", &err), 0);
+	assert_int_equal(rt_state_read(&rt, "box-1", &back, &err), -EINVAL);
+	assert_int_equal(rt_write_file(path, "slot=65534\nnet_slot=1\n", &err), 0);
+	assert_int_equal(rt_state_read(&rt, "box-1", &back, &err), -ERANGE);
 
 	snprintf(path, sizeof(path), "%s/box-1/exit", dir);
 	assert_int_equal(rt_write_file(path, "9\n", &err), 0);
