@@ -542,8 +542,7 @@ int lc_start(struct store *st, const struct lc_config *cfg, struct lifecycle **o
 	if (!cfg->no_runtime) {
 		rc = lcrt_open(cfg, &lc->rt, err);
 		if (rc < 0) {
-			lc->rt = NULL;
-			lc_stop(lc);
+			lc_stop(lc); /* lc->rt is still NULL */
 			return herr_wrap(err, "sandbox runtime (--no-runtime serves the API "
 					 "without sandboxes)");
 		}

@@ -945,17 +945,17 @@ static void adopt_one(struct rt *rt, const char *id, struct adopt_misfits *misfi
 	s->keeper_pidfd = s->init_pidfd = -1;
 	s->net.fd = -1;
 	int r = rt_state_read(rt, id, s, &err);
+	if (r == 0 && (rt->by_slot[s->slot] || rt->net_slot_used[s->net.slot]))
+		r = herr_set(&err, -EEXIST, "its state file names slot %u or network slot %u, "
+			     "which sandbox %s holds already", s->slot, s->net.slot,
+			     rt->by_slot[s->slot] ? rt->by_slot[s->slot]->id : "another");
 	if (r == -ERANGE)
 		note_misfit(misfits, s);
 	else if (r == -ENOENT)
 		remove_stateless(rt, id);
 	else if (r < 0)
 		log_warn("runtime", id, "cannot re-adopt: %s", err.msg);
-	else if (rt->by_slot[s->slot] || rt->net_slot_used[s->net.slot])
-		log_warn("runtime", id, "cannot re-adopt: its state file names slot %u or "
-			 "network slot %u, which sandbox %s holds already", s->slot,
-			 s->net.slot, rt->by_slot[s->slot] ? rt->by_slot[s->slot]->id : "another");
-	if (r < 0 || rt->by_slot[s->slot] || rt->net_slot_used[s->net.slot]) {
+	if (r < 0) {
 		free_sandbox(s);
 		return;
 	}
