@@ -498,6 +498,45 @@ test('a start whose max-sandboxes leaves sandboxes out fails and loses nothing',
     }
   });
 
+// No reboot: the state file of a sandbox paused with its memory is damaged
+// while hutchd is down (a slot no setting could hold), so the runtime does
+// not re-adopt it; its pinned namespace stays. That is no reason to throw the
+// memory away: connect fails and keeps the images, whatever "memory" says,
+// and once the file is whole again a start restores its processes.
+test('a paused sandbox the runtime did not re-adopt keeps its memory', async (t) => {
+  if (!h) return t.skip('no base template (see the message above)');
+  const sb = await Sandbox.create({ timeoutMs: 120_000 });
+  const statePath = join(h.dir, 'run', sb.sandboxId, 'state');
+  let whole;
+  try {
+    await sb.commands.run('setsid nohup sleep 1002 >/dev/null 2>&1 </dev/null &');
+    assert.equal(await sb.pause(), true);
+    const images = join(folderOf(sb.sandboxId), 'checkpoint');
+
+    await h.restart([], () => {
+      whole = readFileSync(statePath, 'utf8');
+      writeFileSync(statePath, whole.replace(/^slot=\d+$/m, 'slot=4294967295'));
+    });
+    assert.match(h.log(), /cannot re-adopt: .*damaged/);
+    for (const body of [{}, { memory: false }]) {
+      const r = await h.api('POST', `/v2/sandboxes/${sb.sandboxId}/connect`, body);
+      assert.equal(r.status, 500, r.text);
+      assert.match(r.json.message, /did not re-adopt .* images are kept/);
+      assert.ok(existsSync(images), 'the images stay');
+      assert.equal((await Sandbox.getInfo(sb.sandboxId)).state, 'paused');
+    }
+
+    await h.restart([], () => writeFileSync(statePath, whole));
+    whole = undefined;
+    const back = await Sandbox.connect(sb.sandboxId);
+    const ps = await back.commands.run('pgrep -x -f "sleep 1002" | wc -l');
+    assert.equal(ps.stdout.trim(), '1', 'its process came back with its memory');
+  } finally {
+    if (whole) await h.restart([], () => writeFileSync(statePath, whole)).catch(() => {});
+    await Sandbox.kill(sb.sandboxId).catch(() => {});
+  }
+});
+
 // The host goes down in the middle of a pause with memory (hutchd killed a
 // moment into it, then everything else a reboot ends): whatever the dump had
 // reached, the sandbox is paused afterwards, not lost, and comes back with
